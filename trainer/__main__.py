@@ -1,0 +1,99 @@
+"""Command line of the trainer contract.
+
+    python -m trainer --config FILE --out RUN_DIR [key.path=value ...]   train one run
+    python -m trainer schema                                           JSON Schema of the config
+    python -m trainer validate --config FILE [key=value ...] [--batch] check configs, train nothing
+    python -m trainer attention-mask --config FILE --out mask.png      draw the attention pattern
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from trainer.config import ConfigError, build_config, json_schema, load_config, set_dotted
+from trainer.exitcodes import BAD_INPUT
+
+
+def default_cache_dir() -> Path:
+    """Data cache: ORCH_CACHE_DIR when set (the orchestrator shares one per sweep), else ~/.cache."""
+    return Path(os.environ.get("ORCH_CACHE_DIR") or Path.home() / ".cache" / "orch" / "data")
+
+
+def _train(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m trainer", description="Train one GPT run.")
+    p.add_argument("--config", type=Path, required=True, help="trainer config YAML")
+    p.add_argument("--out", type=Path, required=True, help="run dir for events.jsonl, result.json")
+    p.add_argument("--cache-dir", type=Path, default=None, help="data cache (ORCH_CACHE_DIR)")
+    p.add_argument("--quiet", action="store_true", help="no console lines")
+    p.add_argument("overrides", nargs="*", metavar="key.path=value")
+    args = p.parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    from trainer.loop import run  # torch import only once the config is known good
+
+    return run(cfg, args.out, cache_dir=args.cache_dir or default_cache_dir(), quiet=args.quiet)
+
+
+def _validate(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m trainer validate")
+    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("--batch", action="store_true",
+                   help="read JSON objects of {dotted.key: value} overrides, one per stdin line; "
+                        "print one JSON verdict per line ({ok, error, config_hash})")
+    p.add_argument("overrides", nargs="*", metavar="key.path=value")
+    args = p.parse_args(argv)
+    base = load_config(args.config, args.overrides)
+    if not args.batch:
+        print(f"ok {base.hash()}")
+        return 0
+    tree = base.model_dump(mode="json")
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        point = json.loads(line)
+        trial = json.loads(json.dumps(tree))
+        try:
+            for key, value in point.items():
+                set_dotted(trial, key, value)
+            cfg = build_config(trial, f"{args.config} at {json.dumps(point, sort_keys=True)}")
+            print(json.dumps({"ok": True, "config_hash": cfg.hash()}), flush=True)
+        except ConfigError as err:
+            print(json.dumps({"ok": False, "error": str(err)}), flush=True)
+    return 0
+
+
+def _attention_mask(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m trainer attention-mask")
+    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="PNG to write")
+    p.add_argument("overrides", nargs="*", metavar="key.path=value")
+    args = p.parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    from trainer.maskplot import draw_mask
+
+    draw_mask(cfg, args.out)
+    print(args.out)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Dispatch to a subcommand, or train; config errors exit 2 with one paragraph, no traceback."""
+    argv = sys.argv[1:] if argv is None else argv
+    commands = {"validate": _validate, "attention-mask": _attention_mask}
+    try:
+        if argv[:1] == ["schema"]:
+            print(json.dumps(json_schema(), indent=2))
+            return 0
+        if argv[:1] and argv[0] in commands:
+            return commands[argv[0]](argv[1:])
+        return _train(argv)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,232 @@
+"""The trainer's whole configuration: one pydantic model, loaded from YAML plus dotted overrides.
+
+The model is the single source of truth: `python -m trainer schema` prints its JSON Schema, the
+orchestrator validates sweep parameters against that schema, and the README documents it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from trainer.attention import AttentionConfig, CausalAttention
+
+
+class Section(BaseModel):
+    """Base for every config section: unknown keys are errors, so typos fail before any work."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Section):
+    """Where the titles come from and how they are split."""
+
+    path: Path | None = Field(
+        None,
+        description="Local titles file (CSV with a `title` column, JSONL with a `title` field, "
+        "plain text one title per line, or Parquet). When unset, titles come from the hub.",
+    )
+    hub_dataset: str = Field("julien040/hacker-news-posts", description="Hugging Face dataset id.")
+    num_titles: int = Field(100_000, gt=0, description="Titles taken after the seeded shuffle.")
+    seed: int = Field(1337, description="Seed of the shuffle that picks and orders the titles.")
+    val_frac: float = Field(0.1, gt=0, lt=1, description="Share of titles held out for validation.")
+
+
+class TokenizerConfig(Section):
+    """Byte-level BPE from HF `tokenizers`."""
+
+    vocab_size: int = Field(16_000, ge=260, le=1_000_000)
+    fit_on: Literal["train+val", "train"] = Field(
+        "train+val", description="Titles the BPE is fit on: the challenge fits on train+val."
+    )
+
+
+class ModelConfig(Section):
+    """The GPT's shape and architecture choices."""
+
+    d_model: int = Field(512, gt=0)
+    n_layer: int = Field(6, gt=0)
+    n_head: int = Field(8, gt=0)
+    mlp_ratio: float = Field(4.0, gt=0, description="MLP hidden width as a multiple of d_model.")
+    dropout: float = Field(0.1, ge=0, lt=1)
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"
+    norm_position: Literal["pre", "post"] = "pre"
+    activation: Literal["gelu", "relu2", "swiglu"] = "gelu"
+    positions: Literal["learned", "rotary"] = "learned"
+    tie_embeddings: bool = True
+    bias: bool = Field(True, description="Biases in the linear layers (the challenge has them).")
+    init: Literal["normal", "scaled"] = Field(
+        "normal",
+        description="normal: N(0, init_std) everywhere (the challenge); scaled: residual output "
+        "projections get init_std / sqrt(2 n_layer) (GPT-2).",
+    )
+    init_std: float = Field(0.02, gt=0)
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> ModelConfig:
+        if self.d_model % self.n_head:
+            raise ValueError(
+                f"d_model ({self.d_model}) must be a multiple of n_head ({self.n_head})"
+            )
+        return self
+
+
+class OptimConfig(Section):
+    """Optimizer and gradient clipping."""
+
+    name: Literal["sgd", "adam", "adamw", "adagrad", "rmsprop"] = "sgd"
+    lr: float = Field(6e-3, gt=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    momentum: float = Field(0.0, ge=0, lt=1, description="SGD and RMSprop only.")
+    eps: float = Field(1e-8, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip: float | None = Field(1.0, gt=0, description="Max global grad norm; null: off.")
+
+
+class ScheduleConfig(Section):
+    """Learning-rate schedule, applied per step."""
+
+    name: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_steps: int = Field(0, ge=0)
+    min_lr_frac: float = Field(0.0, ge=0, le=1, description="Final lr as a share of optim.lr.")
+
+
+class TrainConfig(Section):
+    """The loop: how long, how big, on what."""
+
+    epochs: int = Field(7, gt=0)
+    max_steps: int | None = Field(None, gt=0, description="Stop early after this many steps.")
+    batch_size: int = Field(64, gt=0)
+    context_length: int = Field(128, gt=0)
+    evals_per_epoch: int = Field(3, gt=0)
+    seed: int = Field(1337, description="Seed of model init and dropout.")
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    compile: bool = False
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = Field(None, gt=0, description="CPU threads for torch; null: torch's.")
+
+
+class EvalConfig(Section):
+    """Validation pass settings."""
+
+    batch_size: int = Field(64, gt=0, description="Eval batch; with context_length it sets "
+                            "which validation tokens the challenge val_loss scores.")
+
+
+class TrackingConfig(Section):
+    """Weights & Biases logging."""
+
+    mode: Literal["disabled", "offline", "online"] = "disabled"
+    project: str = "mainrun"
+    entity: str | None = None
+    tags: list[str] = Field(default_factory=list)
+
+
+class Config(Section):
+    """One training run."""
+
+    data: DataConfig = Field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    attention: AttentionConfig = Field(default_factory=CausalAttention)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @model_validator(mode="after")
+    def _attention_fits_model(self) -> Config:
+        self.attention.check(n_head=self.model.n_head, context_length=self.train.context_length,
+                             d_model=self.model.d_model)
+        return self
+
+    def hash(self) -> str:
+        """A short stable hash of the resolved config (what the run's numbers depend on)."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class ConfigError(Exception):
+    """A config that cannot run; its message is one paragraph naming the file and the fields."""
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Split `key.path=value`; the value parses as a YAML scalar (`3e-4` is a float)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override '{text}' is not of the form key.path=value")
+    value = yaml.safe_load(raw) if raw.strip() else None
+    # YAML 1.1 reads `3e-4` (no dot) as a string; accept it as the float everyone means.
+    if isinstance(value, str):
+        try:
+            value = float(value) if any(c in value for c in "eE") else value
+        except ValueError:
+            pass
+    return key.strip(), value
+
+
+def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    """Set `tree[a][b][c] = value` for key `a.b.c`, creating sections as needed."""
+    *parents, leaf = key.split(".")
+    node = tree
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override '{key}': '{part}' is a value, not a section")
+        node = child
+    node[leaf] = value
+
+
+def describe_errors(err: ValidationError, source: str) -> str:
+    """Render pydantic errors as one paragraph: file, field path, what is wrong, what is allowed."""
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-after"))
+        loc = loc.replace(".causal.", ".").replace(".local.", ".").replace(".sparse.", ".")
+        msg = e["msg"].removeprefix("Value error, ")
+        got = e.get("input")
+        shown = "" if isinstance(got, dict) or e["type"] == "missing" else f" (got {got!r})"
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field"
+        parts.append(f"`{loc or '<root>'}`: {msg}{shown}")
+    return f"invalid config {source}: " + "; ".join(parts) + "."
+
+
+def build_config(tree: dict[str, Any], source: str = "<config>") -> Config:
+    """Validate a config tree as a whole; raise ConfigError with a one-paragraph message."""
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(describe_errors(err, source)) from None
+
+
+def load_config(path: Path | None, overrides: list[str] = ()) -> Config:
+    """Load YAML (or defaults when path is None), apply `key=value` overrides, validate."""
+    tree: dict[str, Any] = {}
+    source = str(path) if path else "<defaults>"
+    if path is not None:
+        try:
+            tree = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"config file {path} must be a mapping of sections")
+    for text in overrides:
+        key, value = parse_override(text)
+        set_dotted(tree, key, value)
+    if overrides:
+        source += " with overrides " + " ".join(overrides)
+    return build_config(tree, source)
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of the whole config (what `python -m trainer schema` prints)."""
+    return Config.model_json_schema()
