@@ -2,6 +2,7 @@
 
     python -m trainer --config FILE --out RUN_DIR [key.path=value ...]   train one run
     python -m trainer schema                                           JSON Schema of the config
+    python -m trainer docs                                             Markdown config reference
     python -m trainer validate --config FILE [key=value ...] [--batch] check configs, train nothing
     python -m trainer attention-mask --config FILE --out mask.png      draw the attention pattern
 """
@@ -14,7 +15,8 @@ import os
 import sys
 from pathlib import Path
 
-from trainer.config import ConfigError, build_config, json_schema, load_config, set_dotted
+from trainer.config import (ConfigError, build_config, config_reference, json_schema,
+                            load_config, set_dotted)
 from trainer.exitcodes import BAD_INPUT
 
 
@@ -86,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if argv[:1] == ["schema"]:
             print(json.dumps(json_schema(), indent=2))
+            return 0
+        if argv[:1] == ["docs"]:
+            print(config_reference())
             return 0
         if argv[:1] and argv[0] in commands:
             return commands[argv[0]](argv[1:])

@@ -230,3 +230,34 @@ def load_config(path: Path | None, overrides: list[str] = ()) -> Config:
 def json_schema() -> dict[str, Any]:
     """The JSON Schema of the whole config (what `python -m trainer schema` prints)."""
     return Config.model_json_schema()
+
+
+def _type_name(annotation: Any) -> str:
+    return (str(annotation).replace("typing.", "").replace("pathlib.", "")
+            .replace("<class '", "").replace("'>", ""))
+
+
+def _section_rows(prefix: str, model: type[BaseModel], note: str = "") -> list[str]:
+    rows = []
+    for name, field in model.model_fields.items():
+        default = field.default_factory() if field.default_factory else field.default
+        desc = " ".join(filter(None, [note, field.description or ""]))
+        rows.append(f"| `{prefix}.{name}` | `{_type_name(field.annotation)}` | `{default}` "
+                    f"| {desc} |")
+    return rows
+
+
+def config_reference() -> str:
+    """The Markdown table of every config field (`python -m trainer docs`; the README embeds it)."""
+    from typing import get_args
+
+    rows = ["| field | type | default | meaning |", "|---|---|---|---|"]
+    for section, field in Config.model_fields.items():
+        if section == "attention":
+            union = get_args(AttentionConfig)[0]
+            for variant in get_args(union) or (union,):
+                kind = variant.model_fields["type"].default
+                rows += _section_rows(section, variant, f"(type `{kind}`)")
+        else:
+            rows += _section_rows(section, field.default_factory)
+    return "\n".join(rows)

@@ -1,0 +1,271 @@
+"""One training run, top to bottom: data, model, optimizer, the loop, evaluation, result.json.
+
+The defaults behave like the mainrun challenge: sequential batches, per-step schedule and grad
+clip, evaluation at step 1, every batches // evals_per_epoch steps, and at the end.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import signal
+import sys
+import time
+import traceback
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from trainer import exitcodes
+from trainer.config import Config, ConfigError, OptimConfig, ScheduleConfig
+from trainer.data import DataError, prepare_data
+from trainer.events import EventLog, write_json_atomic
+from trainer.metrics import evaluate
+from trainer.model import GPT
+from trainer.tracking import start_tracking
+
+METRICS = ("val_loss", "val_loss_tok", "val_bpb", "val_coverage")
+
+
+class Stop(Exception):
+    """Raised inside the loop when SIGINT or SIGTERM arrived."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class Diverged(Exception):
+    """Raised when a loss is NaN or infinite."""
+
+
+def make_optimizer(params: Any, o: OptimConfig) -> torch.optim.Optimizer:
+    """The configured torch optimizer."""
+    if o.name == "sgd":
+        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    if o.name in ("adam", "adamw"):
+        cls = torch.optim.Adam if o.name == "adam" else torch.optim.AdamW
+        return cls(params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
+    if o.name == "adagrad":
+        return torch.optim.Adagrad(params, lr=o.lr, eps=o.eps, weight_decay=o.weight_decay)
+    return torch.optim.RMSprop(params, lr=o.lr, momentum=o.momentum, eps=o.eps,
+                               weight_decay=o.weight_decay)
+
+
+def lr_factor(s: ScheduleConfig, step: int, max_steps: int) -> float:
+    """Multiplier of optim.lr for the optimizer step `step` (0-based). With no warmup, cosine
+    equals torch's CosineAnnealingLR(T_max=max_steps), the challenge's schedule."""
+    if step < s.warmup_steps:
+        return (step + 1) / s.warmup_steps
+    if s.name == "constant":
+        return 1.0
+    progress = (step - s.warmup_steps) / max(1, max_steps - s.warmup_steps)
+    shape = 0.5 * (1 + math.cos(math.pi * progress)) if s.name == "cosine" else 1 - progress
+    return s.min_lr_frac + (1 - s.min_lr_frac) * shape
+
+
+def pick_device(choice: str) -> torch.device:
+    """auto: CUDA when present, else CPU; asking for CUDA without one is a config error."""
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device is 'cuda' but no CUDA device is visible")
+    if choice == "auto":
+        choice = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(choice)
+
+
+def autocast_for(precision: str, device: torch.device):
+    """Mixed-precision context: weights and optimizer stay fp32, matmuls run in bf16/fp16."""
+    if precision == "fp32":
+        return nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+class Console:
+    """The challenge-style line per evaluation, and a progress bar when stdout is a terminal."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.tty = sys.stdout.isatty() and not quiet
+
+    def eval_line(self, step: int, max_steps: int, metrics: dict[str, Any], elapsed: float) -> None:
+        """Print one evaluation."""
+        if self.quiet:
+            return
+        vl = metrics["val_loss"]
+        shown = f"{vl:.6f}" if vl is not None else "n/a"
+        print(f"\r[{step:>5}/{max_steps}] validation_step: loss={shown} "
+              f"bpb={metrics['val_bpb']:.4f} coverage={metrics['val_coverage']:.1%} "
+              f"time={elapsed:.2f}s", flush=True)
+
+    def progress(self, step: int, max_steps: int, loss: float) -> None:
+        """Redraw the progress bar in place."""
+        if self.tty:
+            done = int(30 * step / max_steps)
+            print(f"\r[{'#' * done}{'.' * (30 - done)}] {step}/{max_steps} loss={loss:.4f}",
+                  end="", flush=True)
+
+
+def train(cfg: Config, out_dir: Path, cache_dir: Path, events: EventLog, console: Console,
+          state: dict[str, Any]) -> dict[str, Any]:
+    """Run the whole training; fills `state` as it goes so an interrupted run can still report."""
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    device = pick_device(cfg.train.device)
+    events.log("device_info", device=str(device), torch=torch.__version__,
+               threads=torch.get_num_threads(),
+               cuda=torch.cuda.get_device_name(device) if device.type == "cuda" else None)
+    data = prepare_data(cfg.data, cfg.tokenizer, cache_dir)
+    T, B = cfg.train.context_length, cfg.train.batch_size
+    batches = len(data.train_ids) // (T * B)
+    if batches == 0:
+        raise DataError(f"{data.info['train_tokens']} training tokens do not fill one batch of "
+                        f"train.batch_size x train.context_length = {B} x {T}")
+    max_steps = cfg.train.epochs * batches
+    if cfg.train.max_steps:
+        max_steps = min(max_steps, cfg.train.max_steps)
+    eval_interval = max(1, batches // cfg.train.evals_per_epoch)
+    state["max_steps"] = max_steps
+    events.log("dataset_info", titles_count=data.info["train_titles"], epochs=cfg.train.epochs,
+               batches_per_epoch=batches, tokens_per_epoch=len(data.train_ids),
+               vocab_size=data.vocab_size, **data.info)
+
+    torch.manual_seed(cfg.train.seed)
+    model = GPT(cfg, data.vocab_size).to(device)
+    state["parameters"] = model.num_parameters()
+    events.log("model_configured", model=cfg.model.model_dump(mode="json"),
+               attention=cfg.attention.model_dump(mode="json"))
+    events.log("model_info", parameters_count=state["parameters"])
+    step_model = torch.compile(model) if cfg.train.compile else model
+    opt = make_optimizer(model.parameters(), cfg.optim)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda k: lr_factor(cfg.schedule, k, max_steps))
+    amp = autocast_for(cfg.train.precision, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.precision == "fp16")
+    tracker = state["tracker"]
+    train_ids = data.train_ids.to(device)
+    span = B * T + 1
+
+    def run_eval(step: int) -> None:
+        t_eval = time.time()
+        model.eval()
+        metrics = evaluate(step_model, data.val_ids, T, cfg.eval.batch_size, data.val_chars,
+                           data.val_bytes, device, autocast_for(cfg.train.precision, device))
+        model.train()
+        state["eval_s"] = state.get("eval_s", 0.0) + time.time() - t_eval
+        elapsed = time.time() - state["t0"]
+        state["final"] = dict(metrics)
+        best = state.get("best")
+        score = metrics["val_loss"] if metrics["val_loss"] is not None else metrics["val_loss_tok"]
+        if not math.isfinite(score):
+            raise Diverged(f"validation loss is {score} at step {step}")
+        if best is None or score < best["_score"]:
+            state["best"] = {**metrics, "step": step, "_score": score}
+        events.log("validation_step", step=step, max_steps=max_steps,
+                   epoch=(step - 1) // batches + 1, elapsed=elapsed, **metrics)
+        tracker.log(metrics, step)
+        console.eval_line(step, max_steps, metrics, elapsed)
+
+    ptr, step = 0, 0
+    model.train()
+    state["t_train"] = time.time()
+    while step < max_steps:
+        step += 1
+        if ptr + span >= len(train_ids):  # the challenge's wrap-around
+            ptr = 0
+        batch = train_ids[ptr : ptr + span]
+        ptr += B * T
+        x, y = batch[:-1].view(B, T), batch[1:].view(B, T)
+        with amp:
+            logits = step_model(x)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):
+            raise Diverged(f"training loss is {loss_value} at step {step}")
+        scaler.scale(loss).backward()
+        if cfg.optim.grad_clip:
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad(set_to_none=True)
+        lr = sched.get_last_lr()[0]
+        sched.step()
+        state["steps"] = step
+        state["tokens"] = step * B * T
+        events.log("training_step", step=step, max_steps=max_steps, loss=loss_value, lr=lr,
+                   elapsed=time.time() - state["t0"])
+        tracker.log({"train_loss": loss_value, "lr": lr}, step)
+        console.progress(step, max_steps, loss_value)
+        if step == 1 or step % eval_interval == 0 or step == max_steps:
+            run_eval(step)
+        if state.get("signal"):
+            raise Stop(state["signal"])
+    return state
+
+
+def run(cfg: Config, out_dir: Path, cache_dir: Path, quiet: bool = False) -> int:
+    """Train one run into out_dir; always leaves events.jsonl and result.json; returns exit code."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    events = EventLog(out_dir / "events.jsonl")
+    console = Console(quiet)
+    state: dict[str, Any] = {"t0": time.time(), "steps": 0, "tokens": 0}
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        if "t_train" not in state:  # before the loop starts (data prep), stop at once
+            raise Stop(signum)
+        state["signal"] = signum  # the loop stops after the current step
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    status, reason, code = "finished", None, exitcodes.FINISHED
+    state["tracker"] = None
+    try:
+        tracker, cfg = start_tracking(cfg, out_dir)
+        state["tracker"] = tracker
+        events.log("hyperparameters_configured", config=cfg.model_dump(mode="json"),
+                   config_hash=cfg.hash())
+        train(cfg, out_dir, cache_dir, events, console, state)
+    except Stop as stop:
+        status, reason = "stopped", f"received {stop}"
+        code = exitcodes.STOPPED_SIGINT if stop.signum == signal.SIGINT else exitcodes.STOPPED_SIGTERM
+    except Diverged as err:
+        status, reason, code = "diverged", str(err), exitcodes.DIVERGED
+    except (DataError, ConfigError) as err:
+        status, reason, code = "failed", str(err), exitcodes.BAD_INPUT
+        print(f"error: {err}", file=sys.stderr)
+    except torch.OutOfMemoryError as err:
+        status, reason, code = "failed", f"oom: {str(err).splitlines()[0]}", exitcodes.OOM
+    except Exception as err:  # a crash: report it honestly, never as finished
+        status, reason, code = "failed", f"{type(err).__name__}: {err}", exitcodes.CRASHED
+        traceback.print_exc()
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if not quiet and sys.stdout.isatty():
+        print()
+    wall = time.time() - state["t0"]
+    # Throughput counts training steps only, not evaluation passes.
+    train_time = time.time() - state.get("t_train", time.time()) - state.get("eval_s", 0.0)
+    best = {k: v for k, v in (state.get("best") or {}).items() if k != "_score"}
+    result = {
+        "status": status, "reason": reason, "exit_code": code,
+        "steps": state["steps"], "max_steps": state.get("max_steps"),
+        "final": state.get("final") or {m: None for m in METRICS}, "best": best or None,
+        "tokens_per_s": state["tokens"] / train_time if train_time > 0 else None,
+        "parameters": state.get("parameters"), "wall_time_s": wall,
+        "config_hash": cfg.hash(), "config": cfg.model_dump(mode="json"),
+        "versions": {"python": platform.python_version(), "torch": torch.__version__},
+    }
+    events.log("run_finished" if status == "finished" else "run_failed", status=status,
+               reason=reason)
+    events.close()
+    write_json_atomic(out_dir / "result.json", result)
+    if state["tracker"] is not None:
+        state["tracker"].summary({f"final_{k}": v for k, v in result["final"].items()}
+                                 | {f"best_{k}": v for k, v in best.items()})
+        state["tracker"].finish(ok=status == "finished")
+    return code
