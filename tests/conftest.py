@@ -1,0 +1,33 @@
+"""Shared fixtures: the real Hacker News titles that sit beside the repository."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def titles_csv() -> Path:
+    """The real titles file (20,099 rows, column `title`) in ../shared/data."""
+    path = Path(__file__).resolve().parents[2] / "shared" / "data" / "hacker_news.csv"
+    if not path.is_file():  # CI always has them: there a missing file is a failure
+        if os.environ.get("CI"):
+            pytest.fail(f"real titles not found at {path}")
+        pytest.skip(f"real titles not found at {path}")
+    return path
+
+
+@pytest.fixture
+def tiny_titles(titles_csv: Path, tmp_path: Path) -> Path:
+    """A CSV of the first 2000 real titles (column `title` only), for fast tests."""
+    with titles_csv.open(newline="", encoding="utf-8") as fh:
+        titles = [row["title"] for _, row in zip(range(2000), csv.DictReader(fh))]
+    out = tmp_path / "tiny_titles.csv"
+    with out.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["title"])
+        writer.writerows([t] for t in titles)
+    return out
