@@ -194,7 +194,8 @@ def describe_errors(err: ValidationError, source: str) -> str:
         shown = "" if isinstance(got, dict) or e["type"] == "missing" else f" (got {got!r})"
         if e["type"] == "extra_forbidden":
             msg = "unknown field"
-        parts.append(f"`{loc or '<root>'}`: {msg}{shown}")
+        # Cross-section checks (attention vs model) sit on the root and name their own fields.
+        parts.append(f"`{loc}`: {msg}{shown}" if loc else msg)
     return f"invalid config {source}: " + "; ".join(parts) + "."
 
 

@@ -1,0 +1,183 @@
+"""Attention variants: fast paths equal the dense-mask reference; causal; nothing allowed dropped."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from trainer import sparse
+from trainer.attention import (CausalAttention, LocalAttention, SelfAttention, SparseAttention)
+from trainer.config import ConfigError, build_config
+
+# (config, n_head, context_length): small shapes that still cross chunk and block boundaries.
+VARIANTS = [
+    (CausalAttention(), 2, 24),
+    (CausalAttention(qk_dim=8), 2, 24),
+    (LocalAttention(window=1), 2, 24),
+    (LocalAttention(window=3), 2, 24),
+    (LocalAttention(window=8, qk_dim=8), 4, 24),
+    (SparseAttention(pattern="strided", local_attn_ctx=4), 2, 24),
+    (SparseAttention(pattern="strided", local_attn_ctx=5, qk_dim=8), 4, 24),
+    (SparseAttention(pattern="fixed", block=2, local_attn_ctx=8), 2, 24),
+    (SparseAttention(pattern="fixed", block=2, local_attn_ctx=8, num_verts=2, vertsize=2), 4, 24),
+    (SparseAttention(pattern="fixed", block=1, local_attn_ctx=4, num_verts=4, vertsize=1), 4, 24),
+    (SparseAttention(pattern="fixed", block=4, local_attn_ctx=8, num_verts=2, qk_dim=8), 2, 24),
+]
+IDS = [f"{c.type}-{getattr(c, 'pattern', '')}-{i}" for i, (c, _, _) in enumerate(VARIANTS)]
+D_MODEL = 16
+
+
+def layer(cfg, n_head: int, ctx: int, rotary: bool = False, dropout: float = 0.0) -> SelfAttention:
+    torch.manual_seed(0)
+    cfg.check(n_head=n_head, context_length=ctx, d_model=D_MODEL)
+    return SelfAttention(cfg, D_MODEL, n_head, dropout, bias=True, rotary=rotary,
+                         context_length=ctx)
+
+
+def run(m: SelfAttention, x: torch.Tensor, g: torch.Tensor):
+    x = x.detach().clone().requires_grad_(True)
+    m.zero_grad()
+    y = m(x)
+    y.backward(g)
+    return y, x.grad, m.qkv.weight.grad.clone()
+
+
+@pytest.mark.parametrize("cfg,n_head,ctx", VARIANTS, ids=IDS)
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-5), (torch.bfloat16, 3e-2)])
+def test_fast_path_equals_reference(cfg, n_head, ctx, dtype, tol):
+    fast = layer(cfg, n_head, ctx, rotary=True).to(dtype)
+    ref = copy.deepcopy(fast)
+    ref.impl = "reference"
+    for T in (1, 7, 16, ctx):
+        x = torch.randn(3, T, D_MODEL, dtype=dtype)
+        g = torch.randn(3, T, D_MODEL, dtype=dtype)
+        for a, b in zip(run(fast, x, g), run(ref, x, g)):
+            torch.testing.assert_close(a.float(), b.float(), atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("T", [1, 9, 24, 40])
+def test_matmul_path_equals_reference(T):
+    """The kernels' dropout path (matmuls, joint softmax) at p=0 equals the reference."""
+    torch.manual_seed(1)
+    q, k, v = (torch.randn(2, 4, T, 8, requires_grad=True) for _ in range(3))
+    cases = [
+        (LocalAttention(window=5), lambda f: sparse.local_attention(q, k, v, 5, 0.3, flash=f)),
+        (SparseAttention(block=2, local_attn_ctx=8, num_verts=2, vertsize=2),
+         lambda f: sparse.fixed_attention(q, k, v, 2, 8, 2, 2, 0.3, flash=f)),
+    ]
+    for cfg, fn in cases:
+        ref = sparse.reference_attention(q, k, v, sparse.pattern_mask(cfg, 4, T), scale=0.3)
+        g = torch.randn_like(ref)
+        want = torch.autograd.grad(ref, (q, k, v), g)
+        for flash in (True, False):
+            y = fn(flash)
+            torch.testing.assert_close(y, ref, atol=2e-5, rtol=2e-5)
+            for a, b in zip(torch.autograd.grad(y, (q, k, v), g), want):
+                torch.testing.assert_close(a, b, atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize("cfg,n_head,ctx", VARIANTS, ids=IDS)
+@pytest.mark.parametrize("dropout", [0.0, 0.5])
+def test_causal(cfg, n_head, ctx, dropout):
+    """d out[t] / d x[s] is exactly zero for every s > t, with and without attention dropout."""
+    m = layer(cfg, n_head, ctx, rotary=True, dropout=dropout)
+    m.train(dropout > 0)
+    T = 19
+    x = torch.randn(1, T, D_MODEL, requires_grad=True)
+    torch.manual_seed(2)
+    y = m(x)
+    for t in range(T):
+        (grad,) = torch.autograd.grad(y[0, t].sum(), x, retain_graph=True)
+        assert torch.all(grad[0, t + 1:] == 0), f"output {t} depends on a later input"
+
+
+@pytest.mark.parametrize("cfg,n_head,ctx", VARIANTS, ids=IDS)
+def test_reachability(cfg, n_head, ctx):
+    """Query i's output has a non-zero gradient in value j exactly where the pattern allows (h,i,j)."""
+    m = layer(cfg, n_head, ctx)
+    T = ctx
+    torch.manual_seed(3)
+    q, k = (torch.randn(1, n_head, T, m.qk_head_dim) for _ in range(2))
+    v = torch.randn(1, n_head, T, m.head_dim, requires_grad=True)
+    y = m.attend(q, k, v)
+    mask = sparse.pattern_mask(cfg, n_head, T)
+    for i in range(T):
+        (grad,) = torch.autograd.grad(y[0, :, i].sum(), v, retain_graph=True)
+        reached = grad[0].abs().sum(-1) != 0  # (heads, T)
+        assert torch.equal(reached, mask[:, i]), f"query {i}: reached keys differ from the pattern"
+
+
+def test_dropout_drops_weights_in_training():
+    m = layer(SparseAttention(block=2, local_attn_ctx=8), 2, 24, dropout=0.5)
+    x = torch.randn(2, 24, D_MODEL)
+    m.eval()
+    y_eval = m(x)
+    m.train()
+    assert not torch.allclose(m(x), y_eval)
+    assert torch.equal(m.eval()(x), y_eval)
+
+
+def test_strided_heads_split_in_halves():
+    mask = sparse.pattern_mask(SparseAttention(pattern="strided", local_attn_ctx=4), 4, 12)
+    i = 11
+    assert mask[0, i].nonzero().flatten().tolist() == [8, 9, 10, 11]  # local heads
+    assert mask[2, i].nonzero().flatten().tolist() == [3, 7, 11]      # strided heads
+
+
+def test_fixed_summary_blocks_follow_openai_layout():
+    # L=8, block=2: s=4 blocks per chunk; num_verts=2, vertsize=1: head 0 sums block 3, head 1 block 2.
+    cfg = SparseAttention(block=2, local_attn_ctx=8, num_verts=2, vertsize=1)
+    mask = sparse.pattern_mask(cfg, 2, 16)
+    assert mask[0, 15, :8].nonzero().flatten().tolist() == [6, 7]
+    assert mask[1, 15, :8].nonzero().flatten().tolist() == [4, 5]
+    assert mask[:, 15, 8:].all()
+
+
+@pytest.mark.parametrize("cfg,n_head,ctx", VARIANTS, ids=IDS)
+def test_flex_mask_mod_equals_reference(cfg, n_head, ctx):
+    i = torch.arange(ctx)[None, :, None]
+    j = torch.arange(ctx)[None, None, :]
+    h = torch.arange(n_head)[:, None, None]
+    got = sparse.mask_mod(cfg, n_head)(0, h, i, j).expand(n_head, ctx, ctx)
+    assert torch.equal(got, sparse.pattern_mask(cfg, n_head, ctx))
+
+
+@pytest.mark.parametrize("attention,model,needles", [
+    ({"type": "sparse", "block": 24, "local_attn_ctx": 64}, {},
+     ["attention.local_attn_ctx (64)", "attention.block (24)"]),
+    ({"type": "sparse", "block": 16, "local_attn_ctx": 64, "vertsize": 3}, {},
+     ["attention.vertsize (3)"]),
+    ({"type": "sparse", "block": 16, "local_attn_ctx": 64, "num_verts": 8}, {"n_head": 8},
+     ["attention.num_verts * attention.vertsize"]),
+    ({"type": "sparse", "block": 16, "local_attn_ctx": 64, "num_verts": 3}, {"n_head": 8},
+     ["model.n_head (8)", "attention.num_verts (3)"]),
+    ({"type": "sparse", "local_attn_ctx": 96}, {}, ["train.context_length (128)"]),
+    ({"type": "sparse", "pattern": "strided"}, {"n_head": 3, "d_model": 96}, ["model.n_head (3)"]),
+    ({"type": "local", "qk_dim": 20}, {}, ["attention.qk_dim (20)", "2 * model.n_head"]),
+    ({"type": "causal", "qk_dim": 1024}, {}, ["attention.qk_dim (1024)", "model.d_model"]),
+    ({"type": "local", "windw": 3}, {}, ["attention.windw", "unknown field"]),
+])
+def test_constraint_errors_name_the_parameters(attention, model, needles):
+    with pytest.raises(ConfigError) as err:
+        build_config({"attention": attention, "model": model})
+    for needle in needles:
+        assert needle in str(err.value)
+
+
+def test_valid_configs_pass():
+    cfg = build_config({"attention": {"type": "sparse", "block": 16, "local_attn_ctx": 64,
+                                      "num_verts": 2, "vertsize": 2}})
+    assert isinstance(cfg.attention, SparseAttention)
+
+
+def test_attention_mask_command_draws_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    from trainer.maskplot import draw_mask
+
+    cfg = build_config({"attention": {"type": "sparse", "block": 8, "local_attn_ctx": 32,
+                                      "num_verts": 2}, "model": {"n_head": 4, "d_model": 64}})
+    out = tmp_path / "mask.png"
+    draw_mask(cfg, out)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
