@@ -182,3 +182,15 @@ def test_readme_config_reference_is_generated_from_the_model() -> None:
     start, end = "<!-- config-reference:start -->\n", "<!-- config-reference:end -->"
     embedded = readme[readme.index(start) + len(start) : readme.index(end)]
     assert embedded == trainer("docs").stdout, "run: python -m trainer docs, paste into README"
+
+
+def test_prepare_builds_the_cache_a_run_then_hits(tmp_path: Path, tiny_titles: Path) -> None:
+    args = ["prepare", "--config", str(TINY), "--cache-dir", str(tmp_path / "cache"),
+            f"data.path={tiny_titles}"]
+    first, second = json.loads(trainer(*args).stdout), json.loads(trainer(*args).stdout)
+    assert (first["cache_hit"], second["cache_hit"]) == (False, True)
+    assert first["cache_key"] == second["cache_key"]
+    res = train_tiny(tmp_path / "run", tiny_titles, tmp_path / "cache")
+    info = next(e for e in read_events(tmp_path / "run" / "events.jsonl")
+                if e["event"] == "dataset_info")
+    assert info["cache_hit"] is True and info["cache_key"] == first["cache_key"]

@@ -4,6 +4,7 @@
     python -m trainer schema                                           JSON Schema of the config
     python -m trainer docs                                             Markdown config reference
     python -m trainer validate --config FILE [key=value ...] [--batch] check configs, train nothing
+    python -m trainer prepare --config FILE [key=value ...]            build the data cache only
     python -m trainer attention-mask --config FILE --out mask.png      draw the attention pattern
 """
 
@@ -67,6 +68,25 @@ def _validate(argv: list[str]) -> int:
     return 0
 
 
+def _prepare(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m trainer prepare",
+                                description="Build the data cache entry a run would use, then exit.")
+    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("--cache-dir", type=Path, default=None, help="data cache (ORCH_CACHE_DIR)")
+    p.add_argument("overrides", nargs="*", metavar="key.path=value")
+    args = p.parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    from trainer.data import DataError, prepare_data
+
+    try:
+        data = prepare_data(cfg.data, cfg.tokenizer, args.cache_dir or default_cache_dir())
+    except DataError as err:
+        raise ConfigError(str(err)) from None
+    print(json.dumps({k: data.info[k] for k in ("cache_key", "cache_hit", "train_tokens",
+                                                "val_tokens")}))
+    return 0
+
+
 def _attention_mask(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m trainer attention-mask")
     p.add_argument("--config", type=Path, required=True)
@@ -84,7 +104,7 @@ def _attention_mask(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Dispatch to a subcommand, or train; config errors exit 2 with one paragraph, no traceback."""
     argv = sys.argv[1:] if argv is None else argv
-    commands = {"validate": _validate, "attention-mask": _attention_mask}
+    commands = {"validate": _validate, "prepare": _prepare, "attention-mask": _attention_mask}
     try:
         if argv[:1] == ["schema"]:
             print(json.dumps(json_schema(), indent=2))
