@@ -31,3 +31,27 @@ def tiny_titles(titles_csv: Path, tmp_path: Path) -> Path:
         writer.writerow(["title"])
         writer.writerows([t] for t in titles)
     return out
+
+
+@pytest.fixture(scope="session")
+def fake_schema_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The trainer's JSON Schema saved once, so the fake trainer's `schema` skips torch."""
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("schema") / "schema.json"
+    proc = subprocess.run([sys.executable, "-m", "trainer", "schema"], capture_output=True,
+                          text=True, check=True)
+    out.write_text(proc.stdout)
+    return out
+
+
+@pytest.fixture
+def orch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_schema_file: Path) -> Path:
+    """A private ORCH_HOME (ledger, runs, cache) for one orchestrator test."""
+    home = tmp_path / "orch-home"
+    monkeypatch.setenv("ORCH_HOME", str(home))
+    monkeypatch.setenv("FAKE_SCHEMA_FILE", str(fake_schema_file))
+    monkeypatch.setenv("FAKE_LOG", str(home / "starts.log"))
+    monkeypatch.setenv("FAKE_SCRIPT", "{}")
+    return home

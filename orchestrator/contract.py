@@ -1,0 +1,239 @@
+"""What the orchestrator knows about a trial program: the trainer contract, and nothing more.
+
+A program honours the contract (DESIGN.md) when it accepts
+
+    PROGRAM --config BASE --out RUN_DIR [key.path=value ...]     train one trial
+    PROGRAM schema                                                 JSON Schema of its config
+    PROGRAM validate --config BASE --batch                         one verdict per stdin line
+
+writes `RUN_DIR/events.jsonl` and `RUN_DIR/result.json`, and exits with the codes below.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Exit codes of the contract (trainer/exitcodes.py), restated because the orchestrator knows the
+# trainer only through its command line.
+EXIT_FINISHED = 0
+EXIT_CRASHED = 1
+EXIT_BAD_INPUT = 2
+EXIT_DIVERGED = 3
+EXIT_OOM = 5
+EXIT_SIGINT = 130
+EXIT_SIGTERM = 143
+
+METRICS = ("val_loss", "val_loss_tok", "val_bpb", "val_coverage")
+
+
+class ContractError(Exception):
+    """The program did not answer a contract command the way the contract says."""
+
+
+def program_argv(program: str | list[str]) -> list[str]:
+    """The program as an argv list; a leading `python` means this interpreter.
+
+    `orch` is often run from a venv that is not activated, where a bare `python` on PATH would
+    be another interpreter without the trainer installed.
+    """
+    argv = shlex.split(program) if isinstance(program, str) else list(program)
+    if argv and argv[0] in ("python", "python3"):
+        argv[0] = sys.executable
+    return argv
+
+
+def format_value(value: Any) -> str:
+    """A value as the trainer's `key=value` parser (a YAML scalar) reads it back unchanged.
+
+    JSON is a subset of YAML flow syntax, so strings stay strings (quoted) and lists stay lists.
+    """
+    return json.dumps(value)
+
+
+def train_argv(program: list[str], base: Path, run_dir: Path, point: dict[str, Any]) -> list[str]:
+    """The command line of one trial."""
+    sets = [f"{key}={format_value(value)}" for key, value in point.items()]
+    return [*program, "--config", str(base), "--out", str(run_dir), *sets]
+
+
+def fetch_schema(program: list[str], timeout: float = 120) -> dict[str, Any]:
+    """Run `PROGRAM schema` and parse its JSON Schema."""
+    try:
+        proc = subprocess.run([*program, "schema"], capture_output=True, text=True,
+                              timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise ContractError(f"`{shlex.join(program)} schema` could not run: {err}") from None
+    if proc.returncode != 0:
+        raise ContractError(f"`{shlex.join(program)} schema` exited {proc.returncode}: "
+                            f"{proc.stderr.strip()[-800:]}")
+    try:
+        return json.loads(proc.stdout)
+    except json.JSONDecodeError as err:
+        raise ContractError(f"`{shlex.join(program)} schema` printed no JSON: {err}") from None
+
+
+class Validator:
+    """A `PROGRAM validate --config BASE --batch` co-process: one process per sweep, many points.
+
+    Each point is a {dotted.key: value} dict applied on top of the base config; the verdict is
+    {ok, config_hash} or {ok: false, error}. Kept open so random and bayes proposals are checked
+    as they come, without paying the program's start-up (a torch import) per trial.
+    """
+
+    def __init__(self, program: list[str], base: Path) -> None:
+        self._argv = [*program, "validate", "--config", str(base), "--batch"]
+        self._proc: subprocess.Popen[str] | None = None
+
+    def start(self) -> subprocess.Popen[str]:
+        """Start the co-process now (it is also started on first use)."""
+        if self._proc is None:
+            self._proc = subprocess.Popen(self._argv, stdin=subprocess.PIPE,
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                          text=True, bufsize=1)
+        return self._proc
+
+    def check(self, points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Verdicts for `points`, in order."""
+        if not points:
+            return []
+        proc = self.start()
+        assert proc.stdin is not None and proc.stdout is not None
+        verdicts = []
+        try:
+            # Write and read one at a time: a big grid could otherwise fill both pipes.
+            for point in points:
+                proc.stdin.write(json.dumps(point) + "\n")
+                proc.stdin.flush()
+                line = proc.stdout.readline()
+                if not line:
+                    raise BrokenPipeError
+                verdicts.append(json.loads(line))
+        except (BrokenPipeError, json.JSONDecodeError):
+            proc.kill()
+            err = proc.stderr.read().strip() if proc.stderr else ""
+            code = proc.wait()
+            self._proc = None
+            raise ContractError(f"`{shlex.join(self._argv)}` exited {code}: "
+                                f"{err[-1500:] or 'no verdict printed'}") from None
+        return verdicts
+
+    def close(self) -> None:
+        """End the co-process."""
+        if self._proc is not None:
+            if self._proc.stdin:
+                self._proc.stdin.close()
+            try:
+                self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+            self._proc = None
+
+
+def read_result(run_dir: Path) -> dict[str, Any] | None:
+    """`result.json`, or None when missing or unreadable (a killed run writes none)."""
+    try:
+        data = json.loads((run_dir / "result.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def finite(value: Any) -> float | None:
+    """A metric value as a float, or None when missing or not finite (never 0)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+@dataclass
+class EventTail:
+    """Reads `events.jsonl` incrementally: only the bytes appended since the last call."""
+
+    path: Path
+    offset: int = 0
+    step: int | None = None
+    max_steps: int | None = None
+    validations: list[dict[str, Any]] = field(default_factory=list)
+
+    def poll(self) -> list[dict[str, Any]]:
+        """New validation_step events since the last poll (progress fields are updated too)."""
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                chunk = f.read()
+        except OSError:
+            return []
+        # Only whole lines: the writer may be mid-line; the rest is read next time.
+        end = chunk.rfind(b"\n")
+        if end < 0:
+            return []
+        self.offset += end + 1
+        new = []
+        for raw in chunk[: end + 1].splitlines():
+            try:
+                event = json.loads(raw)
+            except json.JSONDecodeError:
+                continue
+            if not isinstance(event, dict):
+                continue
+            if isinstance(event.get("step"), int):
+                self.step = event["step"]
+            if isinstance(event.get("max_steps"), int):
+                self.max_steps = event["max_steps"]
+            if event.get("event") == "validation_step":
+                new.append(event)
+        self.validations.extend(new)
+        return new
+
+
+@dataclass
+class Outcome:
+    """The honest end state of one trial attempt."""
+
+    state: str
+    reason: str
+    result: dict[str, Any] | None
+
+
+def judge(exit_code: int | None, run_dir: Path, *, timed_out: bool = False,
+          stop_reason: str | None = None) -> Outcome:
+    """Map an exit code plus `result.json` to a trial state.
+
+    `finished` needs both: exit 0 and a result.json that says finished. What the orchestrator
+    itself did (a timeout, an early stop) wins over what the program reports after the signal.
+    """
+    result = read_result(run_dir)
+    said = result.get("status") if result else None
+    why = (result or {}).get("reason") or ""
+    if exit_code == EXIT_FINISHED and said == "finished":
+        return Outcome("finished", why, result)  # it finished before our signal landed
+    if timed_out:
+        return Outcome("timeout", "exceeded resources.timeout", result)
+    if stop_reason is not None:
+        return Outcome("stopped", stop_reason, result)
+    if exit_code is None:
+        return Outcome("killed", "no exit code", result)
+    if exit_code < 0:
+        return Outcome("killed", f"killed by signal {-exit_code}", result)
+    if exit_code == EXIT_FINISHED:
+        if said == "finished":
+            return Outcome("finished", why, result)
+        shown = f"result.json says {said!r}" if result else "no result.json"
+        return Outcome("failed", f"exit 0 but {shown}", result)
+    if exit_code == EXIT_DIVERGED or said == "diverged":
+        return Outcome("diverged", why or "non-finite loss", result)
+    if exit_code == EXIT_OOM:
+        return Outcome("oom", why or "out of memory", result)
+    if exit_code == EXIT_BAD_INPUT:
+        return Outcome("failed", why or "bad config or data (exit 2)", result)
+    if exit_code in (EXIT_SIGINT, EXIT_SIGTERM):
+        return Outcome("killed", f"stopped by a signal from outside (exit {exit_code})", result)
+    return Outcome("failed", why or f"exit {exit_code}", result)

@@ -1,0 +1,330 @@
+"""The ledger: one SQLite file (WAL) under ORCH_HOME, the source of truth for sweeps and trials.
+
+A trial is keyed by (sweep, config hash), so a resumed sweep runs only what is missing. Every
+state change is one short transaction, so a kill -9 at any moment leaves a readable ledger; a
+trial left `running` by a dead orchestrator is recognised by its owner's pid and start time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS sweeps (
+    name TEXT PRIMARY KEY,
+    spec_path TEXT, spec_json TEXT, varied_json TEXT, metric TEXT, goal TEXT,
+    state TEXT NOT NULL DEFAULT 'created',
+    stop_requested INTEGER NOT NULL DEFAULT 0,
+    owner_pid INTEGER, owner_start TEXT, owner_host TEXT,
+    created_at REAL, updated_at REAL
+);
+CREATE TABLE IF NOT EXISTS trials (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    sweep TEXT NOT NULL REFERENCES sweeps(name),
+    number INTEGER NOT NULL,
+    config_hash TEXT NOT NULL,
+    params_json TEXT NOT NULL, config_json TEXT,
+    state TEXT NOT NULL, reason TEXT, exit_code INTEGER,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    created_at REAL, started_at REAL, ended_at REAL,
+    run_dir TEXT, pid INTEGER, pgid INTEGER, slot INTEGER, device TEXT,
+    step INTEGER, max_steps INTEGER, last_metric REAL, best_metric REAL,
+    final_json TEXT, best_json TEXT, program_wall REAL,
+    UNIQUE (sweep, config_hash)
+);
+CREATE TABLE IF NOT EXISTS metrics (
+    trial_id INTEGER NOT NULL REFERENCES trials(id),
+    attempt INTEGER NOT NULL, step INTEGER, time REAL, values_json TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS metrics_trial ON metrics (trial_id, attempt);
+"""
+
+# Terminal states: a resumed sweep leaves these alone (a stop by the user is not terminal).
+TERMINAL = {"finished", "failed", "diverged", "timeout", "oom", "killed", "stopped", "invalid"}
+INTERRUPTED = "interrupted"  # the reason of a `stopped` trial that a resume runs again
+
+
+def orch_home() -> Path:
+    """ORCH_HOME, else ./.orch (like wandb/)."""
+    return Path(os.environ.get("ORCH_HOME") or ".orch").resolve()
+
+
+def process_start(pid: int) -> str | None:
+    """The start time of a process (clock ticks since boot) or None if there is no such pid.
+
+    With the pid it names one process for good: a pid reused later has another start time.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Field 22; the command name (field 2) may hold spaces, so split after its closing paren.
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def alive(pid: int | None, start: str | None) -> bool:
+    """Whether the process recorded as (pid, start time) is still running."""
+    return pid is not None and start is not None and process_start(pid) == start
+
+
+@dataclass
+class Trial:
+    """One row of `trials`, with JSON columns decoded."""
+
+    id: int
+    sweep: str
+    number: int
+    config_hash: str
+    params: dict[str, Any]
+    state: str
+    reason: str | None
+    exit_code: int | None
+    attempts: int
+    created_at: float | None
+    started_at: float | None
+    ended_at: float | None
+    run_dir: str | None
+    pid: int | None
+    pgid: int | None
+    slot: int | None
+    device: str | None
+    step: int | None
+    max_steps: int | None
+    last_metric: float | None
+    best_metric: float | None
+    final: dict[str, Any]
+    best: dict[str, Any]
+    program_wall: float | None
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> Trial:
+        d = dict(row)
+        return cls(
+            id=d["id"], sweep=d["sweep"], number=d["number"], config_hash=d["config_hash"],
+            params=json.loads(d["params_json"]), state=d["state"], reason=d["reason"],
+            exit_code=d["exit_code"], attempts=d["attempts"], created_at=d["created_at"],
+            started_at=d["started_at"], ended_at=d["ended_at"], run_dir=d["run_dir"],
+            pid=d["pid"], pgid=d["pgid"], slot=d["slot"], device=d["device"], step=d["step"],
+            max_steps=d["max_steps"], last_metric=d["last_metric"],
+            best_metric=d["best_metric"], final=json.loads(d["final_json"] or "{}"),
+            best=json.loads(d["best_json"] or "{}"), program_wall=d["program_wall"])
+
+
+class Ledger:
+    """All reads and writes of the ledger file."""
+
+    def __init__(self, home: Path) -> None:
+        home.mkdir(parents=True, exist_ok=True)
+        self.home = home
+        self.path = home / "ledger.sqlite"
+        # Autocommit; multi-statement changes use explicit BEGIN IMMEDIATE.
+        self.db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL survives a process kill
+        self.db.execute("PRAGMA busy_timeout=30000")
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.db.close()
+
+    def _tx(self) -> _Transaction:
+        return _Transaction(self.db)
+
+    # -- sweeps ---------------------------------------------------------------------------------
+
+    def upsert_sweep(self, name: str, spec_path: str, spec: dict[str, Any], varied: list[str],
+                     metric: str, goal: str) -> bool:
+        """Create the sweep, or refresh its spec; True when it already existed (a resume)."""
+        now = time.time()
+        with self._tx():
+            existed = self.db.execute("SELECT 1 FROM sweeps WHERE name=?", (name,)).fetchone()
+            if existed:
+                self.db.execute(
+                    "UPDATE sweeps SET spec_path=?, spec_json=?, varied_json=?, metric=?, goal=?,"
+                    " updated_at=? WHERE name=?",
+                    (spec_path, json.dumps(spec), json.dumps(varied), metric, goal, now, name))
+            else:
+                self.db.execute(
+                    "INSERT INTO sweeps (name, spec_path, spec_json, varied_json, metric, goal,"
+                    " created_at, updated_at) VALUES (?,?,?,?,?,?,?,?)",
+                    (name, spec_path, json.dumps(spec), json.dumps(varied), metric, goal, now,
+                     now))
+        return bool(existed)
+
+    def sweep(self, name: str) -> dict[str, Any] | None:
+        """The sweep's row as a dict (JSON columns decoded), or None."""
+        row = self.db.execute("SELECT * FROM sweeps WHERE name=?", (name,)).fetchone()
+        if row is None:
+            return None
+        d = dict(row)
+        d["spec"] = json.loads(d.pop("spec_json") or "{}")
+        d["varied"] = json.loads(d.pop("varied_json") or "[]")
+        return d
+
+    def sweeps(self) -> list[dict[str, Any]]:
+        """Every sweep with its trial counts per state."""
+        out = []
+        for row in self.db.execute("SELECT name FROM sweeps ORDER BY created_at"):
+            d = self.sweep(row["name"]) or {}
+            counts = self.db.execute("SELECT state, COUNT(*) n FROM trials WHERE sweep=? "
+                                     "GROUP BY state", (row["name"],)).fetchall()
+            d["counts"] = {r["state"]: r["n"] for r in counts}
+            d["owner_alive"] = alive(d.get("owner_pid"), d.get("owner_start"))
+            out.append(d)
+        return out
+
+    def claim(self, name: str) -> dict[str, Any] | None:
+        """Make this process the sweep's owner; return the live other owner's row if any."""
+        me, start = os.getpid(), process_start(os.getpid())
+        with self._tx():
+            row = self.db.execute("SELECT owner_pid, owner_start FROM sweeps WHERE name=?",
+                                  (name,)).fetchone()
+            if row and row["owner_pid"] != me and alive(row["owner_pid"], row["owner_start"]):
+                return dict(row)
+            self.db.execute(
+                "UPDATE sweeps SET owner_pid=?, owner_start=?, owner_host=?, state='running',"
+                " stop_requested=0, updated_at=? WHERE name=?",
+                (me, start, socket.gethostname(), time.time(), name))
+        return None
+
+    def release(self, name: str, state: str) -> None:
+        """Record the sweep's end state and drop ownership."""
+        self.db.execute("UPDATE sweeps SET state=?, owner_pid=NULL, owner_start=NULL,"
+                        " updated_at=? WHERE name=?", (state, time.time(), name))
+
+    def request_stop(self, name: str) -> bool:
+        """Ask the sweep's orchestrator to stop (it polls the flag); False if no such sweep."""
+        cur = self.db.execute("UPDATE sweeps SET stop_requested=1 WHERE name=?", (name,))
+        return cur.rowcount > 0
+
+    def stop_requested(self, name: str) -> bool:
+        """Whether `orch stop` asked this sweep to stop."""
+        row = self.db.execute("SELECT stop_requested FROM sweeps WHERE name=?",
+                              (name,)).fetchone()
+        return bool(row and row["stop_requested"])
+
+    # -- trials ---------------------------------------------------------------------------------
+
+    def trials(self, sweep: str) -> list[Trial]:
+        """The sweep's trials in creation order."""
+        rows = self.db.execute("SELECT * FROM trials WHERE sweep=? ORDER BY number", (sweep,))
+        return [Trial.from_row(r) for r in rows]
+
+    def trial(self, trial_id: int) -> Trial:
+        """One trial by id."""
+        row = self.db.execute("SELECT * FROM trials WHERE id=?", (trial_id,)).fetchone()
+        return Trial.from_row(row)
+
+    def add_trial(self, sweep: str, config_hash: str, params: dict[str, Any],
+                  state: str = "pending", reason: str | None = None) -> Trial:
+        """Insert a trial (numbered 1, 2, ... within its sweep) and return it."""
+        with self._tx():
+            n = self.db.execute("SELECT COALESCE(MAX(number), 0) + 1 FROM trials WHERE sweep=?",
+                                (sweep,)).fetchone()[0]
+            cur = self.db.execute(
+                "INSERT INTO trials (sweep, number, config_hash, params_json, state, reason,"
+                " created_at) VALUES (?,?,?,?,?,?,?)",
+                (sweep, n, config_hash, json.dumps(params), state, reason, time.time()))
+        return self.trial(int(cur.lastrowid or 0))
+
+    def mark_running(self, trial_id: int, *, pid: int, pgid: int, run_dir: str, slot: int,
+                     device: str, started_at: float) -> None:
+        """The trial's process has started: one more attempt."""
+        self.db.execute(
+            "UPDATE trials SET state='running', reason=NULL, exit_code=NULL, pid=?, pgid=?,"
+            " run_dir=?, slot=?, device=?, started_at=?, ended_at=NULL, step=NULL,"
+            " max_steps=NULL, last_metric=NULL, best_metric=NULL, attempts=attempts+1"
+            " WHERE id=?", (pid, pgid, run_dir, slot, device, started_at, trial_id))
+
+    def record_progress(self, trial_id: int, attempt: int, step: int | None,
+                        max_steps: int | None, validations: list[dict[str, Any]],
+                        metric: str, goal: str) -> None:
+        """New progress from events.jsonl: step counters and validation metrics."""
+        with self._tx():
+            for v in validations:
+                values = {k: v.get(k) for k in v if k not in ("event", "time", "step")}
+                self.db.execute("INSERT INTO metrics VALUES (?,?,?,?,?)",
+                                (trial_id, attempt, v.get("step"), v.get("time"),
+                                 json.dumps(values)))
+            last = next((v[metric] for v in reversed(validations)
+                         if isinstance(v.get(metric), (int, float))), None)
+            pick = "MIN" if goal == "minimize" else "MAX"
+            self.db.execute(
+                f"UPDATE trials SET step=COALESCE(?, step), max_steps=COALESCE(?, max_steps),"
+                f" last_metric=COALESCE(?, last_metric),"
+                f" best_metric=CASE WHEN ? IS NULL THEN best_metric WHEN best_metric IS NULL"
+                f" THEN ? ELSE {pick}(best_metric, ?) END WHERE id=?",
+                (step, max_steps, last, last, last, last, trial_id))
+
+    def history(self, trial_id: int, attempt: int) -> list[dict[str, Any]]:
+        """The validation metrics of one attempt, in order."""
+        rows = self.db.execute("SELECT values_json FROM metrics WHERE trial_id=? AND attempt=?"
+                               " ORDER BY rowid", (trial_id, attempt))
+        return [json.loads(r["values_json"]) for r in rows]
+
+    def finish(self, trial_id: int, *, state: str, reason: str | None, exit_code: int | None,
+               ended_at: float, final: dict[str, Any] | None, best: dict[str, Any] | None,
+               program_wall: float | None, config: dict[str, Any] | None = None) -> None:
+        """The attempt ended: its honest state and what result.json said."""
+        self.db.execute(
+            "UPDATE trials SET state=?, reason=?, exit_code=?, ended_at=?, final_json=?,"
+            " best_json=?, program_wall=?, config_json=COALESCE(?, config_json), pid=NULL"
+            " WHERE id=?",
+            (state, reason, exit_code, ended_at, json.dumps(final or {}),
+             json.dumps(best or {}), program_wall,
+             json.dumps(config) if config is not None else None, trial_id))
+
+    def requeue(self, trial_id: int, reason: str, refund_attempt: bool) -> None:
+        """Back to pending: a retry, or an attempt an interruption cut short (refunded)."""
+        self.db.execute(
+            "UPDATE trials SET state='pending', reason=?, pid=NULL,"
+            " attempts=attempts - ? WHERE id=?", (reason, 1 if refund_attempt else 0, trial_id))
+
+    def recover(self, sweep: str) -> list[Trial]:
+        """Trials to run again on resume: left `running` by a dead owner, or stopped by the user.
+
+        Called after `claim`, so any `running` trial belongs to a previous, dead orchestrator.
+        """
+        back = []
+        for t in self.trials(sweep):
+            if t.state == "running":
+                self.requeue(t.id, "orchestrator died; re-run", refund_attempt=True)
+                back.append(t)
+            elif t.state == "stopped" and t.reason == INTERRUPTED:
+                self.requeue(t.id, "interrupted; re-run", refund_attempt=True)
+                back.append(t)
+        return back
+
+
+class _Transaction:
+    """`with ledger._tx():` BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on error."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, kind: Any, *_: Any) -> None:
+        self.db.execute("ROLLBACK" if kind else "COMMIT")
+
+
+def iter_states(trials: list[Trial]) -> Iterator[tuple[str, int]]:
+    """(state, count) pairs in a stable order, for summaries."""
+    order = ["pending", "running", "finished", "stopped", "diverged", "failed", "oom",
+             "timeout", "killed", "invalid"]
+    counts: dict[str, int] = {}
+    for t in trials:
+        counts[t.state] = counts.get(t.state, 0) + 1
+    for state in order + sorted(set(counts) - set(order)):
+        if counts.get(state):
+            yield state, counts[state]

@@ -1,0 +1,218 @@
+"""From a spec file and command-line overrides to a checked plan, before anything runs.
+
+Order of checks: the spec's own model; the search section against the JSON schema that ships in
+W&B's `sweeps` package; every parameter and override name and value against the program's JSON
+Schema; then every grid point (or, for random and bayes, the fixed part) against the program's
+own validation (`validate --batch`, one process). Problems are collected, not raised one by one.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from orchestrator.contract import METRICS, ContractError, Validator, fetch_schema, program_argv
+from orchestrator.paramcheck import distribution_error, resolve, value_error
+from orchestrator.search import Engine, param_names, varied
+from orchestrator.spec import (SpecDoc, SpecError, SweepSpec, flatten, load_spec, parse_set,
+                               read_spec)
+
+
+@dataclass
+class Plan:
+    """A spec ready to run: absolute base path, program argv, fixed overrides, grid points."""
+
+    spec: SweepSpec
+    doc: SpecDoc
+    base: Path
+    program: list[str]
+    fixed: dict[str, Any]
+    search: dict[str, Any]
+    varied: list[str]
+    validator: Validator
+    grid: list[tuple[dict[str, Any], str]] | None = None  # (point, config hash), valid only
+    invalid: list[tuple[dict[str, Any], str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def resolved(self, point: dict[str, Any]) -> dict[str, Any]:
+        """Fixed overrides plus one point: every key the trial sets on the base config."""
+        return {**self.fixed, **point}
+
+    def close(self) -> None:
+        """End the validation co-process."""
+        self.validator.close()
+
+
+def _sweeps_schema_errors(doc: SpecDoc, search: dict[str, Any]) -> list[tuple[tuple[Any, ...], str]]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import jsonschema.exceptions
+        from sweeps import schema_violations_from_proposed_config
+        from sweeps.config.schema import validator
+    out = []
+    for err in validator.iter_errors(search):
+        loc = tuple(err.absolute_path)
+        best = jsonschema.exceptions.best_match(err.context) if err.context else None
+        if loc[:1] == ("parameters",) and len(loc) == 2:
+            out.append((loc, doc.error(loc, "not a valid W&B parameter. Allowed forms: {value: V}, "
+                                      "{values: [..]}, {min: A, max: B, distribution: D}, "
+                                      "{distribution: normal, mu, sigma}, or {parameters: {..}} "
+                                      "for nesting" + (f" ({best.message})" if best else ""))))
+        else:
+            out.append((loc, doc.error(loc, f"{err.message} (W&B sweep config schema)")))
+    try:
+        extra = schema_violations_from_proposed_config(search)
+    except ValueError as err:
+        extra = [str(err)]
+    seen = {err.message for err in validator.iter_errors(search)}
+    names = sorted(search.get("parameters", {}), key=len, reverse=True)
+    for msg in dict.fromkeys(extra):
+        if msg in seen:
+            continue
+        name = next((n for n in names if n in msg), None)
+        loc = ("parameters", name) if name else ()
+        if not loc or loc not in {l for l, _ in out}:
+            out.append((loc, doc.error(loc, msg)))
+    return out
+
+
+def _raw_parameter_problems(spec_path: Path) -> list[str]:
+    """Parameter-name problems of a spec whose model check failed, so one run shows them all."""
+    try:
+        doc = read_spec(spec_path)
+        params = doc.data.get("parameters")
+        program = doc.data.get("program", "python -m trainer")
+        if not isinstance(params, dict) or not isinstance(program, (str, list)):
+            return []
+        schema = fetch_schema(program_argv(program))
+    except (SpecError, ContractError):
+        return []
+    return [doc.error(loc, err) for name, _, loc in param_names(params)
+            if isinstance(err := resolve(name, schema), str)]
+
+
+def build_plan(spec_path: Path, sets: list[str] = (), data: Path | None = None,
+               max_trials: int | None = None) -> Plan:
+    """Check a spec completely; raise SpecError with every problem, else return the Plan."""
+    try:
+        spec, doc = load_spec(spec_path)
+    except SpecError as err:
+        raise SpecError(err.paragraphs + _raw_parameter_problems(spec_path)) from None
+    problems: list[str] = []
+    search = spec.search_config()
+    wandb_problems = _sweeps_schema_errors(doc, search)
+    problems += [text for loc, text in wandb_problems if loc[:1] != ("parameters",)]
+    if spec.metric.name not in METRICS:
+        problems.append(doc.error(("metric", "name"), f"unknown metric {spec.metric.name!r}; "
+                                  f"the trainer reports {', '.join(METRICS)}"))
+    if spec.method != "grid" and spec.run_cap is None and max_trials is None:
+        problems.append(doc.error(("method",), f"a {spec.method} search never ends by itself: "
+                                  "set `run_cap` (or pass --max-trials)"))
+    base = (spec_path.parent / spec.base).resolve()
+    if not base.is_file():
+        problems.append(doc.error(("base",), f"trainer config {base} does not exist; `base` is "
+                                  "relative to the spec file"))
+    program = program_argv(spec.program)
+    # The validation co-process starts now, so its start-up (a torch import) overlaps the
+    # schema call's; both are the fixed cost of every sweep.
+    validator = Validator(program, base)
+    if base.is_file():
+        validator.start()
+    try:
+        plan = _static_checks(spec, doc, spec_path, problems, program, base, validator, sets,
+                              data, [p for p in wandb_problems if p[0][:1] == ("parameters",)])
+        _check_points(plan)
+    except BaseException:
+        validator.close()
+        raise
+    return plan
+
+
+def _static_checks(spec: SweepSpec, doc: SpecDoc, spec_path: Path, problems: list[str],
+                   program: list[str], base: Path, validator: Validator, sets: list[str],
+                   data: Path | None, wandb_params: list[tuple[tuple[Any, ...], str]]) -> Plan:
+    """Names and values against the program's schema; W&B's parameter errors where no sharper
+    one exists for the same parameter."""
+    try:
+        schema = fetch_schema(program)
+    except ContractError as err:
+        raise SpecError([*problems, doc.error(("program",), str(err))]) from None
+
+    fixed_src: dict[str, tuple[Any, tuple[Any, ...] | str]] = {}
+    for key, value in flatten(spec.overrides).items():
+        if key == "data.path" and value is not None and not Path(str(value)).is_absolute():
+            value = str((spec_path.parent / str(value)).resolve())  # relative to the spec
+        fixed_src[key] = (value, ("overrides", key))
+    if spec.tracking.wandb is not None:
+        for key in ("mode", "project", "entity"):
+            fixed_src[f"tracking.{key}"] = (getattr(spec.tracking.wandb, key),
+                                            ("tracking", "wandb", key))
+    for text in sets:
+        try:
+            key, value = parse_set(text)
+        except SpecError as err:
+            problems += err.paragraphs
+            continue
+        fixed_src[key] = (value, f"--set {text}")
+    if data is not None:
+        fixed_src["data.path"] = (str(data.resolve()), f"--data {data}")
+        if not data.is_file():
+            problems.append(f"--data {data}: no such file")
+
+    for key, (value, where) in fixed_src.items():
+        fields = resolve(key, schema)
+        err = fields if isinstance(fields, str) else value_error(value, fields, schema)
+        if err:
+            problems.append(doc.error(where, err) if isinstance(where, tuple)
+                            else f"{where}: {err}")
+    flagged = set()
+    for name, param, loc in param_names(spec.parameters):
+        fields = resolve(name, schema)
+        err = fields if isinstance(fields, str) else distribution_error(param, fields, schema)
+        if err:
+            problems.append(doc.error(loc, err))
+            flagged.add(loc)
+    problems += [text for loc, text in wandb_params if loc not in flagged]
+    if problems:
+        raise SpecError(problems)
+
+    fixed = {k: v for k, (v, _) in fixed_src.items()}
+    return Plan(spec=spec, doc=doc, base=base, program=program, fixed=fixed,
+                search=spec.search_config(), varied=varied(spec.parameters),
+                validator=validator)
+
+
+def _check_points(plan: Plan) -> None:
+    """Validate the trial configs with the program itself; fills plan.grid and plan.invalid."""
+    doc = plan.doc
+    try:
+        if plan.spec.method == "grid":
+            points = Engine(plan.search).grid()
+            verdicts = plan.validator.check([plan.resolved(p) for p in points])
+        else:
+            points, verdicts = [], plan.validator.check([plan.fixed])
+    except ContractError as err:
+        raise SpecError([doc.error(("base",), str(err))]) from None
+    except ValueError as err:  # the engine refuses a space (e.g. a distribution in a grid)
+        raise SpecError([doc.error(("parameters",), str(err))]) from None
+    if plan.spec.method != "grid":
+        if not verdicts[0].get("ok"):
+            raise SpecError([doc.error(("base",), verdicts[0].get("error", "invalid"))])
+        return
+    plan.grid, seen = [], set()
+    for point, verdict in zip(points, verdicts):
+        if not verdict.get("ok"):
+            plan.invalid.append((point, str(verdict.get("error"))))
+        elif verdict["config_hash"] in seen:
+            plan.notes.append(f"grid point {json.dumps(point)} resolves to the same config as an "
+                              "earlier point; it runs once")
+        else:
+            seen.add(verdict["config_hash"])
+            plan.grid.append((point, verdict["config_hash"]))
+    if not plan.grid:
+        reasons = "; ".join(f"{json.dumps(p)}: {e}" for p, e in plan.invalid[:5])
+        raise SpecError([doc.error(("parameters",), f"all {len(plan.invalid)} grid points are "
+                                   f"invalid for the trainer: {reasons}")])

@@ -1,0 +1,91 @@
+"""Live progress: a rich table redrawn in place on a terminal, plain lines everywhere else.
+
+The table is refreshed by the run loop itself (no refresh thread), because the launcher forks
+with a preexec hook, which is only safe while the process has a single thread.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, Mapping
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from orchestrator.ledger import Trial, iter_states
+
+
+def _fmt(value: float | None) -> str:
+    return "—" if value is None else f"{value:.4f}"
+
+
+def _elapsed(t: Trial, now: float) -> str:
+    if t.started_at is None:
+        return "—"
+    secs = int((t.ended_at if t.state != "running" and t.ended_at else now) - t.started_at)
+    return f"{secs // 60}:{secs % 60:02d}"
+
+
+class Progress:
+    """What the user sees while a sweep runs."""
+
+    def __init__(self, sweep: str, varied: list[str], metric: str,
+                 console: Console | None = None, live: bool | None = None) -> None:
+        self.sweep = sweep
+        self.varied = varied
+        self.metric = metric
+        self.console = console or Console()
+        self.live_mode = sys.stdout.isatty() if live is None else live
+        self._live: Live | None = None
+        self._last_draw = 0.0
+
+    def start(self) -> None:
+        """Begin drawing (the table appears on the first refresh)."""
+        if self.live_mode:
+            self._live = Live(console=self.console, auto_refresh=False, transient=False)
+            self._live.start()
+
+    def stop(self) -> None:
+        """Stop drawing; the last table stays on screen."""
+        if self._live is not None:
+            self._live.refresh()
+            self._live.stop()
+            self._live = None
+
+    def note(self, text: str) -> None:
+        """One event line (a trial started, ended, was stopped)."""
+        stamp = time.strftime("%H:%M:%S")
+        if self._live is not None:
+            self._live.console.print(f"[dim]{stamp}[/dim] {text}", highlight=False)
+        else:
+            print(f"{stamp} [{self.sweep}] {text}", flush=True)
+
+    def refresh(self, trials: list[Trial], live: Mapping[int, Any]) -> None:
+        """Redraw the table (at most 4 times a second); plain mode prints only notes."""
+        now = time.time()
+        if self._live is None or now - self._last_draw < 0.25:
+            return
+        self._last_draw = now
+        self._live.update(self.table(trials, now), refresh=True)
+
+    def table(self, trials: list[Trial], now: float) -> Table:
+        """Trial, varied params, state, step/max, last metric, elapsed."""
+        summary = ", ".join(f"{n} {s}" for s, n in iter_states(trials))
+        table = Table(title=f"sweep {self.sweep}: {summary}", title_justify="left")
+        table.add_column("trial", justify="right")
+        for name in self.varied:
+            table.add_column(name)
+        for col in ("state", "step", f"last {self.metric}", f"best {self.metric}", "elapsed"):
+            table.add_column(col, justify="right" if col != "state" else "left",
+                             no_wrap=True, min_width=8 if col == "state" else None)
+        shown = [t for t in trials if t.state != "invalid"]
+        # Running first, then the most recent, so the table stays short on long sweeps.
+        shown.sort(key=lambda t: (t.state != "running", -(t.number)))
+        for t in shown[:30]:
+            step = "—" if t.step is None else f"{t.step}/{t.max_steps or '?'}"
+            table.add_row(str(t.number), *[str(t.params.get(n, "—")) for n in self.varied],
+                          t.state, step, _fmt(t.last_metric), _fmt(t.best_metric),
+                          _elapsed(t, now))
+        return table

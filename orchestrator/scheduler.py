@@ -1,0 +1,353 @@
+"""The run loop: fill slots with trials, watch them, stop them, and record everything.
+
+One thread, one loop: reap ended trials, tail their events, ask hyperband what to stop, enforce
+timeouts, launch into free slots, draw progress, then sleep until a trial exits (pidfd) or a
+short tick passes. Signals only set a flag the loop reads, so every ledger write happens in the
+loop, in order, and an interrupted sweep leaves a consistent ledger.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from orchestrator.contract import EXIT_BAD_INPUT, EventTail, finite, judge, train_argv
+from orchestrator.launcher import LocalLauncher, Running, kill_marked
+from orchestrator.ledger import INTERRUPTED, Ledger, Trial
+from orchestrator.plan import Plan
+from orchestrator.progress import Progress
+from orchestrator.search import Engine
+from orchestrator.spec import Resources
+
+TICK = 0.25  # seconds between looks at events.jsonl while trials run
+RETRYABLE = {"failed", "oom", "killed"}
+EARLY_STOP = "early-terminated by hyperband"
+
+
+class SweepBusy(Exception):
+    """Another live orchestrator owns this sweep."""
+
+
+@dataclass
+class Slot:
+    """One place a trial can run: a GPU share or a CPU share."""
+
+    index: int
+    device: str
+    env: dict[str, str]
+
+
+def detect_gpus() -> list[int]:
+    """GPU indices from nvidia-smi; none when it is missing or fails."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    if out.returncode != 0:
+        return []
+    return [int(x) for x in out.stdout.split() if x.strip().isdigit()]
+
+
+def make_slots(res: Resources, gpus_found: list[int] | None = None) -> list[Slot]:
+    """GPUs x jobs_per_gpu (spread over GPUs first), else cpu_slots CPU slots.
+
+    CPU threads are shared out so parallel trials do not oversubscribe the cores, unless the
+    user already pinned OMP_NUM_THREADS.
+    """
+    if res.gpus == "all":
+        gpus = detect_gpus() if gpus_found is None else gpus_found
+    else:
+        gpus = list(res.gpus or [])
+    if gpus:
+        slots = [Slot(i, f"cuda:{g}", {"CUDA_VISIBLE_DEVICES": str(g)})
+                 for i, g in enumerate(g for _ in range(res.jobs_per_gpu) for g in gpus)]
+    else:
+        slots = [Slot(i, "cpu", {"CUDA_VISIBLE_DEVICES": ""}) for i in range(res.cpu_slots)]
+    threads = str(max(1, (os.cpu_count() or 1) // len(slots)))
+    if "OMP_NUM_THREADS" not in os.environ:
+        for s in slots:
+            s.env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+    return slots
+
+
+@dataclass
+class Live:
+    """A running attempt and what the loop knows about it."""
+
+    run: Running
+    trial: Trial
+    slot: Slot
+    tail: EventTail
+    attempt: int
+
+
+@dataclass
+class Scheduler:
+    """Runs one sweep of a Plan against the ledger."""
+
+    plan: Plan
+    ledger: Ledger
+    progress: Progress
+    home: Path
+    max_trials: int | None = None
+    slots: list[Slot] | None = None
+    _signal: int | None = None
+    _live: dict[int, Live] = field(default_factory=dict)
+    _histories: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """The sweep's name."""
+        return self.plan.spec.name
+
+    def _marker(self, trial_id: int | None = None) -> str:
+        return f"{self.home}:{self.name}:" + ("" if trial_id is None else str(trial_id))
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        # A second Ctrl-C means "now": skip the grace period.
+        if self._signal is not None:
+            for live in self._live.values():
+                live.run.term_sent = 0.0  # the loop's next enforce() sends SIGKILL
+        self._signal = signum
+
+    def run(self) -> int:
+        """Run the sweep to its end or an interruption; the exit code for the CLI."""
+        spec = self.plan.spec
+        self.ledger.upsert_sweep(self.name, str(self.plan.doc.path), spec.model_dump(mode="json"),
+                                 self.plan.varied, spec.metric.name, spec.metric.goal)
+        owner = self.ledger.claim(self.name)
+        if owner:
+            raise SweepBusy(f"sweep {self.name} is running under pid {owner['owner_pid']}; "
+                            f"`orch stop {self.name}` stops it")
+        leftovers = kill_marked(self._marker())
+        for t in self.ledger.recover(self.name):
+            why = "left running by a dead orchestrator" if t.state == "running" else "interrupted"
+            self.progress.note(f"trial {t.number}: re-run ({why})")
+        if leftovers:
+            self.progress.note(f"ended {len(leftovers)} leftover trial process(es)")
+        for t in self.ledger.trials(self.name):
+            if t.attempts:
+                self._histories[t.id] = self.ledger.history(t.id, t.attempts)
+        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        launcher = LocalLauncher(spec.resources.kill_grace)
+        self.progress.start()
+        try:
+            state = self._loop(launcher)
+        finally:
+            launcher.close()
+            self.progress.stop()
+            for s, handler in old.items():
+                signal.signal(s, handler)
+        self.ledger.release(self.name, state)
+        if state == "stopped":
+            return 143 if self._signal == signal.SIGTERM else 130
+        trials = self.ledger.trials(self.name)
+        return 0 if any(t.state == "finished" for t in trials) or state == "paused" else 1
+
+    def _loop(self, launcher: LocalLauncher) -> str:
+        engine = Engine(self.plan.search)
+        slots = self.slots or make_slots(self.plan.spec.resources)
+        launched, exhausted, stopping = 0, False, False
+        last_flag_check = 0.0
+        while True:
+            now = time.time()
+            if not stopping and now - last_flag_check > 0.5:
+                last_flag_check = now
+                if self.ledger.stop_requested(self.name):
+                    self._signal = self._signal or signal.SIGINT
+            if self._signal is not None and not stopping:
+                stopping = True
+                self.progress.note("stopping: SIGTERM to running trials")
+                for live in self._live.values():
+                    launcher.terminate(live.run, INTERRUPTED)
+            new_metrics = self._watch(launcher, engine)
+            if new_metrics and not stopping:
+                self._early_stop(launcher, engine)
+            for live in self._live.values():
+                launcher.enforce(live.run, now)
+            if not stopping:
+                free = [s for s in slots if s.index not in {lv.slot.index for lv in
+                                                              self._live.values()}]
+                budget = None if self.max_trials is None else self.max_trials - launched
+                n, exhausted = self._launch(launcher, engine, free, budget, exhausted)
+                launched += n
+            self.progress.refresh(self.ledger.trials(self.name), self._live)
+            if not self._live:
+                if stopping:
+                    return "stopped"
+                pending = [t for t in self.ledger.trials(self.name) if t.state == "pending"]
+                at_budget = self.max_trials is not None and launched >= self.max_trials
+                if at_budget and (pending or not exhausted):
+                    return "paused"
+                if not pending and (exhausted or self._capped()):
+                    return "finished"
+            launcher.wait_any(TICK if self._live else 0.0)
+
+    def _capped(self) -> bool:
+        cap = self.plan.spec.run_cap
+        counted = [t for t in self.ledger.trials(self.name) if t.state != "invalid"]
+        return cap is not None and len(counted) >= cap
+
+    # -- launching --------------------------------------------------------------------------------
+
+    def _launch(self, launcher: LocalLauncher, engine: Engine, free: list[Slot],
+                budget: int | None, exhausted: bool) -> tuple[int, bool]:
+        """Fill free slots: pending trials first, then new suggestions. (launched, exhausted)"""
+        started = 0
+        for slot in free:
+            if budget is not None and started >= budget:
+                break
+            trial = self._next_pending()
+            if trial is None and not exhausted and not self._capped():
+                exhausted = self._suggest(engine, len(free) - started)
+                trial = self._next_pending()
+            if trial is None:
+                break
+            self._start(launcher, trial, slot)
+            started += 1
+        return started, exhausted
+
+    def _next_pending(self) -> Trial | None:
+        running = set(self._live)
+        return next((t for t in self.ledger.trials(self.name)
+                     if t.state == "pending" and t.id not in running), None)
+
+    def _suggest(self, engine: Engine, n: int) -> bool:
+        """Add up to n pending trials from the engine; True when the search space is exhausted."""
+        trials = self.ledger.trials(self.name)
+        cap = self.plan.spec.run_cap
+        if cap is not None:
+            n = min(n, cap - len([t for t in trials if t.state != "invalid"]))
+        known = {t.config_hash for t in trials}
+        grid = {json.dumps(p, sort_keys=True): h for p, h in self.plan.grid or []}
+        # Invalid grid points count as tried, so the engine moves past them.
+        extra = [engine.point_run(p, "failed") for p, _ in self.plan.invalid]
+        tries = 20 if self.plan.grid is None else len(self.plan.grid) + len(self.plan.invalid) + 1
+        for _ in range(tries):
+            runs = [engine.sweep_run(t) for t in self.ledger.trials(self.name)] + extra
+            points = engine.suggest(runs, n)
+            if points is None:
+                return True
+            if self.plan.grid is not None:
+                # A grid point missing from the map resolved to the same config as another.
+                verdicts = [{"ok": True, "config_hash": grid.get(json.dumps(p, sort_keys=True))}
+                            for p in points]
+            else:
+                verdicts = self.plan.validator.check([self.plan.resolved(p) for p in points])
+            added = 0
+            for point, verdict in zip(points, verdicts):
+                h = verdict.get("config_hash")
+                if verdict.get("ok") and h and h not in known:
+                    self.ledger.add_trial(self.name, h, point)
+                    known.add(h)
+                    added += 1
+                elif verdict.get("ok"):
+                    # A config already tried: shown to the engine as taken (pending), so grid
+                    # moves on and bayes looks elsewhere.
+                    extra.append(engine.point_run(point, "pending"))
+                else:
+                    key = "invalid-" + json.dumps(point, sort_keys=True)
+                    if key not in known:
+                        t = self.ledger.add_trial(self.name, key, point, "invalid",
+                                                  str(verdict.get("error")))
+                        known.add(key)
+                        self.progress.note(f"trial {t.number}: invalid point skipped: "
+                                           f"{verdict.get('error')}")
+            if added:
+                return False
+        self.progress.note("the engine keeps proposing configs already tried; ending the sweep")
+        return True
+
+    def _start(self, launcher: LocalLauncher, trial: Trial, slot: Slot) -> None:
+        attempt = trial.attempts + 1
+        run_dir = self.home / "runs" / self.name / f"{trial.number:03d}-{trial.config_hash[:8]}"
+        if attempt > 1:
+            run_dir = run_dir.with_name(f"{run_dir.name}.a{attempt}")
+        argv = train_argv(self.plan.program, self.plan.base, run_dir,
+                          self.plan.resolved(trial.params))
+        env = {**os.environ, **slot.env, "PYTHONUNBUFFERED": "1",
+               "ORCH_CACHE_DIR": os.environ.get("ORCH_CACHE_DIR") or str(self.home / "cache"),
+               "WANDB_DIR": str(run_dir)}
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "trial.json").write_text(json.dumps(
+            {"sweep": self.name, "trial": trial.number, "attempt": attempt,
+             "params": trial.params, "argv": argv}, indent=2))
+        run = launcher.start(trial.id, argv, run_dir, env, self.plan.spec.resources.timeout,
+                             self._marker(trial.id))
+        self.ledger.mark_running(trial.id, pid=run.proc.pid, pgid=run.pgid, run_dir=str(run_dir),
+                                 slot=slot.index, device=slot.device, started_at=run.started)
+        self._histories[trial.id] = []
+        self._live[trial.id] = Live(run, self.ledger.trial(trial.id), slot,
+                                    EventTail(run_dir / "events.jsonl"), attempt)
+        self.progress.note(f"trial {trial.number} started on {slot.device}: "
+                           f"{_show(trial.params)}")
+
+    # -- watching -------------------------------------------------------------------------------
+
+    def _watch(self, launcher: LocalLauncher, engine: Engine) -> bool:
+        """Tail events and reap ended trials; True when new validation metrics arrived."""
+        spec = self.plan.spec
+        fresh = False
+        for trial_id, live in list(self._live.items()):
+            code = launcher.reap(live.run)
+            new = live.tail.poll()
+            if new or live.tail.step is not None:
+                self.ledger.record_progress(trial_id, live.attempt, live.tail.step,
+                                            live.tail.max_steps, new, spec.metric.name,
+                                            spec.metric.goal)
+                self._histories[trial_id].extend(new)
+                fresh = fresh or bool(new)
+            if code is not None:
+                self._finish(live, code)
+                del self._live[trial_id]
+        return fresh
+
+    def _finish(self, live: Live, code: int) -> None:
+        run, ended = live.run, time.time()
+        out = judge(code, run.run_dir, timed_out=run.timed_out, stop_reason=run.stop_reason)
+        result = out.result or {}
+        final = result.get("final") if isinstance(result.get("final"), dict) else None
+        best = result.get("best") if isinstance(result.get("best"), dict) else None
+        if final is None and live.tail.validations:  # no result.json: the events still tell
+            last = live.tail.validations[-1]
+            final = {k: last.get(k) for k in ("val_loss", "val_loss_tok", "val_bpb",
+                                               "val_coverage")}
+        self.ledger.finish(live.trial.id, state=out.state, reason=out.reason, exit_code=code,
+                           ended_at=ended, final=final, best=best,
+                           program_wall=ended - run.started,
+                           config=result.get("config") if isinstance(result.get("config"),
+                                                                     dict) else None)
+        metric = finite((final or {}).get(self.plan.spec.metric.name))
+        shown = f" {self.plan.spec.metric.name}={metric:.4f}" if metric is not None else ""
+        self.progress.note(f"trial {live.trial.number} {out.state}{shown}"
+                           + (f" ({out.reason})" if out.reason else ""))
+        retries = self.plan.spec.resources.retries
+        if (out.state in RETRYABLE and code != EXIT_BAD_INPUT and self._signal is None
+                and live.attempt <= retries):
+            self.ledger.requeue(live.trial.id, f"retry {live.attempt}/{retries} after: "
+                                f"{out.reason}", refund_attempt=False)
+
+    def _early_stop(self, launcher: LocalLauncher, engine: Engine) -> None:
+        if not self.plan.spec.early_terminate:
+            return
+        metric = self.plan.spec.metric.name
+        runs = []
+        for t in self.ledger.trials(self.name):
+            history = [{metric: h.get(metric)} for h in self._histories.get(t.id, [])]
+            runs.append(engine.sweep_run(t, history))
+        for name in engine.to_stop(runs):
+            live = self._live.get(int(name))
+            if live is not None and live.run.term_sent is None:
+                launcher.terminate(live.run, EARLY_STOP)
+                self.progress.note(f"trial {live.trial.number}: {EARLY_STOP}")
+
+
+def _show(params: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v}" for k, v in params.items()) or "(base config)"

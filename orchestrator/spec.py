@@ -1,0 +1,260 @@
+"""The sweep spec: a YAML file, its pydantic model, and the checks that run before anything runs.
+
+A spec is W&B's sweep vocabulary (method, metric, parameters, early_terminate, run_cap) plus what
+a local sweep needs: the trainer base config, inline overrides, the program, resources, launcher
+and tracking. Every problem found is one paragraph naming the file, the YAML line, the field and
+what is allowed; `SpecError` carries them all at once so one edit can fix them all.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)\s*h)?\s*(?:(\d+(?:\.\d+)?)\s*m)?\s*"
+                      r"(?:(\d+(?:\.\d+)?)\s*s?)?\s*$")
+
+
+def parse_duration(text: str | int | float | None) -> float | None:
+    """Seconds from `90`, `90s`, `30m`, `2h`, `1h30m`; None stays None."""
+    if text is None or isinstance(text, (int, float)):
+        return None if text is None else float(text)
+    m = DURATION.match(str(text))
+    if not m or not any(m.groups()):
+        raise ValueError(f"'{text}' is not a duration: use seconds or e.g. 90s, 30m, 2h, 1h30m")
+    h, mi, s = (float(g) if g else 0.0 for g in m.groups())
+    return h * 3600 + mi * 60 + s
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Metric(BaseModel):
+    """The metric the search optimizes (W&B's `metric`)."""
+
+    model_config = ConfigDict(extra="allow")  # W&B's target/impute keys pass through
+    name: str = "val_loss"
+    goal: Literal["minimize", "maximize"] = "minimize"
+
+
+class Resources(_Strict):
+    """Where and how long trials run."""
+
+    gpus: Literal["all"] | list[int] | None = Field(
+        "all", description="GPU indices, `all` (auto-detected with nvidia-smi), or null for CPU.")
+    jobs_per_gpu: int = Field(1, ge=1, description="Trials sharing one GPU.")
+    cpu_slots: int = Field(1, ge=1, description="Parallel trials when there is no GPU.")
+    timeout: float | None = Field(None, gt=0, description="Per-trial limit: seconds, 30m, 2h.")
+    kill_grace: float = Field(10.0, ge=0, description="SIGTERM to SIGKILL grace period.")
+    retries: int = Field(0, ge=0, description="Re-runs of a failed trial (not diverged).")
+
+    @field_validator("gpus", mode="before")
+    @classmethod
+    def _no_gpus(cls, v: Any) -> Any:
+        return None if isinstance(v, str) and v.lower() in ("none", "cpu", "") else v
+
+    @field_validator("timeout", "kill_grace", mode="before")
+    @classmethod
+    def _duration(cls, v: Any) -> Any:
+        return parse_duration(v) if isinstance(v, str) else v
+
+
+class Launcher(_Strict):
+    """How a trial process is started."""
+
+    type: Literal["local"] = "local"
+
+
+class WandbSettings(_Strict):
+    """W&B settings handed to every trial's `tracking` section."""
+
+    mode: Literal["disabled", "offline", "online"] = "offline"
+    project: str = "mainrun"
+    entity: str | None = None
+
+
+class Tracking(_Strict):
+    """Where the search runs (`local`: the embedded engine) and the trials' W&B logging."""
+
+    backend: Literal["local"] = "local"
+    wandb: WandbSettings | None = None
+
+
+class SweepSpec(_Strict):
+    """One sweep."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+                      description="Sweep name: the ledger key, so running it again resumes.")
+    description: str | None = None
+    base: str = Field(description="Trainer config YAML, relative to this spec file.")
+    overrides: dict[str, Any] = Field(default_factory=dict,
+                                      description="Dotted trainer config keys set for all trials.")
+    program: str | list[str] = Field("python -m trainer",
+                                     description="Command running one trial (the contract).")
+    method: Literal["grid", "random", "bayes"]
+    metric: Metric = Field(default_factory=Metric)
+    parameters: dict[str, dict[str, Any]] = Field(min_length=1)
+    early_terminate: dict[str, Any] | None = None
+    run_cap: int | None = Field(None, gt=0)
+    resources: Resources = Field(default_factory=Resources)
+    launcher: Launcher = Field(default_factory=Launcher)
+    tracking: Tracking = Field(default_factory=Tracking)
+
+    def search_config(self) -> dict[str, Any]:
+        """The W&B sweep config: what `sweeps.next_runs` and `stop_runs` read."""
+        cfg: dict[str, Any] = {"method": self.method, "metric": self.metric.model_dump(),
+                               "parameters": self.parameters}
+        if self.early_terminate is not None:
+            cfg["early_terminate"] = self.early_terminate
+        if self.run_cap is not None:
+            cfg["run_cap"] = self.run_cap
+        return cfg
+
+
+class SpecError(Exception):
+    """Problems with a spec: one paragraph each."""
+
+    def __init__(self, paragraphs: list[str]) -> None:
+        super().__init__("\n\n".join(paragraphs))
+        self.paragraphs = paragraphs
+
+
+@dataclass
+class SpecDoc:
+    """A spec file's text parsed twice: as data, and as nodes that remember their lines."""
+
+    path: Path
+    data: Any
+    lines: dict[tuple[Any, ...], int] = field(default_factory=dict)
+
+    def where(self, loc: tuple[Any, ...] = ()) -> str:
+        """`FILE, line N`: the line of the deepest part of `loc` the file has."""
+        loc = tuple(loc)
+        while loc and loc not in self.lines:
+            loc = loc[:-1]
+        line = self.lines.get(loc)
+        return f"{self.path}, line {line}" if line else str(self.path)
+
+    def error(self, loc: tuple[Any, ...], text: str) -> str:
+        """One paragraph: file and line, the field, then what is wrong and what is allowed."""
+        dotted = ".".join(str(p) for p in loc) or "<top level>"
+        return f"{self.where(loc)}, `{dotted}`: {text}"
+
+
+def _line_map(node: yaml.Node, path: tuple[Any, ...], out: dict[tuple[Any, ...], int]) -> None:
+    out.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            sub = path + (key.value,)
+            out[sub] = key.start_mark.line + 1  # the key's line, where the user looks
+            _line_map(value, sub, out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _line_map(item, path + (i,), out)
+
+
+def read_spec(path: Path) -> SpecDoc:
+    """Parse a spec file, keeping the line of every key."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise SpecError([f"{path}: cannot read the spec: {err.strerror or err}"]) from None
+    try:
+        data = yaml.safe_load(text)
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f", line {mark.line + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise SpecError([f"{path}{at}: not valid YAML: {problem}"]) from None
+    doc = SpecDoc(path=path, data=data)
+    if root is not None:
+        _line_map(root, (), doc.lines)
+    if not isinstance(data, dict):
+        raise SpecError([f"{path}: a spec is a mapping with at least `name`, `base`, `method` "
+                         f"and `parameters`"])
+    return doc
+
+
+def _pydantic_paragraphs(doc: SpecDoc, err: ValidationError) -> list[str]:
+    merged: dict[tuple[Any, ...], list[str]] = {}
+    for loc, msg in _pydantic_items(err):
+        merged.setdefault(loc, []).append(msg)
+    # A union field fails once per member: one paragraph saying what each member wanted.
+    return [doc.error(loc, " or ".join(dict.fromkeys(msgs))) for loc, msgs in merged.items()]
+
+
+def _pydantic_items(err: ValidationError) -> list[tuple[tuple[Any, ...], str]]:
+    out = []
+    for e in err.errors():
+        # Unions put the member name in the loc (`str`, `list[int]`); drop those parts.
+        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and (
+            "[" in p or p in {"str", "int", "float", "list", "literal", "none"}
+            or p.startswith("function-"))))
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            section = loc[:-1]
+            model = _model_at(section)
+            allowed = ", ".join(model.model_fields) if model else "see `orch schema`"
+            msg = f"unknown field; allowed here: {allowed}"
+        elif e["type"] == "missing":
+            msg = "required field is missing"
+        elif "input" in e and not isinstance(e["input"], dict):
+            msg += f" (got {e['input']!r})"
+        out.append((loc, msg))
+    return out
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    model: type[BaseModel] = SweepSpec
+    for part in loc:
+        info = model.model_fields.get(str(part))
+        sub = getattr(info, "annotation", None) if info else None
+        candidates = [sub, *getattr(sub, "__args__", ())]
+        found = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
+        if not found:
+            return None
+        model = found[0]
+    return model
+
+
+def load_spec(path: Path) -> tuple[SweepSpec, SpecDoc]:
+    """Read and model-check a spec; raise SpecError with every problem found."""
+    doc = read_spec(path)
+    try:
+        spec = SweepSpec.model_validate(doc.data)
+    except ValidationError as err:
+        raise SpecError(_pydantic_paragraphs(doc, err)) from None
+    return spec, doc
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`{a: {b: 1}, c.d: 2}` -> `{a.b: 1, c.d: 2}`: overrides may be nested or dotted."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def parse_set(text: str) -> tuple[str, Any]:
+    """`key.path=value` from `--set`; the value is a YAML scalar, as the trainer reads it."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise SpecError([f"--set {text}: not of the form key.path=value"])
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    if isinstance(value, str) and re.fullmatch(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+", value):
+        value = float(value)  # YAML 1.1 reads 3e-4 as a string; everyone means the float
+    return key.strip(), value

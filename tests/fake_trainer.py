@@ -1,0 +1,133 @@
+"""A stand-in trial program that honours the trainer contract, in milliseconds.
+
+    python tests/fake_trainer.py schema                       -> the real trainer's schema
+    python tests/fake_trainer.py validate --config F --batch  -> the real trainer's validation
+    python tests/fake_trainer.py --config F --out D k=v ...   -> a scripted "training run"
+
+What a run does is scripted by the environment variable FAKE_SCRIPT (JSON), keyed by the value
+of one override so that one sweep can hold crashing, hanging and healthy trials:
+
+    {"key": "train.seed", "default": {"curve": [3, 2, 1]},
+     "cases": {"2": {"mode": "crash"}, "3": {"mode": "hang"}}}
+
+Behaviour fields: mode (finish | crash | hang | diverge | oom | noresult | badconfig),
+curve (val_loss per validation), step_time (seconds per validation), stubborn (ignore SIGTERM).
+With FAKE_LOG set, every start appends one line `<overrides as JSON>` to that file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2))
+    os.replace(tmp, path)
+
+
+def _metrics(v: float | None) -> dict:
+    if v is None:
+        return {"val_loss": None, "val_loss_tok": None, "val_bpb": None, "val_coverage": None}
+    return {"val_loss": v, "val_loss_tok": v * 4.0, "val_bpb": v * 1.4427, "val_coverage": 0.9}
+
+
+def _behaviour(overrides: dict[str, str]) -> dict:
+    script = json.loads(os.environ.get("FAKE_SCRIPT") or "{}")
+    chosen = dict(script.get("default", {}))
+    key = script.get("key")
+    if key and key in overrides:
+        chosen.update(script.get("cases", {}).get(str(json.loads(overrides[key])), {}))
+    return chosen
+
+
+def train(argv: list[str]) -> int:
+    """One scripted run: events.jsonl, result.json, and the contract's exit codes."""
+    out = Path(argv[argv.index("--out") + 1])
+    overrides = dict(a.split("=", 1) for a in argv if "=" in a and not a.startswith("--"))
+    how = _behaviour(overrides)
+    if os.environ.get("FAKE_LOG"):
+        with open(os.environ["FAKE_LOG"], "a") as f:
+            f.write(json.dumps(overrides, sort_keys=True) + "\n")
+    mode = how.get("mode", "finish")
+    if mode == "badconfig":
+        print("error: invalid config", file=sys.stderr)
+        return 2
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    curve = how.get("curve", [3.0, 2.0, 1.5])
+    steps = 10 * len(curve)
+    events = open(out / "events.jsonl", "a")
+    config_hash = hashlib.sha256(json.dumps(overrides, sort_keys=True).encode()).hexdigest()[:16]
+    best: dict = {}
+
+    def log(event: str, **fields: object) -> None:
+        events.write(json.dumps({"event": event, "time": time.time(), **fields}) + "\n")
+        events.flush()
+
+    def result(status: str, reason: str, code: int, final: float | None) -> int:
+        _write_json(out / "result.json", {
+            "status": status, "reason": reason, "exit_code": code, "final": _metrics(final),
+            "best": best, "steps": steps, "max_steps": steps, "tokens_per_s": 1000.0,
+            "parameters": 1, "wall_time_s": time.time() - start, "config_hash": config_hash})
+        return code
+
+    last: list[float | None] = [None]
+
+    def on_signal(signum: int, _frame: object) -> None:
+        if how.get("stubborn"):
+            return
+        log("run_failed", status="stopped", reason=f"signal {signum}")
+        sys.exit(result("stopped", f"signal {signum}", 128 + signum, last[0]))
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    print(f"fake run {overrides} mode={mode}", flush=True)
+    log("hyperparameters_configured", **overrides)
+    if mode == "crash":
+        print("Traceback: RuntimeError: scripted crash", file=sys.stderr)
+        log("run_failed", status="failed", reason="scripted crash")
+        return result("failed", "RuntimeError: scripted crash", 1, None)
+    if mode == "oom":
+        return result("failed", "oom", 5, None)
+    for i, value in enumerate(curve):
+        time.sleep(float(how.get("step_time", 0.0)))
+        step = 10 * (i + 1)
+        log("training_step", step=step, max_steps=steps, loss=value, lr=1e-3, elapsed=0.0)
+        if mode == "diverge" and i == 1:
+            log("run_failed", status="diverged", reason="non-finite loss at step 20")
+            return result("diverged", "non-finite loss at step 20", 3, last[0])
+        last[0] = value
+        if not best or value < best["val_loss"]:
+            best = {**_metrics(value), "step": step}
+        log("validation_step", step=step, max_steps=steps, epoch=0, elapsed=0.0, **_metrics(value))
+    if mode == "hang":
+        while True:
+            time.sleep(3600)
+    log("run_finished", status="finished", reason="")
+    if mode == "noresult":
+        return 0
+    return result("finished", "", 0, last[0])
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["schema"] and os.environ.get("FAKE_SCHEMA_FILE"):
+        # A copy of the real schema, saved once per test session: skips a torch import.
+        sys.stdout.write(Path(os.environ["FAKE_SCHEMA_FILE"]).read_text())
+        return 0
+    if argv[:1] in (["schema"], ["validate"]):
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        from trainer.__main__ import main as trainer_main
+
+        return trainer_main(argv)
+    return train(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

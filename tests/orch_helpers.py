@@ -1,0 +1,79 @@
+"""Helpers for the orchestrator tests: specs on the fake program, running `orch`, waiting."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+FAKE = REPO / "tests" / "fake_trainer.py"
+BASE_TINY = REPO / "sweeps" / "base_tiny.yaml"
+
+
+def write_spec(path: Path, **fields: Any) -> Path:
+    """A spec on the fake trainer (CPU, 1 slot) with `fields` merged over the defaults."""
+    spec: dict[str, Any] = {
+        "name": "t", "base": str(BASE_TINY), "program": f"{sys.executable} {FAKE}",
+        "method": "grid", "parameters": {"train.seed": {"values": [1, 2, 3]}},
+        "resources": {"gpus": None, "cpu_slots": 1, "kill_grace": "2s"},
+    }
+    for key, value in fields.items():
+        if isinstance(value, dict) and isinstance(spec.get(key), dict) and key != "parameters":
+            spec[key] = {**spec[key], **value}
+        else:
+            spec[key] = value
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def orch_env(home: Path, script: dict[str, Any] | None = None, **extra: str) -> dict[str, str]:
+    """Environment for an `orch` process: its own ORCH_HOME, the fake's script and start log."""
+    env = {**os.environ, "ORCH_HOME": str(home), "FAKE_LOG": str(home / "starts.log"),
+           "FAKE_SCRIPT": json.dumps(script or {}), "COLUMNS": "200", **extra}
+    return env
+
+
+def run_orch(args: list[str], env: dict[str, str], timeout: float = 120,
+             cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `python -m orchestrator ARGS` to completion."""
+    return subprocess.run([sys.executable, "-m", "orchestrator", *args], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def start_orch(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+    """Start `python -m orchestrator ARGS` in the background."""
+    return subprocess.Popen([sys.executable, "-m", "orchestrator", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for(cond: Callable[[], Any], timeout: float = 60, what: str = "condition") -> Any:
+    """Poll `cond` until it returns something truthy; fail after `timeout` seconds."""
+    end = time.time() + timeout
+    while time.time() < end:
+        value = cond()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def starts(home: Path) -> list[dict[str, Any]]:
+    """Every trial start the fake logged (one dict of overrides per start)."""
+    log = home / "starts.log"
+    return [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a pid is a live (non-zombie) process."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"

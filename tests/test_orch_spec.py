@@ -1,0 +1,144 @@
+"""Spec validation: every error names file, line and field; exit 2; nothing launched."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from orch_helpers import orch_env, run_orch, write_spec
+
+from orchestrator.plan import build_plan
+from orchestrator.spec import SpecError, parse_duration
+
+
+def _errors(spec: Path) -> list[str]:
+    with pytest.raises(SpecError) as info:
+        build_plan(spec)
+    return info.value.paragraphs
+
+
+def _line_of(spec: Path, text: str) -> int:
+    return next(i for i, line in enumerate(spec.read_text().splitlines(), 1) if text in line)
+
+
+def test_cli_reports_every_problem_with_file_line_field_and_exits_2(orch_home: Path,
+                                                                   tmp_path: Path) -> None:
+    spec = write_spec(tmp_path / "bad.yaml", metric={"name": "val_los", "goal": "minimize"},
+                      parameters={"model.n_heads": {"values": [4, 8]},
+                                  "optim.lr": {"min": 1e-4, "max": 2.0,
+                                               "distribution": "log_uniform_values"},
+                                  "model.norm": {"values": ["layernorm", "batchnorm"]}})
+    proc = run_orch(["sweep", str(spec)], orch_env(orch_home))
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    text = " ".join(proc.stderr.split())
+    line = _line_of(spec, "model.n_heads")
+    assert f"{spec}, line {line}, `parameters.model.n_heads`" in text
+    assert "did you mean `model.n_head`" in text
+    assert f"line {_line_of(spec, 'model.norm')}, `parameters.model.norm`" in text and "'rmsnorm'" in text
+    assert "unknown metric 'val_los'" in text and "val_bpb" in text
+    assert not (orch_home / "runs").exists()  # nothing launched
+
+
+def test_typo_in_name_and_unknown_key_caught(orch_home: Path, tmp_path: Path) -> None:
+    spec = write_spec(tmp_path / "s.yaml", resources={"cpu_slot": 2},
+                      parameters={"attention.windw": {"values": [8]}})
+    errs = _errors(spec)
+    assert any("`resources.cpu_slot`: unknown field" in e and "cpu_slots" in e for e in errs)
+    assert any("`attention.windw` is not a field" in e and "window" in e for e in errs)
+
+
+def test_discriminated_union_members_and_nested_keys_resolve(orch_home: Path,
+                                                            tmp_path: Path) -> None:
+    # `window` exists only on the local member and `num_verts` only on sparse: both are names.
+    spec = write_spec(tmp_path / "s.yaml", method="random", run_cap=2, parameters={
+        "attention.type": {"value": "local"}, "attention.window": {"values": [8, 16]},
+        "attention.num_verts": {"value": 1},
+        "model": {"parameters": {"n_head": {"values": [2, 4]}}}})
+    plan = build_plan(spec)
+    try:
+        assert plan.varied == ["attention.window", "model.n_head"]
+    finally:
+        plan.close()
+
+
+def test_values_and_distributions_checked_against_bounds(orch_home: Path, tmp_path: Path) -> None:
+    spec = write_spec(tmp_path / "s.yaml", method="random", run_cap=3, parameters={
+        "model.dropout": {"min": 0.0, "max": 1.5},
+        "train.batch_size": {"min": 8.0, "max": 32.0},
+        "optim.lr": {"distribution": "normal", "mu": 0.0, "sigma": 1.0},
+        "train.epochs": {"values": [1, 0]}})
+    errs = " ".join(_errors(spec))
+    assert "`parameters.model.dropout`: range [0.0, 1.5]" in errs
+    assert "draws floats but the field is an integer" in errs
+    assert "`normal` is unbounded" in errs
+    assert "0 does not fit" in errs
+
+
+def test_w_and_b_schema_errors_have_lines(orch_home: Path, tmp_path: Path) -> None:
+    spec = write_spec(tmp_path / "s.yaml", early_terminate={"type": "hyperband", "eta": 0},
+                      parameters={"train.seed": {"values": 3}})
+    errs = _errors(spec)
+    assert any("`parameters.train.seed`: not a valid W&B parameter" in e for e in errs)
+    assert any("`early_terminate" in e and "W&B sweep config schema" in e for e in errs)
+    assert all(", line " in e for e in errs)
+
+
+def test_random_without_run_cap_is_refused(orch_home: Path, tmp_path: Path) -> None:
+    spec = write_spec(tmp_path / "s.yaml", method="random")
+    assert any("never ends by itself" in e for e in _errors(spec))
+
+
+def test_yaml_syntax_error_names_line(orch_home: Path, tmp_path: Path) -> None:
+    spec = tmp_path / "s.yaml"
+    spec.write_text("name: x\nparameters:\n  a: [1, 2\n")
+    proc = run_orch(["validate", str(spec)], orch_env(orch_home))
+    assert proc.returncode == 2 and "not valid YAML" in proc.stderr and "line" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_grid_points_invalid_for_trainer_are_skipped_or_fatal(orch_home: Path,
+                                                              tmp_path: Path) -> None:
+    # base_tiny has d_model 64: n_head 3 does not divide it, 4 and 8 do.
+    spec = write_spec(tmp_path / "s.yaml", parameters={"model.n_head": {"values": [3, 4, 8]}})
+    plan = build_plan(spec)
+    try:
+        assert [p for p, _ in plan.grid] == [{"model.n_head": 4}, {"model.n_head": 8}]
+        assert len(plan.invalid) == 1 and "multiple of n_head (3)" in plan.invalid[0][1]
+    finally:
+        plan.close()
+    spec = write_spec(tmp_path / "s2.yaml", parameters={"model.n_head": {"values": [3, 5]}})
+    errs = _errors(spec)
+    assert len(errs) == 1 and "all 2 grid points are invalid" in errs[0]
+    assert f"{spec}, line" in errs[0]
+
+
+def test_set_and_data_options_are_checked(orch_home: Path, tmp_path: Path) -> None:
+    spec = write_spec(tmp_path / "s.yaml")
+    with pytest.raises(SpecError) as info:
+        build_plan(spec, ["train.max_step=3", "model.dropout=2"], tmp_path / "missing.csv")
+    text = " ".join(info.value.paragraphs)
+    assert "--set train.max_step=3" in text and "did you mean `train.max_steps`" in text
+    assert "--set model.dropout=2" in text and "--data" in text
+
+
+def test_dry_run_lists_trials_and_launches_nothing(orch_home: Path, tmp_path: Path) -> None:
+    spec = write_spec(tmp_path / "s.yaml", parameters={"train.seed": {"values": [1, 2]},
+                                                       "model.n_head": {"values": [2, 3, 4]}})
+    proc = run_orch(["sweep", str(spec), "--dry-run"], orch_env(orch_home))
+    assert proc.returncode == 0, proc.stderr
+    assert "4 trial(s) would run" in proc.stdout
+    assert proc.stderr.count("skipped invalid grid point") == 2
+    assert not (orch_home / "runs").exists()
+
+
+def test_durations() -> None:
+    assert parse_duration("90") == 90 and parse_duration("2h") == 7200
+    assert parse_duration("1h30m") == 5400 and parse_duration("45s") == 45
+    with pytest.raises(ValueError):
+        parse_duration("soon")
+
+
+def test_schema_command_prints_spec_schema(orch_home: Path) -> None:
+    proc = run_orch(["schema"], orch_env(orch_home))
+    assert proc.returncode == 0 and '"parameters"' in proc.stdout and '"resources"' in proc.stdout
