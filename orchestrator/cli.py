@@ -211,5 +211,13 @@ def schema() -> None:
     sys.stdout.write(json.dumps(SweepSpec.model_json_schema(), indent=2) + "\n")
 
 
+@app.command()
+def docs() -> None:
+    """The spec reference as a Markdown table (the README embeds it)."""
+    from orchestrator.specdoc import spec_reference
+
+    sys.stdout.write(spec_reference() + "\n")
+
+
 def _num(v: float | None) -> str:
     return "—" if v is None else f"{v:.4f}"

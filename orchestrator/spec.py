@@ -39,7 +39,7 @@ class Metric(BaseModel):
     """The metric the search optimizes (W&B's `metric`)."""
 
     model_config = ConfigDict(extra="allow")  # W&B's target/impute keys pass through
-    name: str = "val_loss"
+    name: str = Field("val_loss", description="val_loss, val_loss_tok, val_bpb or val_coverage.")
     goal: Literal["minimize", "maximize"] = "minimize"
 
 
@@ -91,17 +91,23 @@ class SweepSpec(_Strict):
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
                       description="Sweep name: the ledger key, so running it again resumes.")
-    description: str | None = None
+    description: str | None = Field(None, description="Free text, shown by `orch ls`.")
     base: str = Field(description="Trainer config YAML, relative to this spec file.")
     overrides: dict[str, Any] = Field(default_factory=dict,
                                       description="Dotted trainer config keys set for all trials.")
     program: str | list[str] = Field("python -m trainer",
                                      description="Command running one trial (the contract).")
-    method: Literal["grid", "random", "bayes"]
+    method: Literal["grid", "random", "bayes"] = Field(description="W&B search method.")
     metric: Metric = Field(default_factory=Metric)
-    parameters: dict[str, dict[str, Any]] = Field(min_length=1)
-    early_terminate: dict[str, Any] | None = None
-    run_cap: int | None = Field(None, gt=0)
+    parameters: dict[str, dict[str, Any]] = Field(
+        min_length=1, description="W&B parameter specs keyed by dotted trainer config paths: "
+        "value, values, min/max, distribution (incl. log_uniform_values), q, mu/sigma, or "
+        "nested `parameters`.")
+    early_terminate: dict[str, Any] | None = Field(
+        None, description="W&B early termination, e.g. {type: hyperband, min_iter: 3, eta: 3}; "
+        "one iteration is one validation_step.")
+    run_cap: int | None = Field(None, gt=0, description="Most trials the sweep runs (random "
+                                "and bayes need it, or --max-trials).")
     resources: Resources = Field(default_factory=Resources)
     launcher: Launcher = Field(default_factory=Launcher)
     tracking: Tracking = Field(default_factory=Tracking)

@@ -177,13 +177,6 @@ def test_wandb_offline_logs_the_run_and_never_the_key(tmp_path: Path, tiny_title
     assert secret not in res.stdout + res.stderr
 
 
-def test_readme_config_reference_is_generated_from_the_model() -> None:
-    readme = (ROOT / "README.md").read_text()
-    start, end = "<!-- config-reference:start -->\n", "<!-- config-reference:end -->"
-    embedded = readme[readme.index(start) + len(start) : readme.index(end)]
-    assert embedded == trainer("docs").stdout, "run: python -m trainer docs, paste into README"
-
-
 def test_prepare_builds_the_cache_a_run_then_hits(tmp_path: Path, tiny_titles: Path) -> None:
     args = ["prepare", "--config", str(TINY), "--cache-dir", str(tmp_path / "cache"),
             f"data.path={tiny_titles}"]
