@@ -12,9 +12,9 @@ import signal
 import sys
 import time
 import traceback
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -76,12 +76,59 @@ def pick_device(choice: str) -> torch.device:
     return torch.device(choice)
 
 
+def keep_freed_memory() -> None:
+    """On CPU, make glibc's malloc keep freed memory for reuse instead of unmapping it.
+
+    Every training step frees and re-allocates the same large activations (the (B, T, vocab)
+    logits alone are hundreds of MB). By default glibc serves blocks that large with mmap and
+    returns them with munmap, so each step page-faults its whole working set in again (zeroed
+    by the kernel): on the 2-core AMX machine this took more time than the matmuls. With mmap
+    off and trimming off, freed blocks stay in the heap and the next step reuses them; the peak
+    stays about one step's working set (benchmarks/trainer_throughput.py measures both). A
+    no-op where libc is not glibc.
+    """
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # from glibc's malloc.h
+    mallopt(M_MMAP_MAX, 0)  # large blocks from the heap, not from fresh mmaps
+    mallopt(M_TRIM_THRESHOLD, -1)  # -1: never give the heap's free top back (man mallopt)
+
+
 def autocast_for(precision: str, device: torch.device):
     """Mixed-precision context: weights and optimizer stay fp32, matmuls run in bf16/fp16."""
     if precision == "fp32":
         return nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def train_step(step_model: Callable[[torch.Tensor], torch.Tensor], model: torch.nn.Module,
+               x: torch.Tensor, y: torch.Tensor, opt: torch.optim.Optimizer,
+               sched: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler,
+               amp: AbstractContextManager, grad_clip: float | None) -> float:
+    """One optimizer step on batch (x, y); returns the loss. A NaN/inf loss returns at once,
+    before backward, and the caller stops the run. A function of its own so that
+    benchmarks/trainer_throughput.py times exactly this step."""
+    with amp:
+        logits = step_model(x)
+    loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+    loss_value = loss.item()
+    if not math.isfinite(loss_value):
+        return loss_value
+    scaler.scale(loss).backward()
+    if grad_clip:
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(opt)
+    scaler.update()
+    opt.zero_grad(set_to_none=True)
+    sched.step()
+    return loss_value
 
 
 class Console:
@@ -115,6 +162,8 @@ def train(cfg: Config, out_dir: Path, cache_dir: Path, events: EventLog, console
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     device = pick_device(cfg.train.device)
+    if device.type == "cpu":
+        keep_freed_memory()
     events.log("device_info", device=str(device), torch=torch.__version__,
                threads=torch.get_num_threads(),
                cuda=torch.cuda.get_device_name(device) if device.type == "cuda" else None)
@@ -179,21 +228,11 @@ def train(cfg: Config, out_dir: Path, cache_dir: Path, events: EventLog, console
         batch = train_ids[ptr : ptr + span]
         ptr += B * T
         x, y = batch[:-1].view(B, T), batch[1:].view(B, T)
-        with amp:
-            logits = step_model(x)
-        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
-        loss_value = loss.item()
+        lr = sched.get_last_lr()[0]
+        loss_value = train_step(step_model, model, x, y, opt, sched, scaler, amp,
+                                cfg.optim.grad_clip)
         if not math.isfinite(loss_value):
             raise Diverged(f"training loss is {loss_value} at step {step}")
-        scaler.scale(loss).backward()
-        if cfg.optim.grad_clip:
-            scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-        scaler.step(opt)
-        scaler.update()
-        opt.zero_grad(set_to_none=True)
-        lr = sched.get_last_lr()[0]
-        sched.step()
         state["steps"] = step
         state["tokens"] = step * B * T
         events.log("training_step", step=step, max_steps=max_steps, loss=loss_value, lr=lr,
@@ -266,6 +305,10 @@ def run(cfg: Config, out_dir: Path, cache_dir: Path, quiet: bool = False) -> int
     write_json_atomic(out_dir / "result.json", result)
     if state["tracker"] is not None:
         state["tracker"].summary({f"final_{k}": v for k, v in result["final"].items()}
-                                 | {f"best_{k}": v for k, v in best.items()})
+                                 | {f"best_{k}": v for k, v in best.items()}
+                                 # W&B's run state says only finished/failed: these say why.
+                                 | {k: result[k] for k in ("status", "reason", "exit_code",
+                                                           "steps", "max_steps", "config_hash",
+                                                           "wall_time_s")})
         state["tracker"].finish(ok=status == "finished")
     return code
