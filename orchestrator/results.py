@@ -1,75 +1,393 @@
-"""The comparison table at the end of a sweep: one row per trial, best first.
+"""Results: the rows of the comparison table, read from the ledger, and the gates CI checks.
 
-Numbers come from each trial's result.json (`final`), or from its last validation event when a
-trial ended without one. A number that does not exist is shown as missing, never as 0.
+A row is one trial, or one configuration aggregated over its seeds (mean, sample std and n over
+its *finished* trials only). Numbers are only what the trials computed: metrics and best step
+from result.json as the ledger holds it, throughput, parameter count and wall time from the
+trial's own result.json. A number that does not exist stays None (shown as missing, never 0).
+
+Order: rows with a finished trial first, by the sweep metric in its goal's direction; failed,
+diverged, stopped and unfinished rows after them, whatever their partial numbers say.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from rich.table import Table
+import yaml
 
-from orchestrator.contract import finite
-from orchestrator.ledger import Trial
+from orchestrator.contract import finite, read_result
+from orchestrator.ledger import Ledger, Trial
 
-COLUMNS = ("val_loss", "val_coverage", "val_bpb")
+SEEDS = ("train.seed", "data.seed")  # varied, but not what a configuration is
+METRICS = ("val_loss", "val_loss_tok", "val_bpb", "val_coverage")
+STATE_ORDER = ("finished", "stopped", "diverged", "failed", "oom", "timeout", "killed",
+               "running", "pending")
 
 
-def rows(trials: list[Trial], varied: list[str], metric: str, goal: str) -> list[dict[str, Any]]:
-    """One dict per trial (invalid points left out): finished ones by `metric`, then the rest."""
-    out = []
+class ResultsError(Exception):
+    """A request the ledger cannot answer (unknown sweep, ambiguous baseline, ...)."""
+
+
+@dataclass(frozen=True)
+class Column:
+    """One number column: its field name (CSV/JSON), header, and how to format it."""
+
+    key: str
+    label: str
+    kind: str  # loss | share | step | rate | count | seconds
+
+
+def columns(metric: str) -> list[Column]:
+    """The number columns, the sweep metric first and coverage right after it."""
+    labels = {"val_coverage": "coverage"}
+    names = list(dict.fromkeys([metric, "val_coverage", "val_bpb", "val_loss_tok"]))
+    cols = [Column(n, labels.get(n, n), "share" if n == "val_coverage" else "loss")
+            for n in names]
+    return cols + [Column("best_step", "best step", "step"),
+                   Column("tokens_per_s", "tokens/s", "rate"),
+                   Column("parameters", "params", "count"),
+                   Column("wall_time_s", "wall s", "seconds")]
+
+
+@dataclass(frozen=True)
+class Stat:
+    """A cell: one trial's value, or a mean with sample std (None below n=2) over n trials."""
+
+    mean: float | None
+    std: float | None = None
+    n: int = 0
+
+
+@dataclass
+class Row:
+    """One table row: a trial, or a configuration over its seeds."""
+
+    sweep: str
+    trials: list[int]
+    params: dict[str, Any]
+    states: dict[str, int]
+    values: dict[str, Stat]
+    note: str = ""
+    best: bool = False
+    baseline: bool = False
+    delta: float | None = None
+    delta_pct: float | None = None
+
+    @property
+    def finished(self) -> int:
+        """How many of its trials finished."""
+        return self.states.get("finished", 0)
+
+    @property
+    def total(self) -> int:
+        """How many trials it holds."""
+        return sum(self.states.values())
+
+    @property
+    def status(self) -> str:
+        """`finished`, one state, or counts such as `2 finished, 1 diverged`."""
+        if len(self.states) == 1:
+            return next(iter(self.states))
+        order = [s for s in STATE_ORDER if s in self.states] + sorted(
+            set(self.states) - set(STATE_ORDER))
+        return ", ".join(f"{self.states[s]} {s}" for s in order)
+
+    def value(self, key: str) -> float | None:
+        """The (mean) value of a column."""
+        stat = self.values.get(key)
+        return stat.mean if stat else None
+
+
+@dataclass
+class Report:
+    """The rows of one or more sweeps, ordered, with the best row marked."""
+
+    sweeps: list[str]
+    metric: str
+    goal: str
+    keys: list[str]  # the parameter columns
+    grouped: bool
+    rows: list[Row]
+    baseline_label: str | None = None
+    baseline_value: float | None = None
+
+    @property
+    def best(self) -> Row | None:
+        """The best finished row, if any."""
+        return next((r for r in self.rows if r.best), None)
+
+
+@dataclass
+class Pair:
+    """One configuration in two sweeps: `other` (before) and `this` (now)."""
+
+    params: dict[str, Any]
+    this: Row | None
+    other: Row | None
+    change: float | None = None
+    change_pct: float | None = None
+
+
+@dataclass
+class Comparison:
+    """`this` sweep against `other`, configurations matched by their parameters."""
+
+    this: Report
+    other: Report
+    pairs: list[Pair] = field(default_factory=list)
+
+
+# -- reading --------------------------------------------------------------------------------------
+
+
+def trial_values(t: Trial) -> dict[str, float | None]:
+    """What one trial computed, by column key; None where it computed nothing."""
+    result = read_result(Path(t.run_dir)) if t.run_dir else None
+    result = result or {}
+    values: dict[str, float | None] = {m: finite(t.final.get(m)) for m in METRICS}
+    values["best_step"] = finite(t.best.get("step"))
+    for key in ("tokens_per_s", "parameters", "wall_time_s"):
+        values[key] = finite(result.get(key))
+    if values["wall_time_s"] is None:
+        # No result.json (killed, timed out): the process wall time the orchestrator measured.
+        values["wall_time_s"] = finite(t.program_wall)
+    return values
+
+
+def _canon(value: Any) -> str:
+    """A parameter value as a stable, hashable key (1 and 1.0 are the same setting)."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return json.dumps(value, sort_keys=True)
+
+
+def _stat(values: list[float]) -> Stat:
+    if not values:
+        return Stat(None, None, 0)
+    mean = statistics.fmean(values)
+    std = statistics.stdev(values) if len(values) > 1 else None
+    return Stat(mean, std, len(values))
+
+
+def load(ledger: Ledger, names: list[str], group_by: list[str] | None = None,
+         per_trial: bool = False) -> Report:
+    """The report of sweeps `names`: per trial, or grouped by `group_by`.
+
+    group_by None means the default: every varied parameter except the seeds, and rows per
+    trial when no seed is varied (each configuration then has one trial anyway).
+    """
+    metric = goal = None
+    varied: list[str] = []
+    trials: list[Trial] = []
+    for name in names:
+        row = ledger.sweep(name)
+        if row is None:
+            known = ", ".join(s["name"] for s in ledger.sweeps()) or "none yet"
+            raise ResultsError(f"no sweep named {name!r} in {ledger.path} (sweeps: {known})")
+        if metric is not None and (row["metric"], row["goal"]) != (metric, goal):
+            raise ResultsError(f"sweep {name} optimizes {row['metric']} ({row['goal']}), "
+                               f"not {metric} ({goal}): their rows do not compare")
+        metric, goal = row["metric"], row["goal"]
+        varied += [v for v in row["varied"] if v not in varied]
+        trials += [t for t in ledger.trials(name) if t.state != "invalid"]
+    assert metric is not None and goal is not None
+    if group_by is None and not per_trial:
+        keys = [v for v in varied if v not in SEEDS]
+        per_trial = len(keys) == len(varied)
+    else:
+        keys = list(group_by or [])
+        unknown = [k for k in keys if k not in varied and not any(k in t.params for t in trials)]
+        if unknown:
+            raise ResultsError(f"--group-by {', '.join(unknown)}: not a parameter of these "
+                               f"sweeps (varied: {', '.join(varied) or 'none'})")
+    rows = [_trial_row(t) for t in trials] if per_trial else _group(trials, keys)
+    report = Report(names, metric, goal, varied if per_trial else keys, not per_trial, rows)
+    _order(report)
+    return report
+
+
+def _trial_row(t: Trial) -> Row:
+    values = {k: Stat(v, None, 0 if v is None else 1) for k, v in trial_values(t).items()}
+    note = (t.reason or "") if t.state != "finished" else ""
+    return Row(t.sweep, [t.number], dict(t.params), {t.state: 1}, values, note)
+
+
+def _group(trials: list[Trial], keys: list[str]) -> list[Row]:
+    groups: dict[tuple[str, ...], list[Trial]] = {}
     for t in trials:
-        if t.state == "invalid":
-            continue
-        final = t.final or {}
-        row: dict[str, Any] = {"trial": t.number, **{n: t.params.get(n) for n in varied}}
-        for name in dict.fromkeys([*COLUMNS, metric]):
-            row[name] = finite(final.get(name))
-        row["state"] = t.state
-        row["reason"] = t.reason or ""
-        row["steps"] = t.step
-        out.append(row)
-    sign = 1 if goal == "minimize" else -1
-
-    def key(r: dict[str, Any]) -> tuple[bool, bool, float, int]:
-        # Finished trials first: a diverged or stopped trial's partial number is not comparable.
-        v = r.get(metric)
-        return (r["state"] != "finished", v is None, sign * v if v is not None else math.inf,
-                r["trial"])
-
-    return sorted(out, key=key)
+        groups.setdefault((t.sweep, *[_canon(t.params.get(k)) for k in keys]), []).append(t)
+    rows = []
+    for members in groups.values():
+        done = [trial_values(t) for t in members if t.state == "finished"]
+        keys_seen = done[0].keys() if done else trial_values(members[0]).keys()
+        # Means over finished trials only: a partial number from a stopped run is not a result.
+        values = {k: _stat([v[k] for v in done if v[k] is not None]) for k in keys_seen}
+        states: dict[str, int] = {}
+        for t in members:
+            states[t.state] = states.get(t.state, 0) + 1
+        notes = sorted({t.reason for t in members if t.state != "finished" and t.reason})
+        rows.append(Row(members[0].sweep, [t.number for t in members],
+                        {k: members[0].params.get(k) for k in keys}, states, values,
+                        "; ".join(notes)))
+    return rows
 
 
-def table(trials: list[Trial], varied: list[str], metric: str, goal: str,
-          title: str | None = None) -> Table:
-    """The rich table of `rows`."""
-    data = rows(trials, varied, metric, goal)
-    t = Table(title=title, title_justify="left")
-    t.add_column("trial", justify="right")
-    for n in varied:
-        t.add_column(n)
-    metrics = list(dict.fromkeys([*COLUMNS, metric]))
-    for m in metrics:
-        t.add_column("coverage" if m == "val_coverage" else m, justify="right")
-    t.add_column("state", no_wrap=True, min_width=8)
-    t.add_column("note", overflow="fold", max_width=50)
-    for r in data:
-        cells = [str(r["trial"]), *[_cell(r[n]) for n in varied]]
-        for m in metrics:
-            v = r[m]
-            cells.append("—" if v is None else (f"{v:.1%}" if m == "val_coverage" else
-                                                f"{v:.4f}"))
-        note = r["reason"] if r["state"] != "finished" else ""
-        cells += [r["state"], note]
-        t.add_row(*cells)
-    return t
+def _order(report: Report) -> None:
+    sign = 1.0 if report.goal == "minimize" else -1.0
+
+    def key(r: Row) -> tuple[Any, ...]:
+        v = r.value(report.metric)
+        return (r.finished == 0, v is None, sign * v if v is not None else 0.0,
+                r.sweep, [_canon(r.params.get(k)) for k in report.keys], r.trials)
+
+    report.rows.sort(key=key)
+    for r in report.rows:
+        r.best = False
+    top = report.rows[0] if report.rows else None
+    if top is not None and top.finished and top.value(report.metric) is not None:
+        top.best = True
 
 
-def _cell(value: Any) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
+# -- baseline and compare -------------------------------------------------------------------------
+
+
+def _matches(value: Any, text: str) -> bool:
+    """Whether a parameter value is what `key=text` on the command line means."""
+    parsed = yaml.safe_load(text)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            return math.isclose(float(value), float(text), rel_tol=1e-9)
+        except ValueError:
+            return False
+    return value == parsed or str(value) == text
+
+
+def parse_config(text: str) -> dict[str, str]:
+    """`key=value,key=value` as a dict (values kept as text, matched loosely)."""
+    out = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        if "=" not in part:
+            raise ResultsError(f"baseline config {text!r}: expected key=value,... ")
+        k, v = part.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def set_baseline(report: Report, ledger: Ledger, spec: str) -> None:
+    """Resolve `--baseline` and fill every row's delta (absolute and %) against it.
+
+    spec: `trial:N` (or a bare N) is trial N of the first sweep, `trial:SWEEP/N` one of another
+    sweep; `sweep:NAME` is NAME's best row under the same grouping; `key=value,...` (or
+    `config:key=value,...`) the one row with those parameters.
+    """
+    metric = report.metric
+    if spec.startswith("sweep:"):
+        name = spec.removeprefix("sweep:")
+        other = load(ledger, [name], report.keys if report.grouped else None,
+                     per_trial=not report.grouped)
+        row = other.best
+        if row is None:
+            raise ResultsError(f"baseline sweep {name} has no finished trial with {metric}")
+        label = f"best of sweep {name}"
+    elif spec.startswith("trial:") or spec.isdigit():
+        ref = spec.removeprefix("trial:")
+        name, _, number = ref.rpartition("/")
+        name = name or report.sweeps[0]
+        if not number.isdigit():
+            raise ResultsError(f"--baseline {spec}: expected trial:N or trial:SWEEP/N")
+        found = [t for t in ledger.trials(name) if t.number == int(number)]
+        if not found:
+            raise ResultsError(f"--baseline {spec}: sweep {name} has no trial {number}")
+        row = _trial_row(found[0])
+        if row.finished == 0:
+            raise ResultsError(f"--baseline {spec}: trial {number} of {name} did not finish "
+                               f"({found[0].state})")
+        label = f"trial {number} of {name}"
+    else:
+        want = parse_config(spec.removeprefix("config:"))
+        hits = [r for r in report.rows
+                if all(k in r.params and _matches(r.params[k], v) for k, v in want.items())]
+        if len(hits) != 1:
+            raise ResultsError(f"--baseline {spec}: matches {len(hits)} rows, not one; name "
+                               f"more parameters or use trial:N")
+        row = hits[0]
+        label = ", ".join(f"{k}={v}" for k, v in want.items())
+    base = row.value(metric)
+    if base is None or row.finished == 0:
+        raise ResultsError(f"--baseline {spec}: it has no finished {metric}")
+    report.baseline_label, report.baseline_value = label, base
+    for r in report.rows:
+        r.baseline = (r.sweep, r.trials) == (row.sweep, row.trials)
+        v = r.value(metric)
+        r.delta, r.delta_pct = _change(base, v)
+
+
+def _change(before: float | None, now: float | None) -> tuple[float | None, float | None]:
+    if before is None or now is None:
+        return None, None
+    delta = now - before
+    return delta, (delta / abs(before) * 100.0 if before else None)
+
+
+def compare(this: Report, other: Report) -> Comparison:
+    """Match `this`'s rows with `other`'s by their parameters (the report's keys)."""
+    keys = this.keys
+
+    def key(r: Row) -> tuple[str, ...]:
+        return tuple(_canon(r.params.get(k)) for k in keys)
+
+    theirs: dict[tuple[str, ...], Row] = {}
+    for r in other.rows:
+        theirs.setdefault(key(r), r)
+    out = Comparison(this, other)
+    for r in this.rows:
+        o = theirs.pop(key(r), None)
+        ok = r.finished and o is not None and o.finished
+        change = _change(o.value(this.metric), r.value(this.metric)) if ok and o else (None, None)
+        out.pairs.append(Pair({k: r.params.get(k) for k in keys}, r, o, *change))
+    for o in other.rows:  # configurations the new sweep no longer has
+        if key(o) in theirs:
+            out.pairs.append(Pair({k: o.params.get(k) for k in keys}, None, o))
+    return out
+
+
+# -- gates ----------------------------------------------------------------------------------------
+
+
+def worse_than(report: Report, threshold: float) -> str | None:
+    """A message when the best row is worse than `threshold` (or there is none), else None."""
+    best = report.best
+    word = "above" if report.goal == "minimize" else "below"
+    if best is None:
+        return f"no finished trial has {report.metric}; --fail-if-worse-than {threshold} fails"
+    v = best.value(report.metric)
+    assert v is not None
+    worse = v > threshold if report.goal == "minimize" else v < threshold
+    if worse:
+        return (f"best {report.metric} {v:.4f} is {word} the threshold {threshold:.4f} "
+                f"(--fail-if-worse-than)")
+    return None
+
+
+def regression(comp: Comparison, max_pct: float) -> str | None:
+    """A message when this sweep's best is worse than the other's best by more than max_pct %."""
+    metric, goal = comp.this.metric, comp.this.goal
+    now, before = comp.this.best, comp.other.best
+    if before is None:
+        return None  # nothing to regress from
+    if now is None:
+        return f"no finished trial has {metric}, while {comp.other.sweeps[0]} had one"
+    a, b = now.value(metric), before.value(metric)
+    assert a is not None and b is not None
+    _, pct = _change(b, a)
+    worse_pct = (pct or 0.0) if goal == "minimize" else -(pct or 0.0)
+    if worse_pct > max_pct:
+        return (f"best {metric} regressed by {worse_pct:.2f}% ({b:.4f} in "
+                f"{comp.other.sweeps[0]} -> {a:.4f} in {comp.this.sweeps[0]}), more than the "
+                f"allowed {max_pct:g}% (--max-regression)")
+    return None

@@ -1,0 +1,69 @@
+"""`orch plot` on real tiny sweeps of the fake trainer: the PNGs exist, parse, and are not blank."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from matplotlib.image import imread
+from orch_helpers import orch_env, run_orch, write_spec
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _check_png(path: Path) -> None:
+    assert path.read_bytes()[:8] == PNG, path
+    pixels = imread(path)
+    assert pixels.ndim == 3 and pixels.shape[0] > 200 and pixels.shape[1] > 300
+    assert float(np.var(pixels[..., :3])) > 0, f"{path.name} is blank"
+    assert path.stat().st_size < 150_000
+
+
+def test_plot_writes_curves_parameter_plots_and_heatmap(orch_home: Path, tmp_path: Path) -> None:
+    # A grid over a categorical and a numeric parameter, one cell crashing (a missing cell).
+    curves = {f"{norm},{lr}": {"curve": [3.0, 2.5 - i * 0.1 - j * 0.05, 2.0 - i * 0.1 - j * 0.05,
+                                         1.8 - i * 0.1 - j * 0.05]}
+              for i, norm in enumerate(["layernorm", "rmsnorm"])
+              for j, lr in enumerate(["0.001", "0.003", "0.01"])}
+    curves["rmsnorm,0.01"] = {"mode": "crash"}
+    script = {"key": ["model.norm", "optim.lr"], "cases": curves}
+    spec = write_spec(tmp_path / "h.yaml", name="h", parameters={
+        "model.norm": {"values": ["layernorm", "rmsnorm"]},
+        "optim.lr": {"values": [0.001, 0.003, 0.01]}},
+        resources={"cpu_slots": 3, "retries": 0})
+    env = orch_env(orch_home, script)
+    proc = run_orch(["sweep", str(spec)], env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    proc = run_orch(["plot", "h"], env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    folder = orch_home / "runs" / "h" / "plots"
+    names = sorted(p.name for p in folder.glob("*.png"))
+    assert names == ["curves_step.png", "curves_time.png",
+                     "heatmap_model.norm_optim.lr.png", "param_model.norm.png",
+                     "param_optim.lr.png"]
+    assert sorted(Path(line).name for line in proc.stdout.split()) == names
+    for name in names:
+        _check_png(folder / name)
+
+    out = tmp_path / "elsewhere"
+    again = run_orch(["plot", "h", "--out", str(out)], env)
+    assert again.returncode == 0, again.stderr
+    assert sorted(p.name for p in out.glob("*.png")) == names
+    assert run_orch(["plot", "nope"], env).returncode == 2
+
+
+def test_plot_of_a_seed_sweep_has_curves_and_no_seed_plots(orch_home: Path,
+                                                           tmp_path: Path) -> None:
+    script = {"key": "train.seed", "cases": {"1": {"curve": [3, 2, 1]},
+                                             "2": {"curve": [3, 2.2, 1.4]},
+                                             "3": {"mode": "diverge", "curve": [2.5, 2.0]}}}
+    spec = write_spec(tmp_path / "s.yaml", parameters={"train.seed": {"values": [1, 2, 3]}})
+    env = orch_env(orch_home, script)
+    assert run_orch(["sweep", str(spec)], env).returncode == 0
+    proc = run_orch(["plot", "t"], env)
+    assert proc.returncode == 0, proc.stderr
+    folder = orch_home / "runs" / "t" / "plots"
+    assert sorted(p.name for p in folder.glob("*.png")) == ["curves_step.png", "curves_time.png"]
+    for p in folder.glob("*.png"):
+        _check_png(p)

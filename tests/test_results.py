@@ -1,0 +1,223 @@
+"""`orch results` on real ledgers from tiny real sweeps of the fake trainer.
+
+Expected numbers are derived here from the scripted curves (and cross-checked against the
+ledger's trials), never copied from a rendered table.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+import pytest
+from orch_helpers import orch_env, run_orch, write_spec
+
+from orchestrator.ledger import Ledger
+
+# Sweep "a" (now): final val_loss per (lr, seed); the last curve point is the final value.
+A_FINAL = {("0.001", 1): 1.5, ("0.001", 2): 1.7, ("0.001", 3): 1.9,
+           ("0.003", 1): 1.2, ("0.003", 2): 1.4}
+# Sweep "b" (the previous run): every trial finishes.
+B_FINAL = {("0.001", s): 1.6 + 0.2 * (s - 1) for s in (1, 2, 3)}
+B_FINAL |= {("0.003", s): 1.0 + 0.2 * (s - 1) for s in (1, 2, 3)}
+B_FINAL |= {("0.01", s): 2.5 for s in (1, 2, 3)}
+GRID = {"optim.lr": {"values": [0.001, 0.003, 0.01]}, "train.seed": {"values": [1, 2, 3]}}
+
+
+def _script(finals: dict[tuple[str, int], float], extra: dict[str, Any]) -> dict[str, Any]:
+    cases = {f"{lr},{seed}": {"mode": "finish", "curve": [3.0, 2.0, v]}
+             for (lr, seed), v in finals.items()}
+    return {"key": ["optim.lr", "train.seed"], "default": {"mode": "crash"},
+            "cases": {**cases, **extra}}
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory, fake_schema_file: Path) -> Path:
+    """One ORCH_HOME holding sweeps a, b (same grid, for compare) and m (a maximize metric)."""
+    root = tmp_path_factory.mktemp("results")
+    home = root / "home"
+    env = {"FAKE_SCHEMA_FILE": str(fake_schema_file)}
+    # In "a", lr=0.01 seed 1 diverges after a first validation of 0.5: the lowest number in
+    # the sweep, from a trial that did not finish; the other lr=0.01 trials and lr=0.003
+    # seed 3 crash (default) and compute nothing.
+    a = _script(A_FINAL, {"0.01,1": {"mode": "diverge", "curve": [0.5, 0.4]}})
+    runs = [("a", GRID, a, "minimize"), ("b", GRID, _script(B_FINAL, {}), "minimize"),
+            ("m", {"optim.lr": {"values": [0.001, 0.003, 0.01]}},
+             {"key": "optim.lr", "cases": {"0.001": {"curve": [3, 1.1]},
+                                            "0.003": {"curve": [3, 2.2]},
+                                            "0.01": {"curve": [3, 1.7]}}}, "maximize")]
+    for name, params, script, goal in runs:
+        spec = write_spec(root / f"{name}.yaml", name=name, parameters=params,
+                          metric={"name": "val_loss", "goal": goal},
+                          resources={"cpu_slots": 3, "retries": 0})
+        proc = run_orch(["sweep", str(spec)], orch_env(home, script, **env))
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    return home
+
+
+def orch(home: Path, *args: str, **env: str) -> Any:
+    """Run `orch ARGS` against the fixture's ledger."""
+    return run_orch(list(args), orch_env(home, **env))
+
+
+def as_json(home: Path, *args: str) -> dict[str, Any]:
+    proc = orch(home, "results", *args, "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def parse_markdown(text: str) -> list[dict[str, str]]:
+    """The first Markdown table in `text` as dicts (a small GFM table parser)."""
+    lines = [ln for ln in text.splitlines() if ln.startswith("|")]
+    split = [[c.strip() for c in ln.strip().strip("|").split(" | ")] for ln in lines]
+    header, sep, body = split[0], lines[1], split[2:]
+    assert set(sep.replace("|", "").replace("-", "").replace(":", "")) <= {""}
+    assert all(len(r) == len(header) for r in body)
+    return [dict(zip(header, r)) for r in body]
+
+
+def test_rows_group_seeds_with_mean_std_and_n_over_finished_trials(home: Path) -> None:
+    data = as_json(home, "a")
+    assert data["grouped_by"] == ["optim.lr"]  # the default: every varied key but the seed
+    rows = {r["optim.lr"]: r for r in data["rows"]}
+    # Independent of the scripted numbers: recompute from the ledger's finished trials.
+    trials = Ledger(home).trials("a")
+    for lr, row in rows.items():
+        done = [t.final["val_loss"] for t in trials
+                if t.params["optim.lr"] == lr and t.state == "finished"]
+        assert row["n"] == len(done) and row["n_total"] == 3
+        if len(done) >= 2:
+            assert row["val_loss"] == pytest.approx(statistics.fmean(done), abs=1e-6)
+            assert row["val_loss_std"] == pytest.approx(statistics.stdev(done), abs=1e-6)
+    # And against the script: lr=0.001 is 1.5/1.7/1.9; lr=0.003 has 2 of 3 finished.
+    assert rows[0.001]["val_loss"] == pytest.approx(1.7) and rows[0.001]["val_loss_std"] == \
+        pytest.approx(0.2)
+    assert rows[0.003]["val_loss"] == pytest.approx(1.3) and rows[0.003]["n"] == 2
+    assert rows[0.003]["status"] == "2 finished, 1 failed" and rows[0.003]["best"]
+    # No finished trial: no mean at all, even though the diverged one computed 0.5.
+    assert rows[0.01]["val_loss"] is None and rows[0.01]["n"] == 0
+    assert [r["optim.lr"] for r in data["rows"]] == [0.003, 0.001, 0.01]
+
+
+def test_failed_trials_never_rank_above_finished_and_missing_stays_missing(home: Path) -> None:
+    proc = orch(home, "results", "a", "--group-by", "none", "--format", "csv")
+    assert proc.returncode == 0, proc.stderr
+    rows = list(csv.DictReader(io.StringIO(proc.stdout)))
+    states = [r["status"] for r in rows]
+    assert states == ["finished"] * 5 + sorted(states[5:], key=lambda s: s != "diverged")
+    losses = [float(r["val_loss"]) for r in rows[:5]]
+    assert losses == sorted(losses) == sorted(A_FINAL.values())
+    diverged = next(r for r in rows if r["status"] == "diverged")
+    assert float(diverged["val_loss"]) == 0.5  # its partial number, listed but not ranked
+    assert rows[0]["best"] == "true" and sum(r["best"] == "true" for r in rows) == 1
+    for r in rows:
+        if r["status"] == "failed":
+            assert r["val_loss"] == "" and r["val_bpb"] == "" and r["best_step"] == ""
+    md = orch(home, "results", "a", "--group-by", "none", "--format", "markdown").stdout
+    table = parse_markdown(md)
+    failed = [r for r in table if r["status"] == "failed"]
+    assert len(failed) == 3 and all(r["val_loss"] == "—" for r in failed)
+    assert table[0]["val_loss"] == f"{min(A_FINAL.values()):.4f} ★"
+    assert "0.0000" not in md
+
+
+def test_maximize_sorts_descending(home: Path) -> None:
+    rows = as_json(home, "m")["rows"]
+    values = [r["val_loss"] for r in rows]
+    assert values == [2.2, 1.7, 1.1] and rows[0]["best"] and rows[0]["optim.lr"] == 0.003
+
+
+def test_same_data_same_bytes_and_formats_round_trip(home: Path, tmp_path: Path) -> None:
+    for form in ("markdown", "csv", "json"):
+        first = orch(home, "results", "a", "b", "--format", form).stdout
+        second = orch(home, "results", "a", "b", "--format", form).stdout
+        assert first == second and first
+        out = tmp_path / f"r.{form}"
+        assert orch(home, "results", "a", "b", "--format", form, "--out", str(out)).returncode == 0
+        assert out.read_text() == first
+    data = json.loads(orch(home, "results", "a", "b", "--format", "json").stdout)
+    rows = list(csv.DictReader(io.StringIO(orch(home, "results", "a", "b", "--format",
+                                                "csv").stdout)))
+    assert len(rows) == len(data["rows"]) == 6  # two sweeps x three learning rates
+    for c, j in zip(rows, data["rows"]):
+        assert c["sweep"] == j["sweep"] and float(c["optim.lr"]) == j["optim.lr"]
+        for key in ("val_loss", "val_loss_std", "val_bpb", "tokens_per_s"):
+            assert (c[key] == "") == (j[key] is None)
+            if j[key] is not None:
+                assert float(c[key]) == pytest.approx(j[key], abs=1e-6)
+    md = parse_markdown(orch(home, "results", "a", "b", "--format", "markdown").stdout)
+    assert [(r["sweep"], r["optim.lr"]) for r in md] == \
+        [(j["sweep"], json.dumps(j["optim.lr"])) for j in data["rows"]]
+    # The fake's val_bpb is val_loss * 1.4427: every format carries the trial's own number.
+    for r in data["rows"]:
+        if r["val_loss"] is not None:
+            assert r["val_bpb"] == pytest.approx(r["val_loss"] * 1.4427, abs=1e-5)
+
+
+def test_baseline_deltas(home: Path) -> None:
+    data = as_json(home, "a", "--baseline", "optim.lr=0.001")
+    rows = {r["optim.lr"]: r for r in data["rows"]}
+    assert rows[0.001]["baseline"] and rows[0.001]["delta"] == 0
+    assert rows[0.003]["delta"] == pytest.approx(1.3 - 1.7)
+    assert rows[0.003]["delta_pct"] == pytest.approx((1.3 - 1.7) / 1.7 * 100, abs=1e-4)
+    assert rows[0.01]["delta"] is None
+    # Another sweep's best as the baseline: b's best configuration is lr=0.003 (mean 1.2).
+    other = as_json(home, "a", "--baseline", "sweep:b")
+    assert other["baseline"]["val_loss"] == pytest.approx(1.2)
+    assert other["rows"][0]["delta"] == pytest.approx(0.1)
+    # One trial: trial numbers come from the ledger, not from a guess about grid order.
+    t = next(t for t in Ledger(home).trials("a") if t.state == "finished")
+    per_trial = as_json(home, "a", "--group-by", "none", "--baseline", f"trial:{t.number}")
+    for r in per_trial["rows"]:
+        if r["val_loss"] is not None:
+            assert r["delta"] == pytest.approx(r["val_loss"] - t.final["val_loss"], abs=1e-6)
+    bad = orch(home, "results", "a", "--baseline", "train.seed=1")
+    assert bad.returncode == 2 and "matches 0 rows" in bad.stderr
+
+
+def test_compare_and_regression_gate(home: Path) -> None:
+    data = as_json(home, "a", "--compare", "b")
+    pairs = {r["optim.lr"]: r for r in data["rows"]}
+    assert pairs[0.003]["other_val_loss"] == pytest.approx(1.2)
+    assert pairs[0.003]["this_val_loss"] == pytest.approx(1.3)
+    assert pairs[0.003]["change"] == pytest.approx(0.1)
+    assert pairs[0.003]["verdict"] == "worse"
+    assert pairs[0.001]["change"] == pytest.approx(1.7 - 1.8)  # b had 1.6/1.8/2.0
+    assert pairs[0.001]["verdict"] == "better"
+    assert pairs[0.01]["change"] is None and pairs[0.01]["this_val_loss"] is None
+    back = as_json(home, "b", "--compare", "a")
+    assert {r["optim.lr"]: r["verdict"] for r in back["rows"]}[0.003] == "better"
+    # a's best (1.3) is 8.33 % worse than b's best (1.2).
+    fail = orch(home, "results", "a", "--compare", "b", "--max-regression", "5")
+    assert fail.returncode == 1 and "regressed by 8.33%" in fail.stderr
+    assert orch(home, "results", "a", "--compare", "b", "--max-regression", "10").returncode == 0
+    assert orch(home, "results", "b", "--compare", "a", "--max-regression", "0").returncode == 0
+
+
+def test_fail_if_worse_than(home: Path) -> None:
+    fail = orch(home, "results", "a", "--fail-if-worse-than", "1.25")
+    assert fail.returncode == 1 and "1.3000" in fail.stderr and "1.2500" in fail.stderr
+    assert orch(home, "results", "a", "--fail-if-worse-than", "1.35").returncode == 0
+    # For a maximize metric, worse means lower: m's best is 2.2.
+    assert orch(home, "results", "m", "--fail-if-worse-than", "2.5").returncode == 1
+    assert orch(home, "results", "m", "--fail-if-worse-than", "2.0").returncode == 0
+    assert orch(home, "results", "nope").returncode == 2
+
+
+def test_github_step_summary_gets_the_markdown_table(home: Path, tmp_path: Path) -> None:
+    summary = tmp_path / "summary.md"
+    summary.write_text("# earlier step\n")
+    env = {"GITHUB_STEP_SUMMARY": str(summary)}
+    proc = orch(home, "results", "a", "--fail-if-worse-than", "1.0", **env)
+    assert proc.returncode == 1
+    text = summary.read_text()
+    assert text.startswith("# earlier step\n")  # appended, not overwritten
+    rows = parse_markdown(text)
+    assert rows[0]["optim.lr"] == "0.003" and rows[0]["val_loss"].endswith("★")
+    assert "gate failed" in text
+    orch(home, "results", "a", **env)
+    assert summary.read_text().count("### sweep a") == 2
