@@ -1,4 +1,6 @@
-"""The local launcher: one trial = one subprocess in its own process group and run dir.
+"""Launchers: the protocol the scheduler drives, and the local one (a subprocess per trial).
+
+The local launcher runs one trial = one subprocess in its own process group and run dir.
 
 Two guards keep trials from outliving the orchestrator: each trial leads its own session (so a
 Ctrl-C in the terminal reaches only the orchestrator, which then stops the trials in order), and
@@ -17,7 +19,10 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from orchestrator.ledger import Trial
 
 PR_SET_PDEATHSIG = 1
 MARKER = "ORCH_TRIAL"
@@ -44,12 +49,37 @@ def _pdeathsig_hook() -> Callable[[], None] | None:
     return arm
 
 
+class LauncherError(Exception):
+    """The launcher cannot run trials here (no engine, no GPU runtime, a failed build): one line
+    saying what was tried and how to fix it."""
+
+
 @dataclass
-class Running:
-    """A live trial process."""
+class Launch:
+    """Everything about one trial attempt a launcher may need.
+
+    `argv` and `env` are the host command and environment (what the local launcher runs); a
+    container launcher rebuilds the command from `program`, `base` and `point` with its own paths.
+    """
 
     trial_id: int
-    proc: subprocess.Popen[bytes]
+    number: int
+    attempt: int
+    argv: list[str]
+    run_dir: Path
+    env: dict[str, str]
+    timeout: float | None
+    marker: str
+    base: Path
+    point: dict[str, Any]
+    device: str
+
+
+@dataclass(kw_only=True)
+class Run:
+    """A live trial attempt, whatever runs it."""
+
+    trial_id: int
     run_dir: Path
     started: float
     deadline: float | None
@@ -57,12 +87,84 @@ class Running:
     term_sent: float | None = None
     stop_reason: str | None = None
     timed_out: bool = False
+    oom: str | None = None  # why the launcher knows it ran out of memory (beyond the exit code)
+    # (state, reason) only the launcher saw, e.g. Slurm's time limit or a node failure; it wins
+    # over the exit code unless orch itself stopped the trial or it finished.
+    verdict: tuple[str, str] | None = None
+    job: str | None = None  # an id outside this process (a Slurm job id), kept in the ledger
     extra: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int | None:
+        """A host pid for the ledger (None when there is none)."""
+        return None
+
+    @property
+    def pgid(self) -> int | None:
+        """The process group for the ledger (None when there is none)."""
+        return None
+
+
+@dataclass(kw_only=True)
+class Running(Run):
+    """A live trial process."""
+
+    proc: subprocess.Popen[bytes]
+
+    @property
+    def pid(self) -> int:
+        """The trial process's pid."""
+        return self.proc.pid
 
     @property
     def pgid(self) -> int:
         """The process group the trial leads (its pid, since it started a session)."""
         return self.proc.pid
+
+
+class Launcher(Protocol):
+    """What the scheduler needs from a launcher; one instance serves one sweep run."""
+
+    def prepare(self, devices: list[str]) -> None:
+        """Check the machine and make what trials need (an image); raise LauncherError."""
+
+    def reap_orphans(self, marker: str) -> int:
+        """End what a dead orchestrator of this sweep left running; how many were ended."""
+
+    def start(self, launch: Launch) -> Run:
+        """Start one trial attempt; its output goes to RUN_DIR/trial.log."""
+
+    def wait_any(self, timeout: float) -> None:
+        """Sleep until some trial may have ended, or `timeout` seconds pass."""
+
+    def terminate(self, run: Run, reason: str | None = None, timed_out: bool = False) -> None:
+        """Ask a trial to stop (SIGTERM); enforce() kills it after the grace period."""
+
+    def enforce(self, run: Run, now: float) -> None:
+        """Apply the timeout and the kill after grace."""
+
+    def reap(self, run: Run) -> int | None:
+        """The exit code once the trial ended (its resources released), else None."""
+
+    def close(self) -> None:
+        """Release everything; no trial of this launcher outlives it."""
+
+
+@runtime_checkable
+class Adopter(Protocol):
+    """A launcher whose trials outlive the orchestrator (batch jobs on a cluster).
+
+    A resumed sweep adopts their attempts instead of re-running them, and a Ctrl-C may leave
+    them running; the local and Docker launchers end theirs (reap_orphans) instead.
+    """
+
+    def adopt(self, trials: list[Trial]) -> dict[int, Run]:
+        """Take over the attempts of trials a dead orchestrator left `running` that the backend
+        still knows (queued, running, or ended unseen), by trial id; the rest are re-run.
+        Called before reap_orphans, which then spares them."""
+
+    def detach(self) -> None:
+        """Leave the live attempts running past this orchestrator: close() spares them."""
 
 
 class LocalLauncher:
@@ -74,20 +176,28 @@ class LocalLauncher:
         self._selector = selectors.DefaultSelector()
         self._pidfds: dict[int, int] = {}
 
-    def start(self, trial_id: int, argv: list[str], run_dir: Path, env: dict[str, str],
-              timeout: float | None, marker: str) -> Running:
+    def prepare(self, devices: list[str]) -> None:
+        """Nothing to check or build: the trial program runs on this Python."""
+
+    def reap_orphans(self, marker: str) -> int:
+        """End processes a dead orchestrator left behind, found by their ORCH_TRIAL marker."""
+        return len(kill_marked(marker))
+
+    def start(self, launch: Launch) -> Running:
         """Start one trial; its stdout and stderr go to RUN_DIR/trial.log."""
+        run_dir = launch.run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
         log = run_dir / "trial.log"
         with open(log, "ab") as out:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
-                                    stderr=subprocess.STDOUT, env={**env, MARKER: marker},
+            proc = subprocess.Popen(launch.argv, stdin=subprocess.DEVNULL, stdout=out,
+                                    stderr=subprocess.STDOUT,
+                                    env={**launch.env, MARKER: launch.marker},
                                     start_new_session=True, preexec_fn=self._arm,
                                     close_fds=True)
         now = time.time()
         self._watch(proc.pid)
-        return Running(trial_id=trial_id, proc=proc, run_dir=run_dir, started=now,
-                       deadline=now + timeout if timeout else None, log=log)
+        return Running(trial_id=launch.trial_id, proc=proc, run_dir=run_dir, started=now,
+                       deadline=now + launch.timeout if launch.timeout else None, log=log)
 
     def _watch(self, pid: int) -> None:
         try:
