@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -34,10 +35,27 @@ def _train(argv: list[str]) -> int:
     p.add_argument("--quiet", action="store_true", help="no console lines")
     p.add_argument("overrides", nargs="*", metavar="key.path=value")
     args = p.parse_args(argv)
+    out = expand_run_id(args.out)
     cfg = load_config(args.config, args.overrides)
     from trainer.loop import run  # torch import only once the config is known good
 
-    return run(cfg, args.out, cache_dir=args.cache_dir or default_cache_dir(), quiet=args.quiet)
+    return run(cfg, out, cache_dir=args.cache_dir or default_cache_dir(), quiet=args.quiet)
+
+
+def expand_run_id(out: Path) -> Path:
+    """`{run_id}` in --out becomes WANDB_RUN_ID, so each run of a W&B sweep gets its own dir.
+
+    A W&B sweep's command is fixed when the sweep is created and W&B has no run-id macro, so
+    the one command the agents run names its run dir with this placeholder.
+    """
+    text = str(out)
+    if "{run_id}" not in text:
+        return out
+    run_id = os.environ.get("WANDB_RUN_ID", "")
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", run_id):
+        raise ConfigError(f"--out {text} contains {{run_id}} but WANDB_RUN_ID is "
+                          f"{'not set' if not run_id else repr(run_id)}; a W&B agent sets it")
+    return Path(text.replace("{run_id}", run_id))
 
 
 def _validate(argv: list[str]) -> int:

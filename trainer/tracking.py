@@ -2,7 +2,9 @@
 
 Under a W&B agent (WANDB_SWEEP_ID set) the run joins the agent's sweep run and the agent's
 parameters (dotted keys such as `optim.lr`) override the config. The API key is read by wandb
-from its own environment or netrc; we never read, log or store it.
+from its own environment or netrc; in a container it arrives as a file named by
+WANDB_API_KEY_FILE (never as a variable `docker inspect` would show), which we hand to wandb
+through this process's environment only. We never log or store it.
 """
 
 from __future__ import annotations
@@ -50,6 +52,12 @@ def start_tracking(cfg: Config, out_dir: Path) -> tuple[Tracker, Config]:
         return Tracker(), cfg
     import wandb
 
+    key_file = os.environ.get("WANDB_API_KEY_FILE")
+    if key_file and not os.environ.get("WANDB_API_KEY"):
+        try:
+            os.environ["WANDB_API_KEY"] = Path(key_file).read_text().strip()
+        except OSError:
+            pass  # no key: offline runs need none; online ones fail in wandb.init, saying why
     t = cfg.tracking
     run = wandb.init(
         project=t.project, entity=t.entity, tags=t.tags or None,
