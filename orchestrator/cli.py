@@ -1,7 +1,8 @@
 """`orch`: run sweeps on this machine and look at them.
 
-Exit codes: 0 done; 1 a sweep where no trial finished, or a sweep busy elsewhere; 2 an invalid
-spec (nothing launched); 130 stopped by Ctrl-C or `orch stop`; 143 stopped by SIGTERM.
+Exit codes: 0 done; 1 a sweep where no trial finished, or a sweep busy elsewhere, or a launcher
+that cannot run here (no Docker engine, no GPU runtime, a failed build; nothing launched); 2 an
+invalid spec (nothing launched); 130 stopped by Ctrl-C or `orch stop`; 143 stopped by SIGTERM.
 """
 
 from __future__ import annotations
@@ -11,18 +12,23 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from orchestrator import results as results_mod
-from orchestrator.ledger import Ledger, iter_states, orch_home
+from orchestrator import tables
+from orchestrator.launcher import LauncherError
+from orchestrator.ledger import Ledger, alive, iter_states, orch_home
 from orchestrator.plan import Plan, build_plan
 from orchestrator.progress import Progress
 from orchestrator.scheduler import Scheduler, SweepBusy, make_slots
 from orchestrator.spec import SpecError, SweepSpec
+
+if TYPE_CHECKING:
+    from orchestrator.wandb_cloud import SweepRef
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Sweep orchestrator: validate, run, resume and compare trainer sweeps.")
@@ -35,6 +41,8 @@ SetOpt = typer.Option(None, "--set", help="Override a base config key for every 
                                           "key.path=value (repeatable).")
 DataOpt = typer.Option(None, "--data", help="Titles file (CSV with a title column, JSONL, text) "
                                             "instead of the Hugging Face dataset.")
+BackendOpt = typer.Option(None, "--backend", help="`local` or `wandb` (default: the spec's "
+                                                  "tracking.backend).")
 
 
 def _plan(spec: Path, sets: list[str] | None, data: Path | None,
@@ -66,8 +74,17 @@ def sweep(spec: Path = typer.Argument(..., help="Sweep spec YAML."),
                                        help="Validate and list the trials; run nothing."),
           max_trials: Optional[int] = typer.Option(None, "--max-trials", min=1,
                                                    help="Start at most N trials this time."),
-          data: Optional[Path] = DataOpt, set_: Optional[list[str]] = SetOpt) -> None:
+          data: Optional[Path] = DataOpt, set_: Optional[list[str]] = SetOpt,
+          backend: Optional[str] = BackendOpt,
+          yes: bool = typer.Option(False, "--yes", help="Slurm: on Ctrl-C, cancel the sweep's "
+                                   "jobs without asking."),
+          detach: bool = typer.Option(False, "--detach", help="Slurm: on Ctrl-C, leave the "
+                                      "sweep's jobs running without asking (a later `orch "
+                                      "sweep` adopts them).")) -> None:
     """Validate a spec, create or resume its sweep, run it, and print the comparison table."""
+    if yes and detach:
+        err.print("error: --yes cancels the jobs on Ctrl-C, --detach leaves them: pick one")
+        raise typer.Exit(2)
     plan = _plan(spec, set_, data, max_trials)
     try:
         for note in plan.notes:
@@ -76,27 +93,179 @@ def sweep(spec: Path = typer.Argument(..., help="Sweep spec YAML."),
             err.print(f"[yellow]skipped invalid grid point[/] {json.dumps(point)}: {reason}",
                       highlight=False, soft_wrap=True)
         ledger = _ledger()
+        if (backend or plan.spec.tracking.backend) == "wandb":
+            _sweep_on_wandb(plan, ledger, dry_run, max_trials)
+            return
         if dry_run:
             _dry_run(plan, ledger)
             return
         progress = Progress(plan.spec.name, plan.varied, plan.spec.metric.name)
-        sched = Scheduler(plan, ledger, progress, ledger.home, max_trials=max_trials)
+        sched = Scheduler(plan, ledger, progress, ledger.home, max_trials=max_trials,
+                          on_interrupt=_interrupt_choice(progress, yes, detach))
         started = time.time()
         try:
             code = sched.run()
         except SweepBusy as e:
             err.print(f"error: {e}")
             raise typer.Exit(1) from None
-        trials = ledger.trials(plan.spec.name)
-        out.print(results_mod.table(trials, plan.varied, plan.spec.metric.name,
-                                    plan.spec.metric.goal,
-                                    title=f"sweep {plan.spec.name} "
-                                          f"({time.time() - started:.0f} s this run)"))
-        if code in (130, 143):
+        except LauncherError as e:
+            err.print(f"error: {e}", highlight=False, markup=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+        report = results_mod.load(ledger, [plan.spec.name], per_trial=True)
+        out.print(tables.rich_table(tables.report_grid(
+            report, title=f"sweep {plan.spec.name} ({time.time() - started:.0f} s this run)")))
+        if code in (130, 143) and (ledger.sweep(plan.spec.name) or {}).get("state") == "detached":
+            out.print(f"detached: its Slurm jobs run on; `orch sweep {spec}` adopts them, "
+                      f"`orch stop {plan.spec.name}` cancels them")
+        elif code in (130, 143):
             out.print(f"stopped; `orch sweep {spec}` resumes it")
         raise typer.Exit(code)
     finally:
         plan.close()
+
+
+def _sweep_on_wandb(plan: Plan, ledger: Ledger, dry_run: bool, max_trials: int | None) -> None:
+    """The W&B backend: the same checks ran; now create the cloud sweep and serve it here."""
+    from orchestrator import wandb_backend
+    from orchestrator.wandb_cloud import CloudError
+    from orchestrator.wandb_sweep import sweep_config
+
+    try:
+        if dry_run:
+            import yaml
+
+            out.print(yaml.safe_dump(sweep_config(plan), sort_keys=False), highlight=False,
+                      markup=False)
+            return
+        ref = wandb_backend.create(plan, ledger, lambda m: out.print(m, highlight=False))
+    except CloudError as e:
+        err.print(f"error: {e}", highlight=False, markup=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    except SpecError as e:
+        for paragraph in e.paragraphs:
+            err.print(f"[bold red]error:[/] {paragraph}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    code = wandb_backend.run_agents(ref, make_slots(plan.spec.resources), ledger.home, _say,
+                                    count=max_trials,
+                                    kill_grace=max(plan.spec.resources.kill_grace, 30.0))
+    if code == 0:
+        _show_wandb_results(ledger, ref.path)
+    raise typer.Exit(code)
+
+
+def _say(message: str) -> None:
+    err.print(message, highlight=False, markup=False, soft_wrap=True)
+
+
+def _interrupt_choice(progress: Progress, yes: bool, detach: bool) -> Callable[[int], bool]:
+    """Ctrl-C with Slurm jobs in flight: True leaves them running. --detach and --yes decide
+    for scripts; on a terminal the user is asked; anywhere else they are cancelled."""
+    def choose(jobs: int) -> bool:
+        if yes or detach or not sys.stdin.isatty():
+            return detach
+        progress.stop()  # the live table would draw over the question
+        try:
+            answer = input(f"{jobs} Slurm job(s) in flight: [c]ancel them or [l]eave them "
+                           "running (a later `orch sweep` adopts them)? [c/l] ")
+        except EOFError:
+            answer = "c"
+        progress.start()
+        return answer.strip().lower().startswith("l")
+
+    return choose
+
+
+def _import_wandb(ledger: Ledger, sweep_ref: str) -> str:
+    """Read a W&B sweep into the ledger; its ledger name."""
+    from orchestrator import wandb_backend
+    from orchestrator.wandb_cloud import CloudError
+
+    try:
+        return wandb_backend.results(ledger, sweep_ref, ledger.home)
+    except ValueError as e:
+        err.print(f"error: {e}", highlight=False, markup=False)
+        raise typer.Exit(2) from None
+    except CloudError as e:
+        err.print(f"error: {e}", highlight=False, markup=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+
+
+def _show_wandb_results(ledger: Ledger, sweep_ref: str) -> str:
+    name = _import_wandb(ledger, sweep_ref)
+    report = results_mod.load(ledger, [name], per_trial=True)
+    out.print(tables.rich_table(tables.report_grid(report, title=f"W&B sweep {sweep_ref}")))
+    return name
+
+
+@app.command()
+def agent(sweep_id: str = typer.Argument(..., help="ENTITY/PROJECT/SWEEP_ID (what `orch sweep "
+                                         "--backend wandb` printed), or its ledger name."),
+          gpus: Optional[str] = typer.Option(None, "--gpus", help="GPU indices (0,1), `all` "
+                                             "(default: nvidia-smi) or `none` for CPU slots."),
+          jobs_per_gpu: int = typer.Option(1, "--jobs-per-gpu", min=1,
+                                           help="Agents (so runs) sharing one GPU."),
+          cpu_slots: int = typer.Option(1, "--cpu-slots", min=1,
+                                        help="Agents when there is no GPU."),
+          count: Optional[int] = typer.Option(None, "--count", min=1,
+                                              help="Runs on this workstation, over all agents."),
+          timeout: Optional[str] = typer.Option(None, "--timeout",
+                                                help="Stop the agents after this long (2h)."),
+          launcher: str = typer.Option("local", "--launcher", help="`slurm`: submit --count "
+                                       "agents as one Slurm job array (a GPU and one run "
+                                       "each) and return.")) -> None:
+    """Serve a W&B sweep on this workstation: one `wandb agent` per slot, GPU-pinned."""
+    from orchestrator import wandb_backend
+    from orchestrator.spec import Resources, parse_duration
+
+    ledger = _ledger()
+    try:
+        ref = wandb_backend.resolve(ledger, sweep_id)
+        if launcher == "slurm":
+            raise typer.Exit(_agents_on_slurm(ledger, ref, count, gpus, timeout))
+        text = (gpus or "all").strip()
+        picked = [int(g) for g in text.split(",") if g.strip()] if text[:1].isdigit() else text
+        res = Resources(gpus=picked, jobs_per_gpu=jobs_per_gpu, cpu_slots=cpu_slots)
+        limit = parse_duration(timeout)
+    except ValueError as e:
+        err.print(f"error: {e}", highlight=False, markup=False)
+        raise typer.Exit(2) from None
+    code = wandb_backend.run_agents(ref, make_slots(res), ledger.home, _say, count=count,
+                                    timeout=limit)
+    raise typer.Exit(code)
+
+
+def _agents_on_slurm(ledger: Ledger, ref: SweepRef, count: int | None, gpus: str | None,
+                     timeout: str | None) -> int:
+    """`orch agent --launcher slurm`: one job array of agents; the exit code."""
+    from orchestrator.slurm import SlurmError
+    from orchestrator.slurm_agents import gpus_per_agent, recorded_settings, submit_agent_array
+    from orchestrator.slurm_launcher import slurm_time
+
+    if count is None:
+        err.print("error: --launcher slurm needs --count K (the array's size: K agents, one run "
+                  "each)")
+        return 2
+    settings = recorded_settings(ledger, ref)
+    limit = slurm_time(timeout, None, 0) if timeout else None
+    try:
+        array = submit_agent_array(ref, count, settings, ledger.home,
+                                   gpus=gpus_per_agent(gpus), time_limit=limit)
+    except SlurmError as e:
+        err.print(f"error: {e}", highlight=False, markup=False, soft_wrap=True)
+        return 1
+    _say(array.describe(gpus_per_agent(gpus)))
+    return 0
+
+
+@app.command("sync")
+def sync_cmd(name: str = typer.Argument(..., help="Sweep name in the ledger."),
+             timeout: float = typer.Option(600, "--timeout", help="Seconds to wait for "
+                                           "`wandb sync`.")) -> None:
+    """Upload a sweep's offline W&B runs (`wandb sync`) once a network is there."""
+    from orchestrator import wandb_backend
+
+    ledger = _ledger()
+    raise typer.Exit(wandb_backend.sync(ledger, ledger.home, name, _say, timeout))
 
 
 def _dry_run(plan: Plan, ledger: Ledger) -> None:
@@ -185,12 +354,88 @@ def status(name: str = typer.Argument(..., help="Sweep name.")) -> None:
 
 
 @app.command()
-def results(name: str = typer.Argument(..., help="Sweep name.")) -> None:
-    """The comparison table: one row per trial, sorted by the sweep's metric."""
+def results(
+    names: list[str] = typer.Argument(..., help="Sweep name(s)."),
+    group_by: Optional[str] = typer.Option(
+        None, "--group-by", help="Parameters that make a configuration (comma-separated); "
+        "rows aggregate the other trials (mean ± std, n). `none`: one row per trial. Default: "
+        "every varied parameter except train.seed and data.seed."),
+    baseline: Optional[str] = typer.Option(
+        None, "--baseline", help="Add Δ columns against trial:N, trial:SWEEP/N, "
+        "key=value,... (one row's parameters) or sweep:NAME (that sweep's best row)."),
+    compare: Optional[str] = typer.Option(
+        None, "--compare", metavar="OTHER_SWEEP", help="Configurations matched by their "
+        "parameters, OTHER_SWEEP beside this one, with the change."),
+    form: str = typer.Option("table", "--format", help="table, markdown, csv or json."),
+    out_file: Optional[Path] = typer.Option(None, "--out", help="Write to FILE, not stdout."),
+    fail_if_worse_than: Optional[float] = typer.Option(
+        None, "--fail-if-worse-than", metavar="X",
+        help="Exit 1 when the best row's metric is worse than X (or nothing finished)."),
+    max_regression: Optional[float] = typer.Option(
+        None, "--max-regression", metavar="PCT", help="With --compare: exit 1 when the best "
+        "metric is more than PCT % worse than OTHER_SWEEP's best."),
+    backend: Optional[str] = typer.Option(
+        None, "--backend", help="`wandb`: first read each SWEEP (ENTITY/PROJECT/SWEEP_ID or a "
+        "ledger name) from the W&B API into the ledger."),
+) -> None:
+    """The comparison table: rows sorted by the sweep's metric, best marked; CI gates."""
+    if form not in tables.FORMATS:
+        err.print(f"error: --format {form}: choose one of {', '.join(tables.FORMATS)}")
+        raise typer.Exit(2)
+    if (max_regression is not None and compare is None) or (compare and len(names) > 1):
+        err.print("error: --max-regression needs --compare, and --compare one SWEEP")
+        raise typer.Exit(2)
     ledger = _ledger()
-    row = _known_sweep(ledger, name)
-    out.print(results_mod.table(ledger.trials(name), row["varied"], row["metric"], row["goal"],
-                                title=f"sweep {name} ({row['state']})"))
+    if backend == "wandb":
+        names = [_import_wandb(ledger, n) for n in names]
+    keys = None if group_by in (None, "none") else [
+        k.strip() for k in group_by.split(",") if k.strip()]
+    try:
+        report = results_mod.load(ledger, names, keys, per_trial=group_by == "none")
+        if baseline:
+            results_mod.set_baseline(report, ledger, baseline)
+        comp = None if compare is None else results_mod.compare(report, results_mod.load(
+            ledger, [compare], report.keys if report.grouped else None,
+            per_trial=not report.grouped))
+    except results_mod.ResultsError as e:
+        err.print(f"error: {e}", highlight=False)
+        raise typer.Exit(2) from None
+    grid = tables.compare_grid(comp) if comp else tables.report_grid(report)
+    failures = [m for m in (
+        results_mod.worse_than(report, fail_if_worse_than)
+        if fail_if_worse_than is not None else None,
+        results_mod.regression(comp, max_regression)
+        if comp is not None and max_regression is not None else None) if m]
+    if out_file is not None:
+        out_file.write_text(tables.render(grid, form), encoding="utf-8")
+        err.print(f"wrote {out_file}", highlight=False)
+    elif form == "table":
+        out.print(tables.rich_table(grid))
+    else:
+        sys.stdout.write(tables.render(grid, form))
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary:  # GitHub Actions shows this file on the run's page
+        with open(summary, "a", encoding="utf-8") as fh:
+            fh.write(tables.markdown(grid) + "".join(f"\n**gate failed:** {m}\n"
+                                                     for m in failures) + "\n")
+    for message in failures:
+        err.print(f"[bold red]gate failed:[/] {message}", highlight=False)
+    if failures:
+        raise typer.Exit(1)
+
+
+@app.command()
+def plot(name: str = typer.Argument(..., help="Sweep name."),
+         out_dir: Optional[Path] = typer.Option(
+             None, "--out", help="Folder for the PNGs (default: ORCH_HOME/runs/SWEEP/plots).")
+         ) -> None:
+    """PNG plots: learning curves, the metric against each parameter, a grid heatmap."""
+    from orchestrator import plots  # matplotlib is slow to import; only this command needs it
+
+    ledger = _ledger()
+    _known_sweep(ledger, name)
+    for path in plots.plot_sweep(ledger, name, out_dir or ledger.home / "runs" / name / "plots"):
+        out.print(str(path), highlight=False)
 
 
 @app.command()
@@ -203,6 +448,59 @@ def stop(name: str = typer.Argument(..., help="Sweep name.")) -> None:
         out.print(f"asked sweep {name} (pid {row['owner_pid']}) to stop")
     else:
         out.print(f"sweep {name} is not running ({row['state']}); nothing to stop")
+    if (row["spec"].get("launcher") or {}).get("type") == "docker" \
+            and not alive(row["owner_pid"], row["owner_start"]):
+        # No orchestrator to do it: remove what a killed one left, so nothing runs on unseen.
+        from orchestrator.docker_launcher import remove_containers
+        from orchestrator.image import connect
+
+        try:
+            gone = remove_containers(connect(), name, ledger.home)
+        except LauncherError as e:
+            err.print(f"error: {e}", highlight=False, markup=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+        if gone:
+            out.print(f"removed {gone} container(s) its dead orchestrator left")
+    if (row["spec"].get("launcher") or {}).get("type") == "slurm" \
+            and not alive(row["owner_pid"], row["owner_start"]):
+        # Jobs outlive a killed or detached orchestrator: cancel them here, by ledger job id.
+        from orchestrator.slurm import SlurmError
+        from orchestrator.slurm_launcher import cancel_sweep
+
+        try:
+            gone = cancel_sweep(ledger, name, ledger.home)
+        except SlurmError as e:
+            err.print(f"error: {e}", highlight=False, markup=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+        out.print(f"cancelled {gone} Slurm job(s) of sweep {name} that no orchestrator watched")
+
+
+@app.command()
+def build(base_image: Optional[str] = typer.Option(
+              None, "--base-image", help="BASE_IMAGE build argument (default: the Dockerfile's)."),
+          tag: Optional[str] = typer.Option(
+              None, "--tag", help="Image tag (default: orch-trainer:<hash of the context>; "
+                                  "an existing one is reused, never rebuilt)."),
+          context: Optional[Path] = typer.Option(
+              None, "--context", help="Directory with the Dockerfile (default: this repository)."),
+          network: Optional[str] = typer.Option(
+              None, "--network", help="Network of the RUN steps, e.g. `none` for an offline "
+                                      "build.")) -> None:
+    """Build the trainer image (the log streams live) and print its tag."""
+    from orchestrator.image import connect, ensure_image
+
+    def echo(line: str) -> None:
+        err.print(line, highlight=False, markup=False, soft_wrap=True)
+
+    try:
+        image, built = ensure_image(connect(), context=context, tag=tag, base_image=base_image,
+                                    network=network, echo=echo)
+    except LauncherError as e:
+        err.print(f"error: {e}", highlight=False, markup=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    if not built:
+        err.print(f"{image} is up to date (the context is unchanged)", highlight=False)
+    sys.stdout.write(image + "\n")  # alone on stdout, for scripts
 
 
 @app.command()

@@ -102,6 +102,7 @@ class Trial:
     final: dict[str, Any]
     best: dict[str, Any]
     program_wall: float | None
+    job: str | None = None  # the launcher's id of the latest attempt outside orch (Slurm job)
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Trial:
@@ -114,7 +115,8 @@ class Trial:
             pid=d["pid"], pgid=d["pgid"], slot=d["slot"], device=d["device"], step=d["step"],
             max_steps=d["max_steps"], last_metric=d["last_metric"],
             best_metric=d["best_metric"], final=json.loads(d["final_json"] or "{}"),
-            best=json.loads(d["best_json"] or "{}"), program_wall=d["program_wall"])
+            best=json.loads(d["best_json"] or "{}"), program_wall=d["program_wall"],
+            job=d.get("job"))
 
 
 class Ledger:
@@ -131,6 +133,13 @@ class Ledger:
         self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL survives a process kill
         self.db.execute("PRAGMA busy_timeout=30000")
         self.db.executescript(SCHEMA)
+        # `job` came later (Slurm job ids): ledgers made before get it on first open.
+        if "job" not in {r["name"] for r in self.db.execute("PRAGMA table_info(trials)")}:
+            try:
+                self.db.execute("ALTER TABLE trials ADD COLUMN job TEXT")
+            except sqlite3.OperationalError as err:  # another process added it just now
+                if "duplicate column" not in str(err):
+                    raise
 
     def close(self) -> None:
         """Close the connection."""
@@ -237,13 +246,13 @@ class Ledger:
         return self.trial(int(cur.lastrowid or 0))
 
     def mark_running(self, trial_id: int, *, pid: int, pgid: int, run_dir: str, slot: int,
-                     device: str, started_at: float) -> None:
-        """The trial's process has started: one more attempt."""
+                     device: str, started_at: float, job: str | None = None) -> None:
+        """The trial's process (or job) has started: one more attempt."""
         self.db.execute(
             "UPDATE trials SET state='running', reason=NULL, exit_code=NULL, pid=?, pgid=?,"
             " run_dir=?, slot=?, device=?, started_at=?, ended_at=NULL, step=NULL,"
-            " max_steps=NULL, last_metric=NULL, best_metric=NULL, attempts=attempts+1"
-            " WHERE id=?", (pid, pgid, run_dir, slot, device, started_at, trial_id))
+            " max_steps=NULL, last_metric=NULL, best_metric=NULL, attempts=attempts+1, job=?"
+            " WHERE id=?", (pid, pgid, run_dir, slot, device, started_at, job, trial_id))
 
     def record_progress(self, trial_id: int, attempt: int, step: int | None,
                         max_steps: int | None, validations: list[dict[str, Any]],
@@ -271,6 +280,13 @@ class Ledger:
                                " ORDER BY rowid", (trial_id, attempt))
         return [json.loads(r["values_json"]) for r in rows]
 
+    def curve(self, trial_id: int, attempt: int) -> list[tuple[int | None, float | None,
+                                                               dict[str, Any]]]:
+        """(step, unix time, metrics) of each validation of one attempt, in order (for plots)."""
+        rows = self.db.execute("SELECT step, time, values_json FROM metrics WHERE trial_id=?"
+                               " AND attempt=? ORDER BY rowid", (trial_id, attempt))
+        return [(r["step"], r["time"], json.loads(r["values_json"])) for r in rows]
+
     def finish(self, trial_id: int, *, state: str, reason: str | None, exit_code: int | None,
                ended_at: float, final: dict[str, Any] | None, best: dict[str, Any] | None,
                program_wall: float | None, config: dict[str, Any] | None = None) -> None:
@@ -283,20 +299,50 @@ class Ledger:
              json.dumps(best or {}), program_wall,
              json.dumps(config) if config is not None else None, trial_id))
 
+    IMPORT_COLUMNS = ("state", "reason", "exit_code", "started_at", "ended_at", "run_dir", "step",
+                      "max_steps", "last_metric", "best_metric", "program_wall")
+
+    def import_trial(self, sweep: str, key: str, params: dict[str, Any], columns: dict[str, Any],
+                     final: dict[str, Any], best: dict[str, Any], config: dict[str, Any] | None,
+                     history: list[dict[str, Any]]) -> Trial:
+        """Insert or refresh a trial that ran elsewhere (a W&B run) as one finished attempt,
+        its metric history replaced, so importing the same run again gives the same ledger.
+
+        `columns` holds IMPORT_COLUMNS; each `history` item is {step, time, metric: value...}.
+        """
+        row = self.db.execute("SELECT id FROM trials WHERE sweep=? AND config_hash=?",
+                              (sweep, key)).fetchone()
+        trial_id = row["id"] if row else self.add_trial(sweep, key, params, columns["state"]).id
+        sets = ", ".join(f"{c}=?" for c in self.IMPORT_COLUMNS)
+        with self._tx():
+            self.db.execute(
+                f"UPDATE trials SET {sets}, params_json=?, final_json=?, best_json=?,"
+                f" config_json=?, attempts=1, pid=NULL WHERE id=?",
+                (*[columns.get(c) for c in self.IMPORT_COLUMNS], json.dumps(params),
+                 json.dumps(final), json.dumps(best),
+                 json.dumps(config) if config is not None else None, trial_id))
+            self.db.execute("DELETE FROM metrics WHERE trial_id=?", (trial_id,))
+            for h in history:
+                values = {k: v for k, v in h.items() if k not in ("step", "time")}
+                self.db.execute("INSERT INTO metrics VALUES (?,?,?,?,?)",
+                                (trial_id, 1, h.get("step"), h.get("time"), json.dumps(values)))
+        return self.trial(trial_id)
+
     def requeue(self, trial_id: int, reason: str, refund_attempt: bool) -> None:
         """Back to pending: a retry, or an attempt an interruption cut short (refunded)."""
         self.db.execute(
             "UPDATE trials SET state='pending', reason=?, pid=NULL,"
             " attempts=attempts - ? WHERE id=?", (reason, 1 if refund_attempt else 0, trial_id))
 
-    def recover(self, sweep: str) -> list[Trial]:
+    def recover(self, sweep: str, keep: set[int] | frozenset[int] = frozenset()) -> list[Trial]:
         """Trials to run again on resume: left `running` by a dead owner, or stopped by the user.
 
-        Called after `claim`, so any `running` trial belongs to a previous, dead orchestrator.
+        Called after `claim`, so any `running` trial belongs to a previous, dead orchestrator;
+        those in `keep` (ids of attempts the launcher adopted: Slurm jobs) stay running.
         """
         back = []
         for t in self.trials(sweep):
-            if t.state == "running":
+            if t.state == "running" and t.id not in keep:
                 self.requeue(t.id, "orchestrator died; re-run", refund_attempt=True)
                 back.append(t)
             elif t.state == "stopped" and t.reason == INTERRUPTED:

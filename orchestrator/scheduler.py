@@ -15,10 +15,10 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from orchestrator.contract import EXIT_BAD_INPUT, EventTail, finite, judge, train_argv
-from orchestrator.launcher import LocalLauncher, Running, kill_marked
+from orchestrator.contract import EXIT_BAD_INPUT, EventTail, Outcome, finite, judge, train_argv
+from orchestrator.launcher import Adopter, Launch, Launcher, LocalLauncher, Run
 from orchestrator.ledger import INTERRUPTED, Ledger, Trial
 from orchestrator.plan import Plan
 from orchestrator.progress import Progress
@@ -77,11 +77,29 @@ def make_slots(res: Resources, gpus_found: list[int] | None = None) -> list[Slot
     return slots
 
 
+def make_launcher(plan: Plan, home: Path, say: Callable[[str], None]) -> Launcher:
+    """The launcher `spec.launcher.type` names (the Docker SDK is imported only for docker)."""
+    if plan.spec.launcher.type == "docker":
+        from orchestrator.docker_launcher import DockerLauncher
+
+        return DockerLauncher(plan, home, say)
+    if plan.spec.launcher.type == "slurm":
+        from orchestrator.slurm_launcher import SlurmLauncher
+
+        return SlurmLauncher(plan, home, say)
+    return LocalLauncher(plan.spec.resources.kill_grace)
+
+
+def queue_slots(n: int) -> list[Slot]:
+    """Slots of a batch queue (Slurm): n jobs in flight; the queue, not orch, picks devices."""
+    return [Slot(i, "slurm", {}) for i in range(n)]
+
+
 @dataclass
 class Live:
     """A running attempt and what the loop knows about it."""
 
-    run: Running
+    run: Run
     trial: Trial
     slot: Slot
     tail: EventTail
@@ -98,6 +116,9 @@ class Scheduler:
     home: Path
     max_trials: int | None = None
     slots: list[Slot] | None = None
+    # Asked on Ctrl-C when the launcher's jobs can outlive orch (Slurm), with how many are in
+    # flight: True leaves them running (a resume adopts them). None: cancel them.
+    on_interrupt: Callable[[int], bool] | None = None
     _signal: int | None = None
     _live: dict[int, Live] = field(default_factory=dict)
     _histories: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
@@ -120,23 +141,34 @@ class Scheduler:
     def run(self) -> int:
         """Run the sweep to its end or an interruption; the exit code for the CLI."""
         spec = self.plan.spec
+        # Before the ledger is touched: an engine that is down or a failed build launches nothing.
+        launcher = make_launcher(self.plan, self.home, self.progress.note)
+        if self.slots is None:
+            self.slots = (queue_slots(spec.launcher.max_concurrent)
+                          if spec.launcher.type == "slurm" else make_slots(spec.resources))
+        try:
+            launcher.prepare([s.device for s in self.slots])
+        except BaseException:
+            launcher.close()
+            raise
         self.ledger.upsert_sweep(self.name, str(self.plan.doc.path), spec.model_dump(mode="json"),
                                  self.plan.varied, spec.metric.name, spec.metric.goal)
         owner = self.ledger.claim(self.name)
         if owner:
+            launcher.close()
             raise SweepBusy(f"sweep {self.name} is running under pid {owner['owner_pid']}; "
                             f"`orch stop {self.name}` stops it")
-        leftovers = kill_marked(self._marker())
-        for t in self.ledger.recover(self.name):
+        adopted = self._adopt(launcher)
+        leftovers = launcher.reap_orphans(self._marker())
+        for t in self.ledger.recover(self.name, keep=adopted):
             why = "left running by a dead orchestrator" if t.state == "running" else "interrupted"
             self.progress.note(f"trial {t.number}: re-run ({why})")
         if leftovers:
-            self.progress.note(f"ended {len(leftovers)} leftover trial process(es)")
+            self.progress.note(f"ended {leftovers} leftover trial(s) of a dead orchestrator")
         for t in self.ledger.trials(self.name):
             if t.attempts:
                 self._histories[t.id] = self.ledger.history(t.id, t.attempts)
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        launcher = LocalLauncher(spec.resources.kill_grace)
         self.progress.start()
         try:
             state = self._loop(launcher)
@@ -146,12 +178,12 @@ class Scheduler:
             for s, handler in old.items():
                 signal.signal(s, handler)
         self.ledger.release(self.name, state)
-        if state == "stopped":
+        if state in ("stopped", "detached"):
             return 143 if self._signal == signal.SIGTERM else 130
         trials = self.ledger.trials(self.name)
         return 0 if any(t.state == "finished" for t in trials) or state == "paused" else 1
 
-    def _loop(self, launcher: LocalLauncher) -> str:
+    def _loop(self, launcher: Launcher) -> str:
         engine = Engine(self.plan.search)
         slots = self.slots or make_slots(self.plan.spec.resources)
         launched, exhausted, stopping = 0, False, False
@@ -164,6 +196,8 @@ class Scheduler:
                     self._signal = self._signal or signal.SIGINT
             if self._signal is not None and not stopping:
                 stopping = True
+                if self._detach(launcher):
+                    return "detached"
                 self.progress.note("stopping: SIGTERM to running trials")
                 for live in self._live.values():
                     launcher.terminate(live.run, INTERRUPTED)
@@ -190,6 +224,38 @@ class Scheduler:
                     return "finished"
             launcher.wait_any(TICK if self._live else 0.0)
 
+    def _adopt(self, launcher: Launcher) -> set[int]:
+        """Resume the watch on attempts a dead orchestrator left that run on (Slurm jobs);
+        their trial ids. Validations the ledger already holds are not recorded twice."""
+        if not isinstance(launcher, Adopter):
+            return set()
+        running = [t for t in self.ledger.trials(self.name) if t.state == "running"]
+        runs = launcher.adopt(running)
+        slots = iter(self.slots or [])
+        spec = self.plan.spec
+        for t in running:
+            run = runs.get(t.id)
+            if run is None:
+                continue
+            slot = next(slots, None) or Slot(len(self.slots or []) + len(self._live), "slurm", {})
+            tail = EventTail(run.run_dir / "events.jsonl")
+            fresh = tail.poll()[len(self.ledger.history(t.id, t.attempts)):]
+            self.ledger.record_progress(t.id, t.attempts, tail.step, tail.max_steps, fresh,
+                                        spec.metric.name, spec.metric.goal)
+            self._live[t.id] = Live(run, t, slot, tail, t.attempts)
+        return set(runs)
+
+    def _detach(self, launcher: Launcher) -> bool:
+        """On Ctrl-C (not `orch stop`), whether to leave the jobs running, as on_interrupt says."""
+        if (not isinstance(launcher, Adopter) or not self._live or self.on_interrupt is None
+                or self.ledger.stop_requested(self.name)
+                or not self.on_interrupt(len(self._live))):
+            return False
+        launcher.detach()
+        self.progress.note(f"left {len(self._live)} job(s) running; `orch sweep` adopts them, "
+                           f"`orch stop {self.name}` cancels them")
+        return True
+
     def _capped(self) -> bool:
         cap = self.plan.spec.run_cap
         counted = [t for t in self.ledger.trials(self.name) if t.state != "invalid"]
@@ -197,7 +263,7 @@ class Scheduler:
 
     # -- launching --------------------------------------------------------------------------------
 
-    def _launch(self, launcher: LocalLauncher, engine: Engine, free: list[Slot],
+    def _launch(self, launcher: Launcher, engine: Engine, free: list[Slot],
                 budget: int | None, exhausted: bool) -> tuple[int, bool]:
         """Fill free slots: pending trials first, then new suggestions. (launched, exhausted)"""
         started = 0
@@ -265,7 +331,7 @@ class Scheduler:
         self.progress.note("the engine keeps proposing configs already tried; ending the sweep")
         return True
 
-    def _start(self, launcher: LocalLauncher, trial: Trial, slot: Slot) -> None:
+    def _start(self, launcher: Launcher, trial: Trial, slot: Slot) -> None:
         attempt = trial.attempts + 1
         run_dir = self.home / "runs" / self.name / f"{trial.number:03d}-{trial.config_hash[:8]}"
         if attempt > 1:
@@ -279,10 +345,13 @@ class Scheduler:
         (run_dir / "trial.json").write_text(json.dumps(
             {"sweep": self.name, "trial": trial.number, "attempt": attempt,
              "params": trial.params, "argv": argv}, indent=2))
-        run = launcher.start(trial.id, argv, run_dir, env, self.plan.spec.resources.timeout,
-                             self._marker(trial.id))
-        self.ledger.mark_running(trial.id, pid=run.proc.pid, pgid=run.pgid, run_dir=str(run_dir),
-                                 slot=slot.index, device=slot.device, started_at=run.started)
+        run = launcher.start(Launch(
+            trial_id=trial.id, number=trial.number, attempt=attempt, argv=argv, run_dir=run_dir,
+            env=env, timeout=self.plan.spec.resources.timeout, marker=self._marker(trial.id),
+            base=self.plan.base, point=self.plan.resolved(trial.params), device=slot.device))
+        self.ledger.mark_running(trial.id, pid=run.pid, pgid=run.pgid, run_dir=str(run_dir),
+                                 slot=slot.index, device=slot.device, started_at=run.started,
+                                 job=run.job)
         self._histories[trial.id] = []
         self._live[trial.id] = Live(run, self.ledger.trial(trial.id), slot,
                                     EventTail(run_dir / "events.jsonl"), attempt)
@@ -291,7 +360,7 @@ class Scheduler:
 
     # -- watching -------------------------------------------------------------------------------
 
-    def _watch(self, launcher: LocalLauncher, engine: Engine) -> bool:
+    def _watch(self, launcher: Launcher, engine: Engine) -> bool:
         """Tail events and reap ended trials; True when new validation metrics arrived."""
         spec = self.plan.spec
         fresh = False
@@ -312,6 +381,11 @@ class Scheduler:
     def _finish(self, live: Live, code: int) -> None:
         run, ended = live.run, time.time()
         out = judge(code, run.run_dir, timed_out=run.timed_out, stop_reason=run.stop_reason)
+        if run.verdict and out.state != "finished" and not run.timed_out \
+                and run.stop_reason is None:  # what only the launcher saw (Slurm's time limit)
+            out = Outcome(*run.verdict, out.result)
+        if run.oom and out.state in ("failed", "killed"):  # the launcher saw the OOM happen
+            out = Outcome("oom", run.oom, out.result)
         result = out.result or {}
         final = result.get("final") if isinstance(result.get("final"), dict) else None
         best = result.get("best") if isinstance(result.get("best"), dict) else None
@@ -334,7 +408,7 @@ class Scheduler:
             self.ledger.requeue(live.trial.id, f"retry {live.attempt}/{retries} after: "
                                 f"{out.reason}", refund_attempt=False)
 
-    def _early_stop(self, launcher: LocalLauncher, engine: Engine) -> None:
+    def _early_stop(self, launcher: Launcher, engine: Engine) -> None:
         if not self.plan.spec.early_terminate:
             return
         metric = self.plan.spec.metric.name

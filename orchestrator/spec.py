@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
 
 DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)\s*h)?\s*(?:(\d+(?:\.\d+)?)\s*m)?\s*"
                       r"(?:(\d+(?:\.\d+)?)\s*s?)?\s*$")
@@ -66,9 +67,94 @@ class Resources(_Strict):
 
 
 class Launcher(_Strict):
-    """How a trial process is started."""
+    """How a trial is started: a local process, one Docker container or one Slurm job per trial.
 
-    type: Literal["local"] = "local"
+    One flat section: each field names the launcher it is for (Docker:, Slurm:), so `orch docs`
+    shows one row per field.
+    """
+
+    type: Literal["local", "docker", "slurm"] = Field(
+        "local", description="`local`: a process on this machine; `docker`: a container each; "
+        "`slurm`: a Slurm batch job each (on a login node; run dirs on a shared filesystem).")
+    image: str | None = Field(
+        None, description="Docker: the image to run; default `orch-trainer:<hash of the build "
+        "context>`, built from the repository's Dockerfile.")
+    base_image: str | None = Field(
+        None, description="Docker: the Dockerfile's BASE_IMAGE (default its CUDA PyTorch image).")
+    build: bool = Field(True, description="Docker: build the image (an unchanged context is "
+                        "reused, not rebuilt) before the first trial; false: it must exist.")
+    build_network: str | None = Field(
+        None, description="Docker: network of the build's RUN steps (`none` for an offline "
+        "build, `host`); default the engine's.")
+    context: str | None = Field(
+        None, description="Docker: build context with the Dockerfile, relative to the spec "
+        "file; default the repository orch is installed from, else the current directory.")
+    shm_size: str = Field("8g", pattern=r"^\d+[bkmgBKMG]?$",
+                          description="Docker: /dev/shm size of each container (data loading).")
+    user: str | None = Field(
+        None, pattern=r"^\d+:\d+$", description="Docker: UID:GID the trials run as; default "
+        "the invoking user's, so the files in run dirs are theirs.")
+    network: str = Field("none", description="Docker: network of a trial container.")
+    online_network: str = Field(
+        "host", description="Docker: network of trials with tracking.mode online (W&B).")
+    volumes: list[str] = Field(
+        default_factory=list, description="Docker: extra bind mounts HOST:CONTAINER[:ro|rw], "
+        "HOST relative to the spec file.")
+    env: dict[str, str] = Field(
+        default_factory=dict, description="Docker: extra environment of every trial (no "
+        "secrets: `docker inspect` shows them).")
+    partition: str | None = Field(None, description="Slurm: partition (--partition); default "
+                                  "the cluster's default.")
+    account: str | None = Field(None, description="Slurm: account charged (--account).")
+    qos: str | None = Field(None, description="Slurm: quality of service (--qos).")
+    time: str | None = Field(
+        None, description="Slurm: time limit of a trial job (--time): 30m, 2h, or Slurm's MM, "
+        "HH:MM:SS, D-HH:MM:SS (a bare number is minutes, as for sbatch); default "
+        "resources.timeout + kill_grace + 1 minute, else the partition's limit.")
+    cpus_per_trial: int = Field(1, ge=1, description="Slurm: CPUs per trial job "
+                                "(--cpus-per-task; also its OMP_NUM_THREADS).")
+    gpus_per_trial: int = Field(0, ge=0, description="Slurm: GPUs per trial job (--gres=gpu:N); "
+                                "Slurm sets CUDA_VISIBLE_DEVICES.")
+    mem: str | None = Field(None, pattern=r"^\d+[KMGTkmgt]?$", description="Slurm: memory per "
+                            "trial job (--mem, e.g. 16G); default the partition's.")
+    max_concurrent: int = Field(4, ge=1, description="Slurm: trial jobs in flight (queued or "
+                                "running) at once.")
+    setup: list[str] = Field(
+        default_factory=list, description="Slurm: shell lines run in the job before the trial "
+        "(`module load cuda`, `source venv/bin/activate`); with setup or container_prefix the "
+        "program runs as written, else with orch's own interpreter.")
+    container_prefix: str | None = Field(
+        None, description="Slurm: command the trial runs under, e.g. `apptainer exec --nv "
+        "IMAGE`.")
+    sbatch_args: list[str] = Field(
+        default_factory=list, description="Slurm: more sbatch options, one each "
+        "(`--constraint=a100`).")
+    poll: float = Field(5.0, gt=0, description="Slurm: seconds between squeue calls (one call "
+                        "for all the sweep's jobs).")
+
+    @field_validator("time", mode="before")
+    @classmethod
+    def _slurm_time(cls, v: Any) -> Any:
+        if v is None:
+            return v
+        text = str(v).strip()
+        if not re.fullmatch(r"(\d+-)?\d+(:\d{1,2}){0,2}", text):
+            try:
+                parse_duration(text)
+            except ValueError:
+                raise ValueError(f"'{text}' is not a time limit: use e.g. 30m, 2h, 1h30m, or "
+                                 "Slurm's MM, HH:MM:SS, D-HH:MM:SS") from None
+        return text
+
+    @model_validator(mode="after")
+    def _slurm_fields_need_slurm(self) -> Launcher:
+        slurm_only = {"partition", "account", "qos", "time", "cpus_per_trial", "gpus_per_trial",
+                      "mem", "max_concurrent", "setup", "container_prefix", "sbatch_args",
+                      "poll"}
+        misplaced = sorted(slurm_only & self.model_fields_set)
+        if self.type != "slurm" and misplaced:
+            raise ValueError(f"{', '.join(misplaced)}: Slurm settings; they need `type: slurm`")
+        return self
 
 
 class WandbSettings(_Strict):
@@ -82,7 +168,9 @@ class WandbSettings(_Strict):
 class Tracking(_Strict):
     """Where the search runs (`local`: the embedded engine) and the trials' W&B logging."""
 
-    backend: Literal["local"] = "local"
+    backend: Literal["local", "wandb"] = Field(
+        "local", description="`local`: the embedded engine runs the search; `wandb`: a W&B "
+        "cloud sweep does, served by `orch agent` on one or more workstations.")
     wandb: WandbSettings | None = None
 
 

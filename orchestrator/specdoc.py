@@ -17,7 +17,8 @@ from orchestrator.spec import SweepSpec
 def _type_name(annotation: Any) -> str:
     """A short, readable rendering of a type annotation."""
     text = str(annotation) if not isinstance(annotation, type) else annotation.__name__
-    return text.replace("typing.", "").replace("NoneType", "None")
+    # A bare `|` would end the Markdown table cell, even inside backticks.
+    return text.replace("typing.", "").replace("NoneType", "None").replace("|", "\\|")
 
 
 def _submodels(annotation: Any) -> list[type[BaseModel]]:

@@ -10,6 +10,8 @@ of one override so that one sweep can hold crashing, hanging and healthy trials:
     {"key": "train.seed", "default": {"curve": [3, 2, 1]},
      "cases": {"2": {"mode": "crash"}, "3": {"mode": "hang"}}}
 
+`key` may also be a list of keys; a case is then their values joined by commas ("0.001,2").
+
 Behaviour fields: mode (finish | crash | hang | diverge | oom | noresult | badconfig),
 curve (val_loss per validation), step_time (seconds per validation), stubborn (ignore SIGTERM).
 With FAKE_LOG set, every start appends one line `<overrides as JSON>` to that file.
@@ -42,7 +44,11 @@ def _behaviour(overrides: dict[str, str]) -> dict:
     script = json.loads(os.environ.get("FAKE_SCRIPT") or "{}")
     chosen = dict(script.get("default", {}))
     key = script.get("key")
-    if key and key in overrides:
+    if isinstance(key, list):  # several keys: the case is their values joined by commas
+        if all(k in overrides for k in key):
+            case = ",".join(str(json.loads(overrides[k])) for k in key)
+            chosen.update(script.get("cases", {}).get(case, {}))
+    elif key and key in overrides:
         chosen.update(script.get("cases", {}).get(str(json.loads(overrides[key])), {}))
     return chosen
 
