@@ -231,9 +231,9 @@ def run_child(opts: dict[str, Any]) -> dict[str, Any]:
         device = torch.device("cpu")
         if not opts["default_malloc"]:
             loop.keep_freed_memory()  # as trainer.loop.train does on a CPU
-        model = GPT(cfg, data.vocab_size)
+        model = GPT(cfg, data.vocab_size, eos_id=data.eos_id)
         step_model = torch.compile(model) if cfg.train.compile else model
-        opt = loop.make_optimizer(model.parameters(), cfg.optim)
+        opt = loop.make_optimizer(model, cfg.optim)
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda k: loop.lr_factor(cfg.schedule, k, max_steps))
         scaler = torch.amp.GradScaler("cpu", enabled=cfg.train.precision == "fp16")

@@ -181,3 +181,136 @@ def test_attention_mask_command_draws_png(tmp_path):
     out = tmp_path / "mask.png"
     draw_mask(cfg, out)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# --- title-boundary mask (attention.doc_mask) ---------------------------------------------------
+
+from trainer import segments  # noqa: E402
+
+EOS = 0
+
+
+def doc_ids(B: int, T: int, seed: int = 4) -> torch.Tensor:
+    """Token ids whose rows cover the edge cases: titles of random lengths, `<eos>` first and
+    last, two `<eos>` in a row, and a row with no `<eos>` at all (one title fills it)."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, 6, (B, T), generator=g)
+    ids[ids == 5] = EOS
+    ids[0, 0] = ids[0, -1] = EOS
+    if T > 3:
+        ids[0, 2] = ids[0, 3] = EOS
+    if B > 1:
+        ids[-1] = 1
+    return ids
+
+
+def doc_layer(cfg, n_head: int, ctx: int, **kw) -> SelfAttention:
+    return layer(cfg.model_copy(update={"doc_mask": True}), n_head, ctx, **kw)
+
+
+def test_segments_put_eos_in_the_title_it_closes():
+    ids = torch.tensor([[7, 8, EOS, 9, EOS, EOS, 3, 4]])
+    assert segments.segment_ids(ids, EOS).tolist() == [[0, 0, 0, 1, 1, 2, 3, 3]]
+    assert segments.Segments.from_tokens(ids, EOS).longest() == 3
+
+
+@pytest.mark.parametrize("cfg,n_head,ctx", VARIANTS, ids=IDS)
+def test_doc_fast_path_equals_reference(cfg, n_head, ctx):
+    """Fast path (the chunked kernel) == dense reference (pattern AND same title), values and
+    gradients, also through the dropout (matmul) path at p=0."""
+    fast = doc_layer(cfg, n_head, ctx, rotary=True)
+    ref = copy.deepcopy(fast)
+    ref.impl = "reference"
+    for T in (7, 16, ctx):
+        ids = doc_ids(3, T)
+        x = torch.randn(3, T, D_MODEL)
+        g = torch.randn(3, T, D_MODEL)
+        want = run_doc(ref, x, g, ids)
+        for a, b in zip(run_doc(fast, x, g, ids), want):
+            torch.testing.assert_close(a, b, atol=2e-5, rtol=2e-5)
+    q, k, v = (torch.randn(2, n_head, ctx, 8) for _ in range(3))
+    seg = segments.Segments.from_tokens(doc_ids(2, ctx), EOS)
+    want = sparse.reference_attention(q, k, v, segments.reference_mask(fast.cfg, n_head, seg.ids),
+                                      scale=0.3)
+    for flash in (True, False):
+        got = segments.segment_attention(q, k, v, fast.cfg, seg, 0.3, flash=flash)
+        torch.testing.assert_close(got, want, atol=2e-5, rtol=2e-5)
+
+
+def run_doc(m: SelfAttention, x: torch.Tensor, g: torch.Tensor, ids: torch.Tensor):
+    x = x.detach().clone().requires_grad_(True)
+    m.zero_grad()
+    y = m(x, segments.Segments.from_tokens(ids, EOS))
+    y.backward(g)
+    return y, x.grad, m.qkv.weight.grad.clone()
+
+
+@pytest.mark.parametrize("cfg,n_head,ctx", VARIANTS, ids=IDS)
+@pytest.mark.parametrize("dropout", [0.0, 0.5])
+def test_doc_mask_isolates_titles(cfg, n_head, ctx, dropout):
+    """d out[t] / d x[s] is exactly zero for every s in another title or after t."""
+    m = doc_layer(cfg, n_head, ctx, rotary=True, dropout=dropout)
+    m.train(dropout > 0)
+    T = 19
+    ids = doc_ids(1, T)
+    seg = segments.segment_ids(ids, EOS)[0]
+    x = torch.randn(1, T, D_MODEL, requires_grad=True)
+    torch.manual_seed(2)
+    y = m(x, segments.Segments.from_tokens(ids, EOS))
+    for t in range(T):
+        (grad,) = torch.autograd.grad(y[0, t].sum(), x, retain_graph=True)
+        outside = (seg != seg[t]) | (torch.arange(T) > t)
+        assert torch.all(grad[0, outside] == 0), f"output {t} depends on another title"
+
+
+@pytest.mark.parametrize("cfg,n_head,ctx", VARIANTS, ids=IDS)
+def test_doc_reachability(cfg, n_head, ctx):
+    """Within its title, query i reaches exactly the keys the pattern allows."""
+    m = doc_layer(cfg, n_head, ctx)
+    T = ctx
+    ids = doc_ids(2, T)
+    seg = segments.Segments.from_tokens(ids, EOS)
+    torch.manual_seed(3)
+    q, k = (torch.randn(2, n_head, T, m.qk_head_dim) for _ in range(2))
+    v = torch.randn(2, n_head, T, m.head_dim, requires_grad=True)
+    y = m.attend(q, k, v, seg)
+    mask = segments.reference_mask(m.cfg, n_head, seg.ids)
+    assert torch.equal(mask, sparse.pattern_mask(cfg, n_head, T)[None]
+                       & (seg.ids[:, None, :, None] == seg.ids[:, None, None, :]))
+    for b in range(2):
+        for i in range(T):
+            (grad,) = torch.autograd.grad(y[b, :, i].sum(), v, retain_graph=True)
+            reached = grad[b].abs().sum(-1) != 0
+            assert torch.equal(reached, mask[b, :, i]), f"row {b} query {i}"
+
+
+@pytest.mark.parametrize("cfg,n_head,ctx", VARIANTS[::3], ids=IDS[::3])
+def test_doc_flex_block_mask_equals_reference(cfg, n_head, ctx):
+    """The CUDA path's mask_mod, through create_block_mask (blocks of 8, so whole blocks are
+    skipped) and eager FlexAttention on the CPU, equals the dense reference."""
+    import warnings
+
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    cfg = cfg.model_copy(update={"doc_mask": True})
+    seg = segments.Segments.from_tokens(doc_ids(2, ctx), EOS).ids
+    i = torch.arange(ctx)[None, None, :, None]
+    j = torch.arange(ctx)[None, None, None, :]
+    h = torch.arange(n_head)[None, :, None, None]
+    b = torch.arange(2)[:, None, None, None]
+    mask = segments.reference_mask(cfg, n_head, seg)
+    assert torch.equal(segments.mask_mod(cfg, n_head, seg)(b, h, i, j).expand_as(mask), mask)
+    block_mask = create_block_mask(segments.mask_mod(cfg, n_head, seg), B=2, H=n_head,
+                                   Q_LEN=ctx, KV_LEN=ctx, device="cpu", BLOCK_SIZE=8)
+    q, k, v = (torch.randn(2, n_head, ctx, 8) for _ in range(3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        got = flex_attention(q, k, v, block_mask=block_mask, scale=0.3)
+    torch.testing.assert_close(got, sparse.reference_attention(q, k, v, mask, scale=0.3),
+                               atol=2e-5, rtol=2e-5)
+
+
+def test_doc_mask_needs_segments():
+    m = doc_layer(CausalAttention(), 2, 8)
+    with pytest.raises(ValueError, match="segments"):
+        m(torch.randn(1, 8, D_MODEL))

@@ -187,3 +187,140 @@ def test_prepare_builds_the_cache_a_run_then_hits(tmp_path: Path, tiny_titles: P
     info = next(e for e in read_events(tmp_path / "run" / "events.jsonl")
                 if e["event"] == "dataset_info")
     assert info["cache_hit"] is True and info["cache_key"] == first["cache_key"]
+
+
+# --- model-quality options -----------------------------------------------------------------------
+
+import math  # noqa: E402
+
+import torch  # noqa: E402
+
+from trainer.config import build_config  # noqa: E402
+from trainer.model import GPT  # noqa: E402
+from trainer.optim import EMA, Combined, lr_factor, make_optimizer, muon_split  # noqa: E402
+
+SMALL = {"model": {"d_model": 32, "n_layer": 2, "n_head": 2, "dropout": 0.0},
+         "train": {"context_length": 16}}
+
+
+def small_gpt(**sections) -> GPT:
+    tree = {k: dict(v) for k, v in SMALL.items()}
+    for name, fields in sections.items():
+        tree.setdefault(name, {}).update(fields)
+    torch.manual_seed(0)
+    return GPT(build_config(tree), vocab_size=50, eos_id=0)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_muon_split_covers_every_parameter_once(tied: bool) -> None:
+    model = small_gpt(model={"activation": "swiglu", "qk_norm": True, "tie_embeddings": tied})
+    muon, adamw = muon_split(model)
+    ids = [id(p) for p in muon + adamw]
+    assert len(ids) == len(set(ids)) == len(list(model.parameters()))
+    named = dict(model.named_parameters())
+    in_muon = {n for n, p in named.items() if any(p is q for q in muon)}
+    assert in_muon == {n for n, p in named.items() if n.startswith("blocks.") and p.ndim == 2}
+    assert {n.split(".", 2)[2] for n in in_muon} == {
+        "attn.qkv.weight", "attn.proj.weight", "mlp.fc.weight", "mlp.gate.weight",
+        "mlp.proj.weight"}
+    opt = make_optimizer(model, build_config({"optim": {"name": "muon", "lr": 1e-3,
+                                                        "muon_lr": 0.02}}).optim)
+    assert isinstance(opt, Combined) and isinstance(opt.optimizers[1], torch.optim.Muon)
+    # The schedule scales both parts: their groups are the combined optimizer's groups.
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.5)
+    assert [g["lr"] for o in opt.optimizers for g in o.param_groups] == [0.0005, 0.01]
+    model(torch.randint(0, 50, (2, 16))).sum().backward()
+    before = [p.detach().clone() for p in model.parameters()]
+    opt.step()
+    sched.step()
+    assert all(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
+
+
+def test_wsd_schedule_values() -> None:
+    def factors(**kw):
+        s = build_config({"schedule": {"name": "wsd", **kw}}).schedule
+        return [lr_factor(s, k, 10) for k in range(10)]
+
+    # warmup 2, decay over the last 5 of 10 steps (starting at step 5, at full lr).
+    f = factors(warmup_steps=2, decay_frac=0.5, decay_shape="linear")
+    assert f == pytest.approx([0.5, 1, 1, 1, 1, 1, 0.8, 0.6, 0.4, 0.2])
+    f = factors(decay_frac=0.5, decay_shape="cosine", min_lr_frac=0.1)
+    assert f[4] == 1 and f[7] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.4)))
+    f = factors(decay_frac=0.5, decay_shape="sqrt")
+    assert f[6] == pytest.approx(1 - math.sqrt(0.2)) and f[9] == pytest.approx(1 - math.sqrt(0.8))
+    assert factors(decay_frac=0.0) == [1.0] * 10  # no decay: constant
+
+
+def test_qk_norm_makes_attention_scale_invariant_in_q_and_k() -> None:
+    x = torch.randint(0, 50, (2, 16))
+    for qk_norm in (False, True):
+        model = small_gpt(model={"qk_norm": qk_norm}).eval()
+        before = model(x)
+        with torch.no_grad():
+            for block in model.blocks:
+                block.attn.qkv.weight[:64] *= 10  # the query and key rows (d_model 32 each)
+                block.attn.qkv.bias[:64] *= 10
+        after = model(x)
+        assert torch.allclose(before, after, atol=1e-4) == qk_norm
+
+
+def test_logit_softcap_bounds_the_logits() -> None:
+    x = torch.randint(0, 50, (2, 16))
+    raw = small_gpt(model={"init_std": 1.0}).eval()
+    capped = small_gpt(model={"init_std": 1.0, "logit_softcap": 2.0}).eval()
+    plain = raw(x)
+    assert plain.abs().max() > 2.0
+    logits = capped(x)
+    assert logits.abs().max() <= 2.0
+    torch.testing.assert_close(logits, 2.0 * torch.tanh(plain / 2.0))
+
+
+def test_ema_follows_the_recurrence_and_is_swapped_in_for_eval() -> None:
+    model = torch.nn.Linear(3, 2)
+    ema = EMA(model, decay=0.9)
+    expected = [p.detach().clone() for p in model.parameters()]
+    for step in range(5):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        ema.update()
+        expected = [0.9 * e + 0.1 * p.detach() for e, p in zip(expected, model.parameters())]
+    raw = [p.detach().clone() for p in model.parameters()]
+    with ema.swapped():
+        for p, e, r in zip(model.parameters(), expected, raw):
+            torch.testing.assert_close(p.detach(), e)
+            assert not torch.equal(p, r)
+    assert all(torch.equal(p, r) for p, r in zip(model.parameters(), raw))
+
+
+def test_eval_batch_keeps_the_challenge_tokens_per_batch() -> None:
+    base = ROOT / "sweeps" / "base.yaml"
+    assert load_config(base).eval.batch_for(128) == 64
+    cfg = load_config(base, ["train.context_length=256"])
+    assert cfg.eval.batch_for(256) * 256 == 8192
+    assert load_config(base, ["eval.batch_size=8"]).eval.batch_for(256) == 8
+
+
+def test_doc_mask_alone_means_causal() -> None:
+    cfg = load_config(TINY, ["attention.doc_mask=true"])
+    assert cfg.attention.type == "causal" and cfg.attention.doc_mask
+
+
+@pytest.mark.parametrize("overrides", [
+    ["optim.name=muon", "optim.lr=3e-3", "schedule.name=wsd", "schedule.decay_shape=sqrt"],
+    ["attention.doc_mask=true", "model.qk_norm=true", "model.logit_softcap=15", "train.ema=0.9"],
+    ["attention.type=sparse", "attention.pattern=strided", "attention.local_attn_ctx=8",
+     "attention.doc_mask=true", "model.dropout=0.1"],
+])
+def test_quality_options_train_through_the_cli(tmp_path: Path, tiny_titles: Path,
+                                               overrides: list[str]) -> None:
+    res = train_tiny(tmp_path / "run", tiny_titles, tmp_path / "cache", "train.max_steps=6",
+                     *overrides)
+    assert res.returncode == 0, res.stderr
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert result["status"] == "finished" and result["steps"] == 6
+    assert result["final"]["val_loss"] is not None
+    events = read_events(tmp_path / "run" / "events.jsonl")
+    configured = next(e for e in events if e["event"] == "eval_configured")
+    assert configured["tokens_per_batch"] == 16 * 64  # base_tiny's explicit eval batch
+    assert any(e["event"] == "warning" and "coverage" in e["message"] for e in events)

@@ -18,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
+from trainer import segments as seg_mask
 from trainer import sparse
 
 
@@ -28,6 +29,10 @@ class _Variant(BaseModel):
     qk_dim: int | None = Field(
         None, gt=0, description="Total query/key width (all heads) when smaller than d_model: a "
         "low-rank q/k projection; values keep d_model. null: q and k are d_model wide.")
+    doc_mask: bool = Field(
+        False, description="Title-boundary mask: a token attends only within its own title "
+        "(pattern AND same title). Titles are found from the `<eos>` ids of the batch: the "
+        "`<eos>` closes its title and the token after it starts the next. false: the challenge.")
 
     def check(self, n_head: int, context_length: int, d_model: int) -> None:
         """Raise ValueError naming the parameters when this variant cannot fit the model."""
@@ -140,11 +145,14 @@ class SelfAttention(nn.Module):
     elsewhere. Attention dropout drops attention weights in every path; on CUDA it uses the
     blocked kernels while dropout is active, since FlexAttention cannot drop weights.
     `impl="reference"` uses the dense-mask reference instead (tests, debugging).
+
+    With `doc_mask`, `forward` takes the batch's `Segments` and attends under pattern AND same
+    title (`trainer.segments`). `qk_norm` RMS-normalises each head's q and k (before rotary).
     """
 
     def __init__(self, cfg: CausalAttention | LocalAttention | SparseAttention, d_model: int,
                  n_head: int, dropout: float, bias: bool, rotary: bool,
-                 context_length: int) -> None:
+                 context_length: int, qk_norm: bool = False) -> None:
         super().__init__()
         self.cfg = cfg
         self.n_head = n_head
@@ -156,31 +164,47 @@ class SelfAttention(nn.Module):
         self.dropout = dropout
         self.resid_drop = nn.Dropout(dropout)
         self.rotary = Rotary(self.qk_head_dim, context_length) if rotary else None
+        self.q_norm = nn.RMSNorm(self.qk_head_dim) if qk_norm else None
+        self.k_norm = nn.RMSNorm(self.qk_head_dim) if qk_norm else None
         self.impl: Literal["auto", "reference"] = "auto"
         self._flex: dict[tuple[int, str], Callable] = {}  # (T, device) -> compiled kernel
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor,
+                segments: seg_mask.Segments | None = None) -> torch.Tensor:
+        """Self-attention of x (B, T, C); `segments` (required with doc_mask) split the titles."""
         B, T, C = x.shape
         q, k, v = self.qkv(x).split([self.qk_dim, self.qk_dim, C], dim=-1)
         q, k = (t.view(B, T, self.n_head, self.qk_head_dim).transpose(1, 2) for t in (q, k))
         v = v.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         if self.rotary is not None:
             q, k = self.rotary(q), self.rotary(k)
-        y = self.attend(q, k, v)
+        y = self.attend(q, k, v, segments)
         return self.resid_drop(self.proj(y.transpose(1, 2).reshape(B, T, C)))
 
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """The pattern's attention of (B, H, T, d) tensors (q, k may be narrower than v)."""
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               segments: seg_mask.Segments | None = None) -> torch.Tensor:
+        """The pattern's attention of (B, H, T, d) tensors (q, k may be narrower than v);
+        with doc_mask, AND same segment of `segments`."""
         cfg, T = self.cfg, q.shape[2]
         p = self.dropout if self.training else 0.0
         scale = sparse.default_scale(q.shape[-1])
+        if cfg.doc_mask and segments is None:
+            raise ValueError("attention.doc_mask is on: attend needs the batch's segments")
+        doc = segments if cfg.doc_mask else None
         if self.impl == "reference":
-            mask = sparse.pattern_mask(cfg, self.n_head, T, q.device)
+            mask = (sparse.pattern_mask(cfg, self.n_head, T, q.device) if doc is None
+                    else seg_mask.reference_mask(cfg, self.n_head, doc.ids))
             return sparse.reference_attention(q, k, v, mask, p, scale)
         if q.shape[-1] < v.shape[-1]:
             # Fused kernels want one head size: zero columns leave q.k unchanged (scale is fixed
             # above), and the extra gradient columns are simply dropped by the slice.
             q, k = (F.pad(t, (0, v.shape[-1] - t.shape[-1])) for t in (q, k))
+        if doc is not None:
+            if q.device.type == "cuda" and p == 0.0:
+                return seg_mask.flex_attention(q, k, v, cfg, doc, scale)
+            return seg_mask.segment_attention(q, k, v, cfg, doc, scale, p)
         if cfg.type == "causal":
             return F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True,
                                                   scale=scale)

@@ -66,6 +66,11 @@ class ModelConfig(Section):
         "projections get init_std / sqrt(2 n_layer) (GPT-2).",
     )
     init_std: float = Field(0.02, gt=0)
+    qk_norm: bool = Field(False, description="RMSNorm (learned scale, shared across heads) on "
+                          "each head's queries and keys before rotary and the dot product.")
+    logit_softcap: float | None = Field(
+        None, gt=0, description="Soft-cap the output logits: cap * tanh(logits / cap), so "
+        "|logit| < cap, in training and evaluation. null: off (the challenge).")
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> ModelConfig:
@@ -77,23 +82,50 @@ class ModelConfig(Section):
 
 
 class OptimConfig(Section):
-    """Optimizer and gradient clipping."""
+    """Optimizer and gradient clipping.
 
-    name: Literal["sgd", "adam", "adamw", "adagrad", "rmsprop"] = "sgd"
-    lr: float = Field(6e-3, gt=0)
+    `muon`: torch.optim.Muon for the 2-D weight matrices inside the blocks (attention qkv and
+    proj, MLP fc/gate/proj), AdamW (lr, betas, eps, weight_decay) for everything else: the
+    embeddings, positions, norms, biases and the head. The schedule scales both lrs alike.
+    """
+
+    name: Literal["sgd", "adam", "adamw", "adagrad", "rmsprop", "muon"] = "sgd"
+    lr: float = Field(6e-3, gt=0, description="Learning rate; with `muon`, the AdamW part's.")
     betas: tuple[float, float] = (0.9, 0.999)
     momentum: float = Field(0.0, ge=0, lt=1, description="SGD and RMSprop only.")
     eps: float = Field(1e-8, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     grad_clip: float | None = Field(1.0, gt=0, description="Max global grad norm; null: off.")
+    muon_lr: float = Field(0.02, gt=0, description="`muon` only: lr of the block matrices "
+                           "(before muon_lr_adjust).")
+    muon_momentum: float = Field(0.95, ge=0, lt=1, description="`muon` only.")
+    muon_nesterov: bool = Field(True, description="`muon` only.")
+    muon_ns_steps: int = Field(5, ge=1, lt=100, description="`muon` only: Newton-Schulz "
+                               "iterations that orthogonalise each update.")
+    muon_weight_decay: float = Field(0.0, ge=0, description="`muon` only: decoupled weight "
+                                     "decay of the block matrices (p *= 1 - lr * wd).")
+    muon_lr_adjust: Literal["original", "match_rms_adamw"] = Field(
+        "original", description="`muon` only: per-matrix lr scale, torch's adjust_lr_fn. "
+        "original: muon_lr * sqrt(max(1, rows/cols)) (Keller Jordan); match_rms_adamw: "
+        "muon_lr * 0.2 * sqrt(max(rows, cols)), so muon_lr can equal an AdamW lr (Moonlight).")
 
 
 class ScheduleConfig(Section):
-    """Learning-rate schedule, applied per step."""
+    """Learning-rate schedule, applied per step, to every lr (optim.lr and optim.muon_lr).
 
-    name: Literal["cosine", "linear", "constant"] = "cosine"
+    After `warmup_steps` of linear warmup: cosine or linear decay to min_lr_frac over the rest,
+    constant, or `wsd` (warmup-stable-decay): constant until the last `decay_frac` of all steps,
+    then `decay_shape` down towards min_lr_frac.
+    """
+
+    name: Literal["cosine", "linear", "constant", "wsd"] = "cosine"
     warmup_steps: int = Field(0, ge=0)
     min_lr_frac: float = Field(0.0, ge=0, le=1, description="Final lr as a share of optim.lr.")
+    decay_frac: float = Field(0.2, ge=0, le=1, description="`wsd` only: share of all steps "
+                              "spent decaying, at the end.")
+    decay_shape: Literal["linear", "cosine", "sqrt"] = Field(
+        "linear", description="`wsd` only: the decay's shape over progress p in [0, 1): "
+        "linear 1 - p, cosine (1 + cos(pi p)) / 2, sqrt 1 - sqrt(p).")
 
 
 class TrainConfig(Section):
@@ -109,13 +141,31 @@ class TrainConfig(Section):
     compile: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, gt=0, description="CPU threads for torch; null: torch's.")
+    ema: float | None = Field(None, gt=0, lt=1, description="Decay of an exponential moving "
+                              "average of the weights, updated after every step; evaluation "
+                              "then scores the averaged weights. null: off.")
+
+
+CHALLENGE_EVAL_TOKENS = 64 * 128  # the challenge's eval batch x context
 
 
 class EvalConfig(Section):
-    """Validation pass settings."""
+    """Validation pass settings.
 
-    batch_size: int = Field(64, gt=0, description="Eval batch; with context_length it sets "
-                            "which validation tokens the challenge val_loss scores.")
+    The challenge val_loss scores whole eval batches of batch_size x context_length tokens, so
+    that product decides which validation tokens it covers. By default it stays at the
+    challenge's 64 x 128 = 8192 whatever the context; a run whose product differs says so in a
+    `warning` event and on stderr.
+    """
+
+    batch_size: int | None = Field(None, gt=0, description="Eval batch. null: tokens_per_batch "
+                                   "// train.context_length (at least 1).")
+    tokens_per_batch: int = Field(CHALLENGE_EVAL_TOKENS, gt=0, description="Eval batch x "
+                                  "context when batch_size is null; 8192 is the challenge's.")
+
+    def batch_for(self, context_length: int) -> int:
+        """The eval batch at this context."""
+        return self.batch_size or max(1, self.tokens_per_batch // context_length)
 
 
 class TrackingConfig(Section):
@@ -139,6 +189,14 @@ class Config(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _attention_type_defaults_to_causal(cls, tree: Any) -> Any:
+        # `attention.doc_mask=true` alone (no type) means the default variant, causal.
+        if isinstance(tree, dict) and isinstance(tree.get("attention"), dict):
+            tree = {**tree, "attention": {"type": "causal", **tree["attention"]}}
+        return tree
 
     @model_validator(mode="after")
     def _attention_fits_model(self) -> Config:
@@ -234,8 +292,9 @@ def json_schema() -> dict[str, Any]:
 
 
 def _type_name(annotation: Any) -> str:
+    # A bare `|` would end the Markdown table cell, even inside backticks.
     return (str(annotation).replace("typing.", "").replace("pathlib.", "")
-            .replace("<class '", "").replace("'>", ""))
+            .replace("<class '", "").replace("'>", "").replace("|", "\\|"))
 
 
 def _section_rows(prefix: str, model: type[BaseModel], note: str = "") -> list[str]:

@@ -2,7 +2,9 @@
 
 Every event is one JSON object per line: {"event": NAME, "time": unix seconds, ...fields}.
 Names: hyperparameters_configured, device_info, dataset_info, model_configured, model_info,
-training_step, validation_step, run_finished, run_failed.
+training_step, validation_step, run_finished, run_failed, eval_configured, warning.
+- eval_configured: batch_size, context_length, tokens_per_batch, challenge_tokens_per_batch, ema
+- warning: message (e.g. an eval batch x context that changes val_loss's coverage)
 - training_step: step, max_steps, loss, lr, elapsed
 - validation_step: step, max_steps, epoch, val_loss, val_loss_tok, val_bpb, val_coverage, elapsed
 - run_finished / run_failed: status, reason

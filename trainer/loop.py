@@ -20,11 +20,12 @@ import torch
 import torch.nn.functional as F
 
 from trainer import exitcodes
-from trainer.config import Config, ConfigError, OptimConfig, ScheduleConfig
+from trainer.config import CHALLENGE_EVAL_TOKENS, Config, ConfigError
 from trainer.data import DataError, prepare_data
 from trainer.events import EventLog, write_json_atomic
 from trainer.metrics import evaluate
 from trainer.model import GPT
+from trainer.optim import EMA, lr_factor, make_optimizer  # noqa: F401 (benchmarks use them here)
 from trainer.tracking import start_tracking
 
 METRICS = ("val_loss", "val_loss_tok", "val_bpb", "val_coverage")
@@ -40,31 +41,6 @@ class Stop(Exception):
 
 class Diverged(Exception):
     """Raised when a loss is NaN or infinite."""
-
-
-def make_optimizer(params: Any, o: OptimConfig) -> torch.optim.Optimizer:
-    """The configured torch optimizer."""
-    if o.name == "sgd":
-        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
-    if o.name in ("adam", "adamw"):
-        cls = torch.optim.Adam if o.name == "adam" else torch.optim.AdamW
-        return cls(params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
-    if o.name == "adagrad":
-        return torch.optim.Adagrad(params, lr=o.lr, eps=o.eps, weight_decay=o.weight_decay)
-    return torch.optim.RMSprop(params, lr=o.lr, momentum=o.momentum, eps=o.eps,
-                               weight_decay=o.weight_decay)
-
-
-def lr_factor(s: ScheduleConfig, step: int, max_steps: int) -> float:
-    """Multiplier of optim.lr for the optimizer step `step` (0-based). With no warmup, cosine
-    equals torch's CosineAnnealingLR(T_max=max_steps), the challenge's schedule."""
-    if step < s.warmup_steps:
-        return (step + 1) / s.warmup_steps
-    if s.name == "constant":
-        return 1.0
-    progress = (step - s.warmup_steps) / max(1, max_steps - s.warmup_steps)
-    shape = 0.5 * (1 + math.cos(math.pi * progress)) if s.name == "cosine" else 1 - progress
-    return s.min_lr_frac + (1 - s.min_lr_frac) * shape
 
 
 def pick_device(choice: str) -> torch.device:
@@ -183,13 +159,14 @@ def train(cfg: Config, out_dir: Path, cache_dir: Path, events: EventLog, console
                vocab_size=data.vocab_size, **data.info)
 
     torch.manual_seed(cfg.train.seed)
-    model = GPT(cfg, data.vocab_size).to(device)
+    model = GPT(cfg, data.vocab_size, eos_id=data.eos_id).to(device)
     state["parameters"] = model.num_parameters()
     events.log("model_configured", model=cfg.model.model_dump(mode="json"),
                attention=cfg.attention.model_dump(mode="json"))
     events.log("model_info", parameters_count=state["parameters"])
     step_model = torch.compile(model) if cfg.train.compile else model
-    opt = make_optimizer(model.parameters(), cfg.optim)
+    opt = make_optimizer(model, cfg.optim)
+    ema = EMA(model, cfg.train.ema) if cfg.train.ema else None
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda k: lr_factor(cfg.schedule, k, max_steps))
     amp = autocast_for(cfg.train.precision, device)
@@ -197,12 +174,24 @@ def train(cfg: Config, out_dir: Path, cache_dir: Path, events: EventLog, console
     tracker = state["tracker"]
     train_ids = data.train_ids.to(device)
     span = B * T + 1
+    eval_batch = cfg.eval.batch_for(T)
+    events.log("eval_configured", batch_size=eval_batch, context_length=T,
+               tokens_per_batch=eval_batch * T, challenge_tokens_per_batch=CHALLENGE_EVAL_TOKENS,
+               ema=cfg.train.ema)
+    if eval_batch * T != CHALLENGE_EVAL_TOKENS:
+        message = (f"eval batch x context is {eval_batch} x {T} = {eval_batch * T} tokens, not "
+                   f"the challenge's 64 x 128 = {CHALLENGE_EVAL_TOKENS}: val_loss covers a "
+                   "different share of the validation tokens (see val_coverage)")
+        events.log("warning", message=message)
+        if not console.quiet:
+            print(f"warning: {message}", file=sys.stderr, flush=True)
 
     def run_eval(step: int) -> None:
         t_eval = time.time()
         model.eval()
-        metrics = evaluate(step_model, data.val_ids, T, cfg.eval.batch_size, data.val_chars,
-                           data.val_bytes, device, autocast_for(cfg.train.precision, device))
+        with ema.swapped() if ema is not None else nullcontext():
+            metrics = evaluate(step_model, data.val_ids, T, eval_batch, data.val_chars,
+                               data.val_bytes, device, autocast_for(cfg.train.precision, device))
         model.train()
         state["eval_s"] = state.get("eval_s", 0.0) + time.time() - t_eval
         elapsed = time.time() - state["t0"]
@@ -233,6 +222,8 @@ def train(cfg: Config, out_dir: Path, cache_dir: Path, events: EventLog, console
                                 cfg.optim.grad_clip)
         if not math.isfinite(loss_value):
             raise Diverged(f"training loss is {loss_value} at step {step}")
+        if ema is not None:
+            ema.update()
         state["steps"] = step
         state["tokens"] = step * B * T
         events.log("training_step", step=step, max_steps=max_steps, loss=loss_value, lr=lr,

@@ -2,7 +2,9 @@
 
 With the defaults it is the challenge's model: pre-norm LayerNorm blocks, fused qkv with bias,
 4x GELU MLP, learned positions initialised at zero, head tied to the token embedding,
-N(0, 0.02) init.
+N(0, 0.02) init. Options: QK-norm, logit soft-capping, and the title-boundary attention mask
+(`attention.doc_mask`), for which the model is built with the `<eos>` id and derives each
+batch's titles from its token ids (`trainer.segments`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch.nn.functional as F
 
 from trainer.attention import SelfAttention
 from trainer.config import Config, ModelConfig
+from trainer.segments import Segments
 
 
 def make_norm(cfg: ModelConfig) -> nn.Module:
@@ -55,23 +58,32 @@ class Block(nn.Module):
         self.pre = m.norm_position == "pre"
         self.ln1, self.ln2 = make_norm(m), make_norm(m)
         self.attn = SelfAttention(cfg.attention, m.d_model, m.n_head, m.dropout, m.bias,
-                                  m.positions == "rotary", cfg.train.context_length)
+                                  m.positions == "rotary", cfg.train.context_length,
+                                  qk_norm=m.qk_norm)
         self.mlp = MLP(m)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, segments: Segments | None = None) -> torch.Tensor:
         if self.pre:
-            x = x + self.attn(self.ln1(x))
+            x = x + self.attn(self.ln1(x), segments)
             return x + self.mlp(self.ln2(x))
-        x = self.ln1(x + self.attn(x))
+        x = self.ln1(x + self.attn(x, segments))
         return self.ln2(x + self.mlp(x))
 
 
 class GPT(nn.Module):
-    """Decoder-only language model over byte-level BPE tokens."""
+    """Decoder-only language model over byte-level BPE tokens.
 
-    def __init__(self, cfg: Config, vocab_size: int) -> None:
+    `eos_id` (the Dataset's) is required with attention.doc_mask: titles end at `<eos>`.
+    """
+
+    def __init__(self, cfg: Config, vocab_size: int, eos_id: int | None = None) -> None:
         super().__init__()
         m = cfg.model
+        if cfg.attention.doc_mask and eos_id is None:
+            raise ValueError("attention.doc_mask needs the <eos> id: build GPT(cfg, vocab_size, "
+                             "eos_id=dataset.eos_id)")
+        self.eos_id = eos_id if cfg.attention.doc_mask else None
+        self.logit_softcap = m.logit_softcap
         self.token_emb = nn.Embedding(vocab_size, m.d_model)
         self.pos_emb = (nn.Parameter(torch.zeros(1, cfg.train.context_length, m.d_model))
                         if m.positions == "learned" else None)
@@ -103,6 +115,10 @@ class GPT(nn.Module):
         if self.pos_emb is not None:
             x = x + self.pos_emb[:, : idx.size(1)]
         x = self.drop(x)
+        segments = Segments.from_tokens(idx, self.eos_id) if self.eos_id is not None else None
         for block in self.blocks:
-            x = block(x)
-        return self.head(self.ln_f(x))
+            x = block(x, segments)
+        logits = self.head(self.ln_f(x))
+        if self.logit_softcap is not None:
+            logits = self.logit_softcap * torch.tanh(logits / self.logit_softcap)
+        return logits

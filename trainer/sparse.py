@@ -103,8 +103,9 @@ class Part:
     """Query chunks [start, stop) (dim 1 of the chunked q) attend to keys k / values v.
 
     k, v: (N, stop-start or 1, S, d). `causal`: key a visible to query row r iff a <= r (same
-    chunk). `allowed`: boolean (1 or stop-start, rows, S) mask, or None for all keys. Every query
-    row must see at least one key in the union of its parts.
+    chunk). `allowed`: boolean (1 or stop-start, rows, S) mask, one per sequence
+    (N, stop-start, rows, S), or None for all keys. Every query row must see at least one key in
+    the union of its parts.
     """
 
     start: int
@@ -116,11 +117,12 @@ class Part:
 
 
 def _flash_mask(part: Part, dtype: torch.dtype) -> Tensor | None:
-    """The flash kernel wants an additive mask of the query's dtype, (1, chunks, rows, S)."""
+    """The flash kernel wants an additive mask of the query's dtype, (1 or N, chunks, rows, S)."""
     if part.allowed is None:
         return None
     zero = torch.zeros((), dtype=dtype, device=part.allowed.device)
-    return torch.where(part.allowed, zero, float("-inf")).to(dtype)[None]
+    mask = torch.where(part.allowed, zero, float("-inf")).to(dtype)
+    return mask if mask.dim() == 4 else mask[None]
 
 
 class _FlashParts(torch.autograd.Function):
