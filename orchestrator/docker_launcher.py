@@ -276,11 +276,7 @@ class DockerLauncher:
     def terminate(self, run: Run, reason: str | None = None, timed_out: bool = False) -> None:
         """SIGTERM to the container (once); SIGKILL follows after the grace period."""
         assert isinstance(run, ContainerRun)
-        if reason and run.stop_reason is None and not run.timed_out:
-            run.stop_reason = reason
-        run.timed_out = run.timed_out or timed_out
-        if run.term_sent is None:
-            run.term_sent = time.time()
+        if run.request_stop(reason, timed_out):
             self._kill(run, "SIGTERM")
 
     def enforce(self, run: Run, now: float) -> None:

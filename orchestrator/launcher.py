@@ -94,6 +94,19 @@ class Run:
     job: str | None = None  # an id outside this process (a Slurm job id), kept in the ledger
     extra: dict[str, object] = field(default_factory=dict)
 
+    def request_stop(self, reason: str | None, timed_out: bool) -> bool:
+        """Record why the trial is being stopped; True the first time (send the signal then).
+
+        The first reason wins, and a timeout is never relabelled by a later reason.
+        """
+        if reason and self.stop_reason is None and not self.timed_out:
+            self.stop_reason = reason
+        self.timed_out = self.timed_out or timed_out
+        if self.term_sent is not None:
+            return False
+        self.term_sent = time.time()
+        return True
+
     @property
     def pid(self) -> int | None:
         """A host pid for the ledger (None when there is none)."""
@@ -223,11 +236,7 @@ class LocalLauncher:
 
     def terminate(self, run: Running, reason: str | None = None, timed_out: bool = False) -> None:
         """SIGTERM the trial's process group (once); SIGKILL follows after the grace period."""
-        if reason and run.stop_reason is None and not run.timed_out:
-            run.stop_reason = reason
-        run.timed_out = run.timed_out or timed_out
-        if run.term_sent is None:
-            run.term_sent = time.time()
+        if run.request_stop(reason, timed_out):
             _signal_group(run.pgid, signal.SIGTERM)
 
     def enforce(self, run: Running, now: float) -> None:

@@ -305,11 +305,7 @@ class SlurmLauncher:
     def terminate(self, run: Run, reason: str | None = None, timed_out: bool = False) -> None:
         """SIGTERM to every process of the job (once); a queued job is simply cancelled."""
         assert isinstance(run, SlurmRun)
-        if reason and run.stop_reason is None and not run.timed_out:
-            run.stop_reason = reason
-        run.timed_out = run.timed_out or timed_out
-        if run.term_sent is None:
-            run.term_sent = time.time()
+        if run.request_stop(reason, timed_out):
             # --signal fails on a job that has not started: then cancel it outright.
             if run.begun is None or not slurm.cancel([run.job_id], signal="TERM"):
                 self._cancel(run)

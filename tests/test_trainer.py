@@ -183,7 +183,7 @@ def test_prepare_builds_the_cache_a_run_then_hits(tmp_path: Path, tiny_titles: P
     first, second = json.loads(trainer(*args).stdout), json.loads(trainer(*args).stdout)
     assert (first["cache_hit"], second["cache_hit"]) == (False, True)
     assert first["cache_key"] == second["cache_key"]
-    res = train_tiny(tmp_path / "run", tiny_titles, tmp_path / "cache")
+    assert train_tiny(tmp_path / "run", tiny_titles, tmp_path / "cache").returncode == 0
     info = next(e for e in read_events(tmp_path / "run" / "events.jsonl")
                 if e["event"] == "dataset_info")
     assert info["cache_hit"] is True and info["cache_key"] == first["cache_key"]
