@@ -5,8 +5,8 @@ alive until it ends by itself (the sweep is finished, or its share of --count is
 what the agents report, and stops them cleanly on Ctrl-C, SIGTERM or `--timeout`.
 
 Agents run through the local launcher (own session, SIGKILL when `orch` dies, an ORCH_TRIAL
-marker inherited by the trainers they start). A Docker launcher runs trial containers, not
-agents, so agents always run as processes here; running agents in containers is left for later.
+marker inherited by the trainers they start), or, with the Docker launcher, each in a container
+of the trainer image (agent_containers.py) driven through the same launcher calls.
 A stop is SIGTERM to each agent, which forwards it to its running trainer (--forward-signals);
 the trainer writes result.json and ends its W&B run as failed. After the grace period the
 agents are killed, and any trainer left over (the agent puts each in its own process group) is
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from orchestrator.launcher import Launch, LocalLauncher, Running, kill_marked
+from orchestrator.launcher import Launch, Launcher, LocalLauncher, Run, kill_marked
 from orchestrator.scheduler import Slot
 from orchestrator.wandb_cloud import SweepRef, agent_argv, looks_offline
 
@@ -60,7 +60,7 @@ class Agent:
     """One agent process and how much of its log has been shown."""
 
     slot: Slot
-    run: Running
+    run: Run
     log_offset: int = 0
     code: int | None = None
 
@@ -77,6 +77,7 @@ class AgentPool:
     timeout: float | None = None
     kill_grace: float = 30.0
     wandb: str | None = None
+    launcher: Launcher | None = None  # default: a LocalLauncher (agents as processes)
     _signal: int | None = None
     _agents: list[Agent] = field(default_factory=list)
 
@@ -93,11 +94,16 @@ class AgentPool:
 
     def run(self) -> int:
         """Start the agents, wait for them all; 0 when every agent ended well."""
-        leftovers = kill_marked(self.marker)
+        launcher = self.launcher or LocalLauncher(self.kill_grace)
+        try:
+            launcher.prepare(sorted({s.device for s in self.slots}))  # an image, a GPU check
+            leftovers = launcher.reap_orphans(self.marker)
+        except BaseException:
+            launcher.close()
+            raise
         if leftovers:
-            self.say(f"ended {len(leftovers)} process(es) left by an earlier `orch agent`")
+            self.say(f"ended {leftovers} agent(s) left by an earlier `orch agent`")
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        launcher = LocalLauncher(self.kill_grace)
         try:
             self._start_all(launcher)
             timed_out = self._wait(launcher)
@@ -115,7 +121,7 @@ class AgentPool:
             return 1
         return 0
 
-    def _start_all(self, launcher: LocalLauncher) -> None:
+    def _start_all(self, launcher: Launcher) -> None:
         base = dict(os.environ)
         for slot, count in zip(self.slots, split_count(self.count, len(self.slots))):
             if count == 0:
@@ -132,7 +138,7 @@ class AgentPool:
             self.say(f"agent {slot.index} on {slot.device} started (pid {run.pid}, "
                      f"log {run.log})")
 
-    def _wait(self, launcher: LocalLauncher) -> bool:
+    def _wait(self, launcher: Launcher) -> bool:
         """Until every agent has ended; True when --timeout stopped them."""
         stopping = False
         while True:

@@ -145,9 +145,13 @@ def _sweep_on_wandb(plan: Plan, ledger: Ledger, dry_run: bool, max_trials: int |
         for paragraph in e.paragraphs:
             err.print(f"[bold red]error:[/] {paragraph}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
-    code = wandb_backend.run_agents(ref, make_slots(plan.spec.resources), ledger.home, _say,
-                                    count=max_trials,
-                                    kill_grace=max(plan.spec.resources.kill_grace, 30.0))
+    try:
+        code = wandb_backend.run_agents(ref, make_slots(plan.spec.resources), ledger.home, _say,
+                                        count=max_trials,
+                                        kill_grace=max(plan.spec.resources.kill_grace, 30.0))
+    except LauncherError as e:
+        err.print(f"error: {e}", highlight=False, markup=False, soft_wrap=True)
+        raise typer.Exit(1) from None
     if code == 0:
         _show_wandb_results(ledger, ref.path)
     raise typer.Exit(code)
@@ -210,9 +214,12 @@ def agent(sweep_id: str = typer.Argument(..., help="ENTITY/PROJECT/SWEEP_ID (wha
                                               help="Runs on this workstation, over all agents."),
           timeout: Optional[str] = typer.Option(None, "--timeout",
                                                 help="Stop the agents after this long (2h)."),
-          launcher: str = typer.Option("local", "--launcher", help="`slurm`: submit --count "
-                                       "agents as one Slurm job array (a GPU and one run "
-                                       "each) and return.")) -> None:
+          launcher: Optional[str] = typer.Option(
+              None, "--launcher", help="`local`: processes; `docker`: a container of the "
+              "trainer image each; `slurm`: submit --count agents as one Slurm job array (a GPU "
+              "and one run each) and return. Default: docker when the sweep's spec says so, "
+              "else local.")
+          ) -> None:
     """Serve a W&B sweep on this workstation: one `wandb agent` per slot, GPU-pinned."""
     from orchestrator import wandb_backend
     from orchestrator.spec import Resources, parse_duration
@@ -220,6 +227,8 @@ def agent(sweep_id: str = typer.Argument(..., help="ENTITY/PROJECT/SWEEP_ID (wha
     ledger = _ledger()
     try:
         ref = wandb_backend.resolve(ledger, sweep_id)
+        if launcher not in (None, "local", "docker", "slurm"):
+            raise ValueError(f"--launcher {launcher}: choose local, docker or slurm")
         if launcher == "slurm":
             raise typer.Exit(_agents_on_slurm(ledger, ref, count, gpus, timeout))
         text = (gpus or "all").strip()
@@ -229,8 +238,12 @@ def agent(sweep_id: str = typer.Argument(..., help="ENTITY/PROJECT/SWEEP_ID (wha
     except ValueError as e:
         err.print(f"error: {e}", highlight=False, markup=False)
         raise typer.Exit(2) from None
-    code = wandb_backend.run_agents(ref, make_slots(res), ledger.home, _say, count=count,
-                                    timeout=limit)
+    try:
+        code = wandb_backend.run_agents(ref, make_slots(res), ledger.home, _say, count=count,
+                                        timeout=limit, launcher=launcher)
+    except LauncherError as e:
+        err.print(f"error: {e}", highlight=False, markup=False, soft_wrap=True)
+        raise typer.Exit(1) from None
     raise typer.Exit(code)
 
 

@@ -28,6 +28,7 @@ from typing import Any, Callable
 from orchestrator.image import connect, default_context, engine_address, ensure_image
 from orchestrator.launcher import Launch, LauncherError, Run
 from orchestrator.plan import Plan
+from orchestrator.spec import Launcher
 from orchestrator.trial_container import CACHE, KEY_FILE, RUN, WATCHDOG, KeyFile, Layout
 
 OOM_TEXT = (b"CUDA out of memory", b"OutOfMemoryError", b"CUBLAS_STATUS_ALLOC_FAILED")
@@ -38,12 +39,13 @@ def sweep_labels(sweep: str, home: Path) -> dict[str, str]:
     return {"orch.sweep": sweep, "orch.home": str(home)}
 
 
-def remove_containers(client: Any, sweep: str, home: Path) -> int:
-    """Force-remove every container of the sweep, running or not; how many there were."""
+def remove_containers(client: Any, sweep: str, home: Path, label: str = "orch.sweep") -> int:
+    """Force-remove every container of the sweep, running or not; how many there were.
+    (`label` orch.agent: the W&B agent containers of the sweep that label names.)"""
     import docker.errors
 
     found = client.containers.list(all=True, ignore_removed=True, filters={"label": [
-        f"{k}={v}" for k, v in sweep_labels(sweep, home).items()]})  # gone meanwhile: skipped
+        f"{label}={sweep}", f"orch.home={home}"]})  # gone meanwhile: skipped
     for container in found:
         try:
             container.remove(force=True)  # SIGKILL: an orphan's attempt is re-run anyway
@@ -73,16 +75,22 @@ class DockerLauncher:
     """Runs each trial attempt in its own container of the trainer image."""
 
     def __init__(self, plan: Plan, home: Path, say: Callable[[str], None]) -> None:
-        self.settings = plan.spec.launcher
-        self.sweep = plan.spec.name
-        self.home = home
-        self.spec_dir = plan.doc.path.resolve().parent
-        self.kill_grace = plan.spec.resources.kill_grace
-        self.say = say
+        self._setup(plan.spec.launcher, plan.spec.name, home, plan.doc.path.resolve().parent,
+                    plan.spec.resources.kill_grace, say)
         program = plan.spec.program
-        self.cache_dir = Path(os.environ.get("ORCH_CACHE_DIR") or home / "cache").resolve()
         self.layout = Layout(self.settings, self.spec_dir, self.cache_dir,
                              shlex.split(program) if isinstance(program, str) else list(program))
+
+    def _setup(self, settings: Launcher, sweep: str, home: Path, spec_dir: Path,
+               kill_grace: float, say: Callable[[str], None]) -> None:
+        """The engine-side state (also of the W&B agent containers, agent_containers.py)."""
+        self.settings = settings
+        self.sweep = sweep
+        self.home = home
+        self.spec_dir = spec_dir
+        self.kill_grace = kill_grace
+        self.say = say
+        self.cache_dir = Path(os.environ.get("ORCH_CACHE_DIR") or home / "cache").resolve()
         me = f"{os.getuid()}:{os.getgid()}"
         self.user = self.settings.user or me
         self.me = me

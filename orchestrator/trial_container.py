@@ -19,7 +19,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import urlparse
 
 import yaml
@@ -74,10 +74,13 @@ def api_key() -> str | None:
 
 
 class KeyFile:
-    """A private copy of the API key for bind mounts: a 0600 file in a 0700 temp dir."""
+    """A private copy of the API key for bind mounts: a 0600 file in a 0700 temp dir.
+    (`name`, `render`: the agent containers' `.netrc` holding the key as a netrc entry.)"""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "wandb_api_key", render: Callable[[str], str] = str) -> None:
         self._dir: Path | None = None
+        self.name = name
+        self.render = render
 
     def path(self, uid: int) -> str | None:
         """The file (made on first use, readable by `uid`), or None when there is no key."""
@@ -86,16 +89,16 @@ class KeyFile:
             return None
         if self._dir is None:
             self._dir = Path(tempfile.mkdtemp(prefix="orch-secrets-"))
-            path = self._dir / "wandb_api_key"
+            path = self._dir / self.name
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as fh:
-                fh.write(key)
+                fh.write(self.render(key))
             if uid != os.getuid():
                 try:
                     os.chown(path, uid, -1)  # readable by the container's user only
                 except PermissionError:
                     os.chmod(path, 0o644)  # still private: its directory is 0700 on the host
-        return str(self._dir / "wandb_api_key")
+        return str(self._dir / self.name)
 
     def remove(self) -> None:
         """Delete the copy."""

@@ -53,10 +53,15 @@ def resolve(ledger: Ledger, text: str) -> SweepRef:
 
 
 def run_agents(ref: SweepRef, slots: list[Slot], home: Path, say: Say, count: int | None = None,
-               timeout: float | None = None, kill_grace: float = 30.0) -> int:
-    """`orch agent`: one W&B agent per slot until the sweep (or --count) is done."""
+               timeout: float | None = None, kill_grace: float = 30.0,
+               launcher: str | None = None) -> int:
+    """`orch agent`: one W&B agent per slot until the sweep (or --count) is done; in containers
+    when `launcher` or the sweep's recorded spec says docker."""
+    from orchestrator.agent_containers import agent_launcher
+
+    containers = agent_launcher(Ledger(home), ref, home, kill_grace, say, launcher)
     return AgentPool(ref, slots, home, say, count=count, timeout=timeout,
-                     kill_grace=kill_grace).run()
+                     kill_grace=kill_grace, launcher=containers).run()
 
 
 def results(ledger: Ledger, text: str, home: Path,
