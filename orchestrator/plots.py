@@ -66,8 +66,24 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
 
 
-def _label(params: dict[str, Any], keys: list[str]) -> str:
-    return " ".join(f"{k}={params.get(k)}" for k in keys) or "base config"
+def _short(value: Any, siblings: list[Any], width: int = 48) -> str:
+    """A readable name for one value of a parameter among its siblings in the sweep.
+
+    A whole-section value (a dict, e.g. `model: {...}`) shows only the entries that differ
+    between the sweep's values, so two long configs stay distinguishable in a legend or a tick.
+    """
+    if isinstance(value, dict) and all(isinstance(v, dict) for v in siblings):
+        keys = sorted({k for v in siblings for k in v})
+        differ = [k for k in keys if len({repr(v.get(k)) for v in siblings}) > 1]
+        text = ",".join(f"{k}={value[k]}" for k in differ if k in value) or "defaults"
+    else:
+        text = str(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _label(params: dict[str, Any], keys: list[str], trials: list[Trial]) -> str:
+    parts = [f"{k}={_short(params.get(k), [t.params.get(k) for t in trials])}" for k in keys]
+    return " ".join(parts) or "base config"
 
 
 def _numeric(values: list[Any]) -> bool:
@@ -88,7 +104,7 @@ def curves(ledger: Ledger, name: str, trials: list[Trial], keys: list[str], repo
     metric = report.metric
     best = report.best
     best_trials = set(best.trials) if best else set()
-    groups = sorted({_label(t.params, keys) for t in trials})
+    groups = sorted({_label(t.params, keys, trials) for t in trials})
     fig = Figure(figsize=SIZE)
     ax = fig.add_subplot()
     drawn, labelled = 0, set()
@@ -104,7 +120,7 @@ def curves(ledger: Ledger, name: str, trials: list[Trial], keys: list[str], repo
             ys.append(value)
         if not xs:
             continue
-        group = _label(t.params, keys)
+        group = _label(t.params, keys, trials)
         is_best = t.number in best_trials
         label = f"best: {group}" if is_best else group
         if t.state != "finished":
@@ -173,7 +189,7 @@ def by_parameter(name: str, trials: list[Trial], key: str, metric: str, goal: st
     else:
         cats = _sort_values(xs)
         data = [[y for x, y, _ in pairs if x == c] for c in cats]
-        ax.boxplot(data, tick_labels=[str(c) for c in cats])
+        ax.boxplot(data, tick_labels=[_short(c, cats, 24) for c in cats])
         for i, ys in enumerate(data, 1):
             ax.scatter([i] * len(ys), ys, s=16, alpha=0.6, color="#1f77b4")
         if best:
@@ -215,8 +231,8 @@ def heatmap(name: str, trials: list[Trial], row_key: str, col_key: str, metric: 
     image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, aspect="auto")
     cbar = fig.colorbar(image, ax=ax)
     cbar.set_label(f"mean {UNITS.get(metric, metric)}")
-    ax.set_xticks(range(len(cols)), [str(c) for c in cols])
-    ax.set_yticks(range(len(rows)), [str(r) for r in rows])
+    ax.set_xticks(range(len(cols)), [_short(c, cols, 24) for c in cols])
+    ax.set_yticks(range(len(rows)), [_short(r, rows, 24) for r in rows])
     ax.set_xlabel(col_key)
     ax.set_ylabel(row_key)
     finite = grid[~np.isnan(grid)]
