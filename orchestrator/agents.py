@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from orchestrator.launcher import Launch, Launcher, LocalLauncher, Run, kill_marked
-from orchestrator.scheduler import Slot
+from orchestrator.slots import Slot
 from orchestrator.wandb_cloud import SweepRef, agent_argv, looks_offline
 
 TICK = 0.5

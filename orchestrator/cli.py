@@ -12,30 +12,25 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import Callable, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from orchestrator import cli_wandb
 from orchestrator import results as results_mod
 from orchestrator import tables
 from orchestrator.launcher import LauncherError
 from orchestrator.ledger import Ledger, alive, iter_states, orch_home
 from orchestrator.plan import Plan, build_plan
 from orchestrator.progress import Progress
-from orchestrator.scheduler import Scheduler, SweepBusy, make_slots
+from orchestrator.scheduler import Scheduler, SweepBusy
+from orchestrator.slots import make_slots
 from orchestrator.spec import SpecError, SweepSpec
-
-if TYPE_CHECKING:
-    from orchestrator.wandb_cloud import SweepRef
+from orchestrator.terminal import err, out, spec_errors
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Sweep orchestrator: validate, run, resume and compare trainer sweeps.")
-# Logs and CI are not terminals: give tables room instead of rich's 80-column default.
-_WIDTH = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 160
-out = Console(width=_WIDTH)
-err = Console(stderr=True, width=_WIDTH)
 
 SetOpt = typer.Option(None, "--set", help="Override a base config key for every trial: "
                                           "key.path=value (repeatable).")
@@ -50,8 +45,7 @@ def _plan(spec: Path, sets: list[str] | None, data: Path | None,
     try:
         return build_plan(spec, list(sets or []), data, max_trials)
     except SpecError as e:
-        for paragraph in e.paragraphs:
-            err.print(f"[bold red]error:[/] {paragraph}", highlight=False, soft_wrap=True)
+        spec_errors(e)
         raise typer.Exit(2) from None
 
 
@@ -94,7 +88,7 @@ def sweep(spec: Path = typer.Argument(..., help="Sweep spec YAML."),
                       highlight=False, soft_wrap=True)
         ledger = _ledger()
         if (backend or plan.spec.tracking.backend) == "wandb":
-            _sweep_on_wandb(plan, ledger, dry_run, max_trials)
+            cli_wandb.sweep_on_wandb(plan, ledger, dry_run, max_trials)
             return
         if dry_run:
             _dry_run(plan, ledger)
@@ -124,43 +118,6 @@ def sweep(spec: Path = typer.Argument(..., help="Sweep spec YAML."),
         plan.close()
 
 
-def _sweep_on_wandb(plan: Plan, ledger: Ledger, dry_run: bool, max_trials: int | None) -> None:
-    """The W&B backend: the same checks ran; now create the cloud sweep and serve it here."""
-    from orchestrator import wandb_backend
-    from orchestrator.wandb_cloud import CloudError
-    from orchestrator.wandb_sweep import sweep_config
-
-    try:
-        if dry_run:
-            import yaml
-
-            out.print(yaml.safe_dump(sweep_config(plan), sort_keys=False), highlight=False,
-                      markup=False)
-            return
-        ref = wandb_backend.create(plan, ledger, lambda m: out.print(m, highlight=False))
-    except CloudError as e:
-        err.print(f"error: {e}", highlight=False, markup=False, soft_wrap=True)
-        raise typer.Exit(1) from None
-    except SpecError as e:
-        for paragraph in e.paragraphs:
-            err.print(f"[bold red]error:[/] {paragraph}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
-    try:
-        code = wandb_backend.run_agents(ref, make_slots(plan.spec.resources), ledger.home, _say,
-                                        count=max_trials,
-                                        kill_grace=max(plan.spec.resources.kill_grace, 30.0))
-    except LauncherError as e:
-        err.print(f"error: {e}", highlight=False, markup=False, soft_wrap=True)
-        raise typer.Exit(1) from None
-    if code == 0:
-        _show_wandb_results(ledger, ref.path)
-    raise typer.Exit(code)
-
-
-def _say(message: str) -> None:
-    err.print(message, highlight=False, markup=False, soft_wrap=True)
-
-
 def _interrupt_choice(progress: Progress, yes: bool, detach: bool) -> Callable[[int], bool]:
     """Ctrl-C with Slurm jobs in flight: True leaves them running. --detach and --yes decide
     for scripts; on a terminal the user is asked; anywhere else they are cancelled."""
@@ -177,108 +134,6 @@ def _interrupt_choice(progress: Progress, yes: bool, detach: bool) -> Callable[[
         return answer.strip().lower().startswith("l")
 
     return choose
-
-
-def _import_wandb(ledger: Ledger, sweep_ref: str) -> str:
-    """Read a W&B sweep into the ledger; its ledger name."""
-    from orchestrator import wandb_backend
-    from orchestrator.wandb_cloud import CloudError
-
-    try:
-        return wandb_backend.results(ledger, sweep_ref, ledger.home)
-    except ValueError as e:
-        err.print(f"error: {e}", highlight=False, markup=False)
-        raise typer.Exit(2) from None
-    except CloudError as e:
-        err.print(f"error: {e}", highlight=False, markup=False, soft_wrap=True)
-        raise typer.Exit(1) from None
-
-
-def _show_wandb_results(ledger: Ledger, sweep_ref: str) -> str:
-    name = _import_wandb(ledger, sweep_ref)
-    report = results_mod.load(ledger, [name], per_trial=True)
-    out.print(tables.rich_table(tables.report_grid(report, title=f"W&B sweep {sweep_ref}")))
-    return name
-
-
-@app.command()
-def agent(sweep_id: str = typer.Argument(..., help="ENTITY/PROJECT/SWEEP_ID (what `orch sweep "
-                                         "--backend wandb` printed), or its ledger name."),
-          gpus: Optional[str] = typer.Option(None, "--gpus", help="GPU indices (0,1), `all` "
-                                             "(default: nvidia-smi) or `none` for CPU slots."),
-          jobs_per_gpu: int = typer.Option(1, "--jobs-per-gpu", min=1,
-                                           help="Agents (so runs) sharing one GPU."),
-          cpu_slots: int = typer.Option(1, "--cpu-slots", min=1,
-                                        help="Agents when there is no GPU."),
-          count: Optional[int] = typer.Option(None, "--count", min=1,
-                                              help="Runs on this workstation, over all agents."),
-          timeout: Optional[str] = typer.Option(None, "--timeout",
-                                                help="Stop the agents after this long (2h)."),
-          launcher: Optional[str] = typer.Option(
-              None, "--launcher", help="`local`: processes; `docker`: a container of the "
-              "trainer image each; `slurm`: submit --count agents as one Slurm job array (a GPU "
-              "and one run each) and return. Default: docker when the sweep's spec says so, "
-              "else local.")
-          ) -> None:
-    """Serve a W&B sweep on this workstation: one `wandb agent` per slot, GPU-pinned."""
-    from orchestrator import wandb_backend
-    from orchestrator.spec import Resources, parse_duration
-
-    ledger = _ledger()
-    try:
-        ref = wandb_backend.resolve(ledger, sweep_id)
-        if launcher not in (None, "local", "docker", "slurm"):
-            raise ValueError(f"--launcher {launcher}: choose local, docker or slurm")
-        if launcher == "slurm":
-            raise typer.Exit(_agents_on_slurm(ledger, ref, count, gpus, timeout))
-        text = (gpus or "all").strip()
-        picked = [int(g) for g in text.split(",") if g.strip()] if text[:1].isdigit() else text
-        res = Resources(gpus=picked, jobs_per_gpu=jobs_per_gpu, cpu_slots=cpu_slots)
-        limit = parse_duration(timeout)
-    except ValueError as e:
-        err.print(f"error: {e}", highlight=False, markup=False)
-        raise typer.Exit(2) from None
-    try:
-        code = wandb_backend.run_agents(ref, make_slots(res), ledger.home, _say, count=count,
-                                        timeout=limit, launcher=launcher)
-    except LauncherError as e:
-        err.print(f"error: {e}", highlight=False, markup=False, soft_wrap=True)
-        raise typer.Exit(1) from None
-    raise typer.Exit(code)
-
-
-def _agents_on_slurm(ledger: Ledger, ref: SweepRef, count: int | None, gpus: str | None,
-                     timeout: str | None) -> int:
-    """`orch agent --launcher slurm`: one job array of agents; the exit code."""
-    from orchestrator.slurm import SlurmError
-    from orchestrator.slurm_agents import gpus_per_agent, recorded_settings, submit_agent_array
-    from orchestrator.slurm_launcher import slurm_time
-
-    if count is None:
-        err.print("error: --launcher slurm needs --count K (the array's size: K agents, one run "
-                  "each)")
-        return 2
-    settings = recorded_settings(ledger, ref)
-    limit = slurm_time(timeout, None, 0) if timeout else None
-    try:
-        array = submit_agent_array(ref, count, settings, ledger.home,
-                                   gpus=gpus_per_agent(gpus), time_limit=limit)
-    except SlurmError as e:
-        err.print(f"error: {e}", highlight=False, markup=False, soft_wrap=True)
-        return 1
-    _say(array.describe(gpus_per_agent(gpus)))
-    return 0
-
-
-@app.command("sync")
-def sync_cmd(name: str = typer.Argument(..., help="Sweep name in the ledger."),
-             timeout: float = typer.Option(600, "--timeout", help="Seconds to wait for "
-                                           "`wandb sync`.")) -> None:
-    """Upload a sweep's offline W&B runs (`wandb sync`) once a network is there."""
-    from orchestrator import wandb_backend
-
-    ledger = _ledger()
-    raise typer.Exit(wandb_backend.sync(ledger, ledger.home, name, _say, timeout))
 
 
 def _dry_run(plan: Plan, ledger: Ledger) -> None:
@@ -400,7 +255,7 @@ def results(
         raise typer.Exit(2)
     ledger = _ledger()
     if backend == "wandb":
-        names = [_import_wandb(ledger, n) for n in names]
+        names = [cli_wandb.import_wandb(ledger, n) for n in names]
     keys = None if group_by in (None, "none") else [
         k.strip() for k in group_by.split(",") if k.strip()]
     try:
@@ -532,3 +387,9 @@ def docs() -> None:
 
 def _num(v: float | None) -> str:
     return "—" if v is None else f"{v:.4f}"
+
+
+# The W&B cloud path's commands live in their own module; registered last so `orch --help`
+# lists the local workflow first.
+app.command()(cli_wandb.agent)
+app.command("sync")(cli_wandb.sync_cmd)

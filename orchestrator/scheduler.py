@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ from orchestrator.ledger import INTERRUPTED, Ledger, Trial
 from orchestrator.plan import Plan
 from orchestrator.progress import Progress
 from orchestrator.search import Engine
-from orchestrator.spec import Resources
+from orchestrator.slots import Slot, make_slots, queue_slots
 
 TICK = 0.25  # seconds between looks at events.jsonl while trials run
 RETRYABLE = {"failed", "oom", "killed"}
@@ -32,49 +31,6 @@ EARLY_STOP = "early-terminated by hyperband"
 
 class SweepBusy(Exception):
     """Another live orchestrator owns this sweep."""
-
-
-@dataclass
-class Slot:
-    """One place a trial can run: a GPU share or a CPU share."""
-
-    index: int
-    device: str
-    env: dict[str, str]
-
-
-def detect_gpus() -> list[int]:
-    """GPU indices from nvidia-smi; none when it is missing or fails."""
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.TimeoutExpired):
-        return []
-    if out.returncode != 0:
-        return []
-    return [int(x) for x in out.stdout.split() if x.strip().isdigit()]
-
-
-def make_slots(res: Resources, gpus_found: list[int] | None = None) -> list[Slot]:
-    """GPUs x jobs_per_gpu (spread over GPUs first), else cpu_slots CPU slots.
-
-    CPU threads are shared out so parallel trials do not oversubscribe the cores, unless the
-    user already pinned OMP_NUM_THREADS.
-    """
-    if res.gpus == "all":
-        gpus = detect_gpus() if gpus_found is None else gpus_found
-    else:
-        gpus = list(res.gpus or [])
-    if gpus:
-        slots = [Slot(i, f"cuda:{g}", {"CUDA_VISIBLE_DEVICES": str(g)})
-                 for i, g in enumerate(g for _ in range(res.jobs_per_gpu) for g in gpus)]
-    else:
-        slots = [Slot(i, "cpu", {"CUDA_VISIBLE_DEVICES": ""}) for i in range(res.cpu_slots)]
-    threads = str(max(1, (os.cpu_count() or 1) // len(slots)))
-    if "OMP_NUM_THREADS" not in os.environ:
-        for s in slots:
-            s.env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
-    return slots
 
 
 def make_launcher(plan: Plan, home: Path, say: Callable[[str], None]) -> Launcher:
@@ -88,11 +44,6 @@ def make_launcher(plan: Plan, home: Path, say: Callable[[str], None]) -> Launche
 
         return SlurmLauncher(plan, home, say)
     return LocalLauncher(plan.spec.resources.kill_grace)
-
-
-def queue_slots(n: int) -> list[Slot]:
-    """Slots of a batch queue (Slurm): n jobs in flight; the queue, not orch, picks devices."""
-    return [Slot(i, "slurm", {}) for i in range(n)]
 
 
 @dataclass

@@ -60,7 +60,7 @@ def submit_agent_array(ref: SweepRef, count: int, settings: Settings, home: Path
     sets it, throttles the array (`%M`).
     """
     from orchestrator.agents import agent_env
-    from orchestrator.scheduler import Slot
+    from orchestrator.slots import Slot
 
     logs = home / "agents" / ref.id / "slurm"
     logs.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ from orchestrator import wandb_cloud
 from orchestrator.agents import AgentPool
 from orchestrator.ledger import Ledger
 from orchestrator.plan import Plan
-from orchestrator.scheduler import Slot
+from orchestrator.slots import Slot
 from orchestrator.spec import WandbSettings
 from orchestrator.wandb_cloud import RemoteSweep, SweepRef
 from orchestrator.wandb_import import import_sweep
