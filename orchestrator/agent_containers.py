@@ -24,7 +24,6 @@ trial watchdog, so an `orch` that dies (even by kill -9) stops its agents too.
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlsplit
@@ -134,17 +133,7 @@ class AgentContainers(DockerLauncher):
         except docker.errors.APIError as err:  # a bad mount, image or network
             raise LauncherError(f"creating the container of agent {launch.number} failed: "
                                 f"{err.explanation or err}") from None
-        lifeline = api.attach_socket(container_id, params={"stdin": 1, "stream": 1})
-        api.start(container_id)
-        now = time.time()
-        pid = api.inspect_container(container_id)["State"].get("Pid")
-        run = ContainerRun(trial_id=launch.trial_id, run_dir=launch.run_dir, started=now,
-                           deadline=now + launch.timeout if launch.timeout else None, log=log,
-                           container_id=container_id, host_pid=pid or None, argv=argv,
-                           lifeline=lifeline)
-        self._follow(run)
-        self._runs[container_id] = run
-        return run
+        return self._start_watched(container_id, launch, launch.run_dir, log, argv)
 
 
 def agent_launcher(ledger: Ledger, ref: SweepRef, home: Path, kill_grace: float,

@@ -235,6 +235,12 @@ class DockerLauncher:
                                     f"{err.explanation or err}") from None
             api.remove_container(name, force=True)  # a stale namesake
             container_id = api.create_container_from_config(config, name)["Id"]
+        return self._start_watched(container_id, launch, run_dir, log, argv)
+
+    def _start_watched(self, container_id: str, launch: Launch, run_dir: Path, log: Path,
+                       argv: list[str]) -> ContainerRun:
+        """Attach our lifeline to the created container's stdin, start it and follow its log."""
+        api = self.client.api
         lifeline = api.attach_socket(container_id, params={"stdin": 1, "stream": 1})
         api.start(container_id)
         now = time.time()
