@@ -45,8 +45,11 @@ record = {"argv": sys.argv[1:], "env": dict(os.environ), "cwd": os.getcwd(),
           "uid": f"{os.getuid()}:{os.getgid()}",
           "key_sha": hashlib.sha256(entry[2].encode()).hexdigest() if entry else None,
           "id": os.urandom(6).hex()}
-with open(os.path.join(runs, f"fake-{record['id']}.json"), "w") as fh:
+# Written whole, then renamed: the test polls for these files and must never read half of one.
+path = os.path.join(runs, f"fake-{record['id']}.json")
+with open(path + ".tmp", "w") as fh:
     json.dump(record, fh)
+os.replace(path + ".tmp", path)
 print("2026-01-01 00:00:00,000 - wandb.wandb_agent - INFO - About to run command: x", flush=True)
 while not os.path.exists(os.path.join(runs, "release")):
     time.sleep(0.1)
