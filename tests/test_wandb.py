@@ -271,7 +271,9 @@ def fake_wandb(tmp_path: Path) -> dict[str, str]:
 
 
 def _calls(env: dict[str, str]) -> list[dict]:
-    return [json.loads(x) for x in Path(env["FAKE_WANDB_LOG"]).read_text().splitlines()]
+    """The stand-in's calls so far; a line still being written (no newline yet) is not one."""
+    text = Path(env["FAKE_WANDB_LOG"]).read_text()
+    return [json.loads(x) for x in text[: text.rfind("\n") + 1].splitlines()]
 
 
 def test_agent_runs_one_pinned_agent_per_slot(fake_wandb: dict[str, str]) -> None:
@@ -304,8 +306,10 @@ def test_agent_timeout_and_ctrl_c_leave_nothing_running(fake_wandb: dict[str, st
     live = subprocess.Popen([sys.executable, "-m", "orchestrator", "agent", "ent/mainrun/abc123",
                              "--gpus", "none", "--cpu-slots", "2"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    wait_for(lambda: len(_calls(env)) == 3 and Path(env["FAKE_WANDB_LOG"] + ".child").exists(),
-             what="two agents started")
+    child_file = Path(env["FAKE_WANDB_LOG"] + ".child")
+    # The pid file is written by the stand-in as it runs: wait until it holds the whole pid.
+    wait_for(lambda: len(_calls(env)) == 3 and child_file.exists()
+             and child_file.read_text().strip().isdigit(), what="two agents started")
     live.send_signal(signal.SIGINT)
     assert live.wait(timeout=60) == 130
     assert not pid_alive(int(Path(env["FAKE_WANDB_LOG"] + ".child").read_text()))
