@@ -29,6 +29,8 @@ from pathlib import Path
 
 import yaml
 
+from trivial_sweep import trivial_spec  # benchmarks/ is on sys.path when run
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -63,10 +65,7 @@ def cycle_seconds(workdir: Path, launcher: dict, trials: int, base_image: str | 
 
     home = Path(tempfile.mkdtemp(prefix="orch-bench-home-", dir=workdir))
     prog = workdir / "trial.py"
-    spec = {"name": "bench", "base": str(REPO / "sweeps" / "base_tiny.yaml"),
-            "program": f"python {prog}", "method": "grid",
-            "parameters": {"train.seed": {"values": list(range(1, trials + 1))}},
-            "resources": {"gpus": None, "cpu_slots": 1}, "launcher": launcher}
+    spec = trivial_spec(prog, trials, launcher)
     if launcher.get("type") == "docker":
         # The program sits at the same path inside, so one `program` serves host and container.
         spec["launcher"] = {**launcher, "volumes": [f"{workdir}:{workdir}:ro"],
@@ -107,23 +106,18 @@ def build_figures(base_image: str) -> dict[str, float]:
         for name in ("Dockerfile", ".dockerignore"):
             shutil.copy(REPO / name, ctx / name)
         (ctx / "trainer" / "bench.txt").write_text(tmp)
-        tags = []
-        t = time.perf_counter()
-        tag, built = ensure_image(client, context=ctx, base_image=base_image, network="none",
-                                  echo=quiet)
-        first = time.perf_counter() - t
-        tags.append(tag)
-        t = time.perf_counter()
-        _, rebuilt = ensure_image(client, context=ctx, base_image=base_image, network="none",
-                                  echo=quiet)
-        warm = time.perf_counter() - t
+        def timed_ensure() -> tuple[str, bool, float]:
+            t = time.perf_counter()
+            tag, built = ensure_image(client, context=ctx, base_image=base_image,
+                                      network="none", echo=quiet)
+            return tag, built, time.perf_counter() - t
+
+        first_tag, built, first = timed_ensure()
+        _, rebuilt, warm = timed_ensure()
         assert built and not rebuilt
         (ctx / "trainer" / "bench.txt").write_text(tmp + " changed")
-        t = time.perf_counter()
-        tag, _ = ensure_image(client, context=ctx, base_image=base_image, network="none",
-                              echo=quiet)
-        changed = time.perf_counter() - t
-        tags.append(tag)
+        changed_tag, _, changed = timed_ensure()
+        tags = [first_tag, changed_tag]
         t = time.perf_counter()
         for chunk in client.api.build(path=str(ctx), tag="orch-bench:cold", nocache=True, rm=True,
                                       buildargs={"BASE_IMAGE": base_image}, network_mode="none",

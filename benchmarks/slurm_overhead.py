@@ -29,6 +29,8 @@ from pathlib import Path
 
 import yaml
 
+from trivial_sweep import trivial_spec  # benchmarks/ is on sys.path when run
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -58,10 +60,7 @@ def measure(workdir: Path, launcher: dict, trials: int) -> dict[str, float]:
 
     home = Path(tempfile.mkdtemp(prefix="orch-bench-home-", dir=workdir))
     prog = workdir / "trial.py"
-    spec = {"name": "bench", "base": str(REPO / "sweeps" / "base_tiny.yaml"),
-            "program": f"python {prog}", "method": "grid",
-            "parameters": {"train.seed": {"values": list(range(1, trials + 1))}},
-            "resources": {"gpus": None, "cpu_slots": 1}, "launcher": launcher}
+    spec = trivial_spec(prog, trials, launcher)
     path = home / "spec.yaml"
     path.write_text(yaml.safe_dump(spec))
     env = {**os.environ, "ORCH_HOME": str(home), "COLUMNS": "160"}
