@@ -11,6 +11,8 @@ best of `--reps` forward+backward steps after two warm-up steps (the minimum: th
 shared 2-core machine shows large run-to-run noise, which only ever adds time) (on CUDA, FlexAttention's
 compilation happens in the warm-up). The anchor `dense` is F.scaled_dot_product_attention with
 is_causal=True, called directly; the other rows go through SelfAttention.attend as the model does.
+Every process first sets glibc's malloc to keep freed memory (`trainer.loop.keep_freed_memory`),
+as the trainer does on CPU, so all rows run under the allocator they run under in training.
 """
 
 from __future__ import annotations
@@ -116,6 +118,9 @@ def main() -> None:
 
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.child:
+        from trainer.loop import keep_freed_memory
+
+        keep_freed_memory()
         kind, T = args.child[0], int(args.child[1])
         if kind == "time":
             out = measure_times(args.variants, T, args.batch, args.heads, args.reps, args.device)

@@ -45,7 +45,9 @@ def run(m: SelfAttention, x: torch.Tensor, g: torch.Tensor):
 
 
 @pytest.mark.parametrize("cfg,n_head,ctx", VARIANTS, ids=IDS)
-@pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-5), (torch.bfloat16, 3e-2)])
+# bf16: against a float64 run of the same weights, both paths' qkv weight gradients (sums over
+# every position) are off by up to ~0.03, so they may differ from each other by a bit more.
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-5), (torch.bfloat16, 4e-2)])
 def test_fast_path_equals_reference(cfg, n_head, ctx, dtype, tol):
     fast = layer(cfg, n_head, ctx, rotary=True).to(dtype)
     ref = copy.deepcopy(fast)
@@ -76,6 +78,22 @@ def test_matmul_path_equals_reference(T):
             torch.testing.assert_close(y, ref, atol=2e-5, rtol=2e-5)
             for a, b in zip(torch.autograd.grad(y, (q, k, v), g), want):
                 torch.testing.assert_close(a, b, atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize("pieces", [1, 2, 3, 7, 9])
+@pytest.mark.parametrize("flash", [True, False])
+def test_band_pieces_cover_the_window_exactly(pieces, flash, monkeypatch):
+    """Cutting each chunk's keys into pieces (uneven ones included) changes only the work done."""
+    monkeypatch.setattr(sparse, "PIECES", pieces)
+    torch.manual_seed(3)
+    q, k, v = (torch.randn(2, 3, 30, 8, requires_grad=True) for _ in range(3))
+    ref = sparse.reference_attention(q, k, v, sparse.pattern_mask(LocalAttention(window=7), 3, 30),
+                                     scale=0.3)
+    g = torch.randn_like(ref)
+    y = sparse.local_attention(q, k, v, 7, 0.3, flash=flash)
+    torch.testing.assert_close(y, ref, atol=2e-5, rtol=2e-5)
+    for a, b in zip(torch.autograd.grad(y, (q, k, v), g), torch.autograd.grad(ref, (q, k, v), g)):
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=2e-5)
 
 
 @pytest.mark.parametrize("cfg,n_head,ctx", VARIANTS, ids=IDS)

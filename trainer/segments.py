@@ -107,7 +107,8 @@ def segment_attention(q: Tensor, k: Tensor, v: Tensor, cfg, segments: Segments, 
 
     parts = [sparse.Part(0, n, kc, vc, allowed=allowed(0))]
     if n > 1:
-        parts.append(sparse.Part(1, n, kc[:, :-1], vc[:, :-1], allowed=allowed(1)))
+        parts.append(sparse.Part(1, n, kc, vc, allowed=allowed(1),
+                                   key_chunks=slice(0, n - 1)))
     y = sparse.attend_parts(qp.view(B * H, n, c, d), parts, scale, dropout_p, flash)
     return y.view(B, H, n * c, -1)[:, :, :T]
 

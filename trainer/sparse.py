@@ -18,8 +18,9 @@ Index conventions: query position i, key position j, head h; every pattern requi
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -100,20 +101,35 @@ def reference_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, dropout_p
 
 @dataclass
 class Part:
-    """Query chunks [start, stop) (dim 1 of the chunked q) attend to keys k / values v.
+    """Query chunks [start, stop) (dim 1 of the chunked q), rows `rows` of each, attend to keys.
 
-    k, v: (N, stop-start or 1, S, d). `causal`: key a visible to query row r iff a <= r (same
-    chunk). `allowed`: boolean (1 or stop-start, rows, S) mask, one per sequence
-    (N, stop-start, rows, S), or None for all keys. Every query row must see at least one key in
-    the union of its parts.
+    k, v: (N, chunks or 1, S, d); the part sees key chunks `key_chunks` (as many as its query
+    chunks, or a single chunk 1 that every query chunk shares) and positions `key_pos` of them.
+    Several parts may share one k, v: the backward pass adds their gradients into one buffer, so
+    memory stays that of k, v (the parts of `fixed` share one summary sequence).
+
+    `causal`: the part's key a visible to its query row r iff a <= r (counting both within the
+    part's own selection). `allowed`: boolean (1 or N, chunks, rows, keys) mask, or None for all keys. Every query row must see at least one key in the union of
+    its parts.
     """
 
     start: int
     stop: int
-    k: Tensor
-    v: Tensor
+    k: Tensor | None
+    v: Tensor | None
     causal: bool = False
     allowed: Tensor | None = None
+    rows: slice = field(default_factory=lambda: slice(None))
+    key_chunks: slice = field(default_factory=lambda: slice(None))
+    key_pos: slice = field(default_factory=lambda: slice(None))
+
+    def where(self) -> tuple[slice, slice, slice]:
+        """Index of this part's queries in (N, chunks, rows, d) tensors."""
+        return slice(None), slice(self.start, self.stop), self.rows
+
+    def whole_keys(self) -> bool:
+        """Whether the part reads all of k and v."""
+        return self.key_chunks == slice(None) and self.key_pos == slice(None)
 
 
 def _flash_mask(part: Part, dtype: torch.dtype) -> Tensor | None:
@@ -135,47 +151,69 @@ class _FlashParts(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, q: Tensor, scale: float, meta: list, *kvs: Tensor) -> Tensor:
+    def forward(ctx, q: Tensor, scale: float, parts: list[Part], *kvs: Tensor) -> Tensor:
         flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
         out = lse = None
-        for (start, stop, causal, mask, empty), k, v in zip(meta, kvs[0::2], kvs[1::2]):
-            o, l = flash(q[:, start:stop], k, v, 0.0, causal, attn_mask=mask, scale=scale)
-            if empty is not None:  # the kernel gives rows with no key lse 0; make it -inf
-                l = l.masked_fill(empty, float("-inf"))
-            if out is None and (start, stop) == (0, q.shape[1]):
+        index = [_kv_index(p, kvs) for p in parts]
+        for p, (k, v) in zip(parts, _part_kvs(parts, index, kvs)):
+            at = p.where()
+            o, l = flash(q[at], k, v, 0.0, p.causal, attn_mask=_flash_mask(p, q.dtype), scale=scale)
+            if p.allowed is not None:  # the kernel gives rows with no key lse 0; make it -inf
+                l = l.masked_fill(~p.allowed.any(-1), float("-inf"))
+            if out is None and q[at].shape == q.shape:
                 out, lse = o.float(), l
                 continue
             if out is None:
                 out = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
                 lse = torch.full(q.shape[:-1], float("-inf"), device=q.device)
-            old = lse[:, start:stop]
+            old = lse[at]
             new = torch.logaddexp(old, l)
-            out[:, start:stop] = (out[:, start:stop] * (old - new).exp()[..., None]
-                                  + o.float() * (l - new).exp()[..., None])
-            lse[:, start:stop] = new
+            out[at].mul_((old - new).exp_()[..., None]).add_(o.float() * (l - new).exp_()[..., None])
+            lse[at] = new
         out = out.to(q.dtype)
         ctx.save_for_backward(q, out, lse, *kvs)
-        ctx.scale, ctx.meta = scale, meta
+        # The parts without their tensors (those are saved above): where each one reads.
+        ctx.scale, ctx.index = scale, index
+        ctx.parts = [dataclasses.replace(p, k=None, v=None) for p in parts]
         return out
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         q, out, lse, *kvs = ctx.saved_tensors
         grad = grad.contiguous()
-        dq, dkvs = None, []
+        dq = None
+        dkvs: list[Tensor | None] = [None] * len(kvs)
         flash_bwd = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
-        for (start, stop, causal, mask, _), k, v in zip(ctx.meta, kvs[0::2], kvs[1::2]):
-            s = slice(start, stop)
-            gq, gk, gv = flash_bwd(grad[:, s], q[:, s], k, v, out[:, s], lse[:, s],
-                                   0.0, causal, attn_mask=mask, scale=ctx.scale)
-            if dq is None and (start, stop) == (0, q.shape[1]):
+        for p, i, (k, v) in zip(ctx.parts, ctx.index, _part_kvs(ctx.parts, ctx.index, kvs)):
+            at = p.where()
+            gq, gk, gv = flash_bwd(grad[at], q[at], k, v, out[at], lse[at], 0.0, p.causal,
+                                   attn_mask=_flash_mask(p, q.dtype), scale=ctx.scale)
+            if dq is None and q[at].shape == q.shape:
                 dq = gq.float()
             else:
                 if dq is None:
                     dq = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
-                dq[:, s] += gq.float()
-            dkvs += [gk, gv]
-        return (dq.to(q.dtype), None, None, *dkvs)
+                dq[at] += gq
+            for j, g in ((i, gk), (i + 1, gv)):
+                if dkvs[j] is None and p.whole_keys():
+                    dkvs[j] = g.float()  # a fresh tensor: later parts may add into it
+                    continue
+                if dkvs[j] is None:
+                    dkvs[j] = torch.zeros(kvs[j].shape, dtype=torch.float32, device=q.device)
+                dkvs[j][:, p.key_chunks, p.key_pos] += g
+        return (dq.to(q.dtype), None, None, *(g.to(t.dtype) for g, t in zip(dkvs, kvs)))
+
+
+def _kv_index(part: Part, kvs: tuple[Tensor, ...] | list[Tensor]) -> int:
+    """Position of the part's k in the flat list of distinct (k, v) pairs."""
+    return next(i for i in range(0, len(kvs), 2) if kvs[i] is part.k)
+
+
+def _part_kvs(parts: list[Part], index: list[int],
+              kvs: tuple[Tensor, ...]) -> list[tuple[Tensor, Tensor]]:
+    """Each part's keys and values as its flash call takes them."""
+    return [(kvs[i][:, p.key_chunks, p.key_pos], kvs[i + 1][:, p.key_chunks, p.key_pos])
+            for p, i in zip(parts, index)]
 
 
 def attend_parts(q: Tensor, parts: list[Part], scale: float, dropout_p: float = 0.0,
@@ -186,17 +224,19 @@ def attend_parts(q: Tensor, parts: list[Part], scale: float, dropout_p: float = 
     explicit joint softmax, so weights are dropped exactly as in dense attention (also the path
     off CPU, and when `flash` is False, which the tests use to check it).
     """
+    kvs: list[Tensor] = []
+    for p in parts:
+        if not any(t is p.k for t in kvs[0::2]):
+            kvs += [p.k, p.v]
     if flash and dropout_p == 0.0 and q.device.type == "cpu":
-        meta = [(p.start, p.stop, p.causal, _flash_mask(p, q.dtype),
-                 None if p.allowed is None else ~p.allowed.any(-1)) for p in parts]
-        kvs = [t for p in parts for t in (p.k, p.v)]
-        return _FlashParts.apply(q.contiguous(), scale, meta, *kvs)
+        return _FlashParts.apply(q.contiguous(), scale, parts, *kvs)
     # Scores per part, then one log-sum-exp across parts, so each query's weights sum to one.
     # slice_scatter (not in-place writes) keeps autograd's saved slices valid.
     scores = []
     total = torch.full(q.shape[:-1], float("-inf"), device=q.device)
     for p in parts:
-        s = (q[:, p.start:p.stop].float() @ p.k.float().transpose(-1, -2)) * scale
+        k = p.k[:, p.key_chunks, p.key_pos]
+        s = (q[p.where()].float() @ k.float().transpose(-1, -2)) * scale
         if p.causal:
             rows, S = s.shape[-2:]
             s = s.masked_fill(torch.ones(rows, S, dtype=torch.bool, device=s.device).triu(1),
@@ -204,14 +244,18 @@ def attend_parts(q: Tensor, parts: list[Part], scale: float, dropout_p: float = 
         if p.allowed is not None:
             s = s.masked_fill(~p.allowed, float("-inf"))
         scores.append(s)
-        merged = torch.logaddexp(total[:, p.start:p.stop], s.logsumexp(-1))
-        total = total.slice_scatter(merged, dim=1, start=p.start, end=p.stop)
+        total = _put(total, p.where(), torch.logaddexp(total[p.where()], s.logsumexp(-1)))
     out = torch.zeros(q.shape[:-1] + (parts[0].v.shape[-1],), device=q.device)
     for p, s in zip(parts, scores):
-        w = F.dropout((s - total[:, p.start:p.stop, :, None]).exp(), dropout_p)
-        y = out[:, p.start:p.stop] + w @ p.v.float()
-        out = out.slice_scatter(y, dim=1, start=p.start, end=p.stop)
+        w = F.dropout((s - total[p.where()][..., None]).exp(), dropout_p)
+        out = _put(out, p.where(), out[p.where()] + w @ p.v[:, p.key_chunks, p.key_pos].float())
     return out.to(q.dtype)
+
+
+def _put(t: Tensor, at: tuple[slice, slice, slice], value: Tensor) -> Tensor:
+    """t with t[at] = value, out of place (autograd-safe)."""
+    inner = t[at[:2]].slice_scatter(value, dim=2, start=at[2].start, end=at[2].stop)
+    return t.slice_scatter(inner, dim=1, start=at[1].start, end=at[1].stop)
 
 
 def _pad_to(x: Tensor, multiple: int) -> Tensor:
@@ -221,14 +265,46 @@ def _pad_to(x: Tensor, multiple: int) -> Tensor:
     return F.pad(x, (0, 0, 0, extra)) if extra else x
 
 
+# Key pieces per chunk in the blocked kernels (see `band_parts`). More pieces skip more of the
+# invisible keys but make more, smaller kernel calls; on a 2-core CPU 2 ran as fast as 4 and
+# faster than 1, 3 or 8 (benchmarks/attention.py at T=4096).
+PIECES = 2
+
+
+def band_parts(kc: Tensor, vc: Tensor, back: int, pieces: int | None = None) -> list[Part]:
+    """Parts for query chunk n against key chunk n - back (keys kc, vc: (N, n, c, d)), in pieces.
+
+    back=0: the chunk itself, causally (key a visible to row r iff a <= r); back=1: the previous
+    chunk, key a visible to row r iff a > r (the rest of a window of c). The CPU flash kernel
+    skips nothing inside one key block of up to 512, so one c x c call costs the full square.
+    Cut into `pieces` key pieces of h = c/pieces, each piece p goes only to the rows that see
+    some of it: rows [p*h, c) for back=0 (causally), rows [0, (p+1)*h) for back=1 (masked).
+    That is (pieces + 1) / (2 * pieces) of the square: 3/4 for 2 pieces.
+    """
+    n, c = kc.shape[1], kc.shape[2]
+    h = -(-c // min(pieces or PIECES, c))
+    r = torch.arange(c, device=kc.device)
+    parts = []
+    for lo in range(0, c, h):
+        keys = slice(lo, min(lo + h, c))
+        if back == 0:
+            parts.append(Part(0, n, kc, vc, causal=True, rows=slice(lo, c), key_pos=keys))
+        else:
+            rows = slice(0, keys.stop)
+            later = (r[keys][None, :] > r[rows][:, None])[None]
+            parts.append(Part(back, n, kc, vc, allowed=later, rows=rows,
+                              key_chunks=slice(0, n - back), key_pos=keys))
+    return parts
+
+
 def local_attention(q: Tensor, k: Tensor, v: Tensor, window: int, scale: float,
                     dropout_p: float = 0.0, flash: bool = True) -> Tensor:
     """Local band attention (i - window < j <= i) of (B, H, T, d) tensors, in chunks.
 
-    Queries go in chunks of c = window rows. Chunk n sees (A) its own chunk, causally, and (B)
-    the previous chunk, key a of which is visible to row r iff a > r. Both are views of the same
-    chunked keys: no copies. Work per query is 1.5 * window keys instead of T/2 on average;
-    memory is O(T * window) for the small mask-free parts, O(window^2) for the mask.
+    Queries go in chunks of c = window rows; row r of chunk n sees keys a <= r of its own chunk
+    and a > r of the previous one (`band_parts`): about 1.5 * window keys per query instead of
+    about T/2 for dense causal. Every part is a view of the same chunked keys: no copies; memory
+    is O(T), plus O(window^2) for the masks.
     """
     B, H, T, d = q.shape
     if window >= T:
@@ -238,10 +314,7 @@ def local_attention(q: Tensor, k: Tensor, v: Tensor, window: int, scale: float,
     qp, kp, vp = (_pad_to(t, c).flatten(0, 1) for t in (q, k, v))
     n = qp.shape[1] // c
     kc, vc = (t.view(B * H, n, c, t.shape[-1]) for t in (kp, vp))
-    parts = [Part(0, n, kc, vc, causal=True)]
-    if window > 1:
-        r = torch.arange(c, device=q.device)
-        parts.append(Part(1, n, kc[:, :-1], vc[:, :-1], allowed=(r[None, :] > r[:, None])[None]))
+    parts = band_parts(kc, vc, back=0) + (band_parts(kc, vc, back=1) if c > 1 else [])
     y = attend_parts(qp.view(B * H, n, c, d), parts, scale, dropout_p, flash)
     return y.view(B, H, n * c, -1)[:, :, :T]
 
@@ -284,8 +357,8 @@ def fixed_attention(q: Tensor, k: Tensor, v: Tensor, block: int, local_attn_ctx:
         qc, kc, vc = chunk(qp), chunk(kp), chunk(vp)
         lo = L - (g + 1) * vb  # head group g's summary positions within each chunk: [lo, lo + vb)
         ks, vs = (t[:, :, lo:lo + vb].reshape(t.shape[0], 1, n * vb, -1) for t in (kc, vc))
-        parts = [Part(0, n, kc, vc, causal=True)]
-        parts += [Part(c, c + 1, ks[:, :, :c * vb], vs[:, :, :c * vb]) for c in range(1, n)]
+        parts = band_parts(kc, vc, back=0)
+        parts += [Part(c, c + 1, ks, vs, key_pos=slice(0, c * vb)) for c in range(1, n)]
         y[:, heads] = attend_parts(qc, parts, scale, dropout_p, flash).view(B, -1, n * L, v.shape[-1])
     return y[:, :, :T]
 
