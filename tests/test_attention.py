@@ -173,6 +173,8 @@ def test_flex_mask_mod_equals_reference(cfg, n_head, ctx):
      ["model.n_head (8)", "attention.num_verts (3)"]),
     ({"type": "sparse", "local_attn_ctx": 96}, {}, ["train.context_length (128)"]),
     ({"type": "sparse", "pattern": "strided"}, {"n_head": 3, "d_model": 96}, ["model.n_head (3)"]),
+    ({"type": "sparse", "pattern": "strided", "local_attn_ctx": 16, "num_verts": 2, "block": 8},
+     {}, ["attention.block (8)", "attention.num_verts (2)", "pattern=fixed"]),
     ({"type": "local", "qk_dim": 20}, {}, ["attention.qk_dim (20)", "2 * model.n_head"]),
     ({"type": "causal", "qk_dim": 1024}, {}, ["attention.qk_dim (1024)", "model.d_model"]),
     ({"type": "local", "windw": 3}, {}, ["attention.windw", "unknown field"]),

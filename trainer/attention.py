@@ -69,7 +69,8 @@ class SparseAttention(_Variant):
     `strided` (L = local_attn_ctx): heads h < n_head/2 are *local* heads (i - L < j <= i) and
     heads h >= n_head/2 are *strided* heads ((i - j) mod L == 0). This is the paper's multi-head
     split of the two factorised patterns (the first half of the heads local, the second half
-    strided), so n_head must be even. `block`, `num_verts` and `vertsize` do not apply to it.
+    strided), so n_head must be even. `block`, `num_verts` and `vertsize` do not apply to it and
+    must stay at their defaults (so that a sweep over them cannot repeat one model).
 
     `fixed` (s = L / block): query i sees j when floor(j/L) == floor(i/L) (same chunk), or when
     (floor(j/block) mod s) is in S_h = {s-1-(h mod num_verts)*vertsize-t : 0 <= t < vertsize}: the
@@ -92,6 +93,14 @@ class SparseAttention(_Variant):
             if n_head % 2:
                 raise ValueError(f"attention.pattern=strided splits heads into local and strided "
                                  f"halves, so model.n_head ({n_head}) must be even")
+            # A sweep over them would run the same model under different names.
+            unused = [f"attention.{name} ({getattr(self, name)})"
+                      for name in ("block", "num_verts", "vertsize")
+                      if getattr(self, name) != type(self).model_fields[name].default]
+            if unused:
+                raise ValueError(f"{', '.join(unused)} apply only to attention.pattern=fixed; "
+                                 "with pattern=strided leave them at their defaults (block 32, "
+                                 "num_verts 1, vertsize 1)")
             return
         problems = []
         if L % self.block:
