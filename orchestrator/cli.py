@@ -215,7 +215,9 @@ def status(name: str = typer.Argument(..., help="Sweep name.")) -> None:
         table.add_column(col)
     for t in trials:
         step = "—" if t.step is None else f"{t.step}/{t.max_steps or '?'}"
-        table.add_row(str(t.number), *[str(t.params.get(n, "—")) for n in row["varied"]],
+        params = [tables.fmt_param(t.params.get(n), [u.params.get(n) for u in trials])
+                  for n in row["varied"]]
+        table.add_row(str(t.number), *params,
                       t.state, step, _num(t.last_metric), _num(t.best_metric), str(t.attempts),
                       "—" if t.exit_code is None else str(t.exit_code), t.run_dir or "—")
     out.print(table)

@@ -18,6 +18,7 @@ from matplotlib.patches import Rectangle
 
 from orchestrator.ledger import Ledger, Trial
 from orchestrator.results import SEEDS, Report, load, trial_values
+from orchestrator.tables import fmt_param
 
 UNITS = {"val_loss": "val_loss (nats per character)",
          "val_loss_tok": "val_loss_tok (nats per token)",
@@ -67,17 +68,9 @@ def _slug(text: str) -> str:
 
 
 def _short(value: Any, siblings: list[Any], width: int = 48) -> str:
-    """A readable name for one value of a parameter among its siblings in the sweep.
-
-    A whole-section value (a dict, e.g. `model: {...}`) shows only the entries that differ
-    between the sweep's values, so two long configs stay distinguishable in a legend or a tick.
-    """
-    if isinstance(value, dict) and all(isinstance(v, dict) for v in siblings):
-        keys = sorted({k for v in siblings for k in v})
-        differ = [k for k in keys if len({repr(v.get(k)) for v in siblings}) > 1]
-        text = ",".join(f"{k}={value[k]}" for k in differ if k in value) or "defaults"
-    else:
-        text = str(value)
+    """A readable name for one value of a parameter among its siblings (`tables.fmt_param`),
+    cut to `width` for a legend or a tick."""
+    text = fmt_param(value, siblings) if isinstance(value, dict) else str(value)
     return text if len(text) <= width else text[: width - 1] + "…"
 
 

@@ -15,6 +15,7 @@ from rich.live import Live
 from rich.table import Table
 
 from orchestrator.ledger import Trial, iter_states
+from orchestrator.tables import fmt_param
 
 
 def _fmt(value: float | None) -> str:
@@ -85,7 +86,9 @@ class Progress:
         shown.sort(key=lambda t: (t.state != "running", -(t.number)))
         for t in shown[:30]:
             step = "—" if t.step is None else f"{t.step}/{t.max_steps or '?'}"
-            table.add_row(str(t.number), *[str(t.params.get(n, "—")) for n in self.varied],
+            params = [fmt_param(t.params.get(n), [u.params.get(n) for u in trials])
+                      for n in self.varied]
+            table.add_row(str(t.number), *params,
                           t.state, step, _fmt(t.last_metric), _fmt(t.best_metric),
                           _elapsed(t, now))
         return table

@@ -68,10 +68,21 @@ def fmt_stat(col: Column, stat: Stat | None) -> str:
     return text
 
 
-def fmt_param(value: Any) -> str:
-    """A parameter value as text: strings bare, everything else as JSON (0.001, true, [1, 2])."""
+def fmt_param(value: Any, siblings: list[Any] = ()) -> str:
+    """A parameter value as text: strings bare, everything else as JSON (0.001, true, [1, 2]).
+
+    A whole-section value (a dict, e.g. `model: {...}`) among dict `siblings` (the parameter's
+    other values in the table) shows only the entries that differ between them, so long configs
+    stay readable and distinguishable: `norm=layernorm,positions=rotary`.
+    """
     if value is None:
         return MISSING
+    if isinstance(value, dict) and siblings and all(isinstance(v, dict) for v in siblings):
+        keys = sorted({k for v in siblings for k in v})
+        differ = [k for k in keys if len({json.dumps(v.get(k)) for v in siblings}) > 1]
+        text = ",".join(f"{k}={fmt_param(value[k])}" for k in differ if k in value)
+        if text:
+            return text
     return value if isinstance(value, str) else json.dumps(value)
 
 
@@ -135,7 +146,8 @@ def report_grid(report: Report, title: str | None = None) -> Grid:
 def _report_cells(report: Report, row: Row, cols: list[Column], multi: bool) -> list[str]:
     cells = [row.sweep] if multi else []
     cells.append(f"{row.finished}/{row.total}" if report.grouped else str(row.trials[0]))
-    cells += [fmt_param(row.params.get(k)) for k in report.keys]
+    cells += [fmt_param(row.params.get(k), [r.params.get(k) for r in report.rows])
+              for k in report.keys]
     for c in cols:
         text = fmt_stat(c, row.values.get(c.key))
         cells.append(text + " ★" if row.best and c.key == report.metric else text)
@@ -181,7 +193,8 @@ def compare_grid(comp: Comparison) -> Grid:
     for p in comp.pairs:
         ours, theirs = p.this, p.other
         grid.cells.append([
-            *[fmt_param(p.params.get(k)) for k in this.keys],
+            *[fmt_param(p.params.get(k), [q.params.get(k) for q in comp.pairs])
+              for k in this.keys],
             fmt_stat(metric_col, theirs.values.get(m) if theirs and theirs.finished else None),
             fmt_stat(metric_col, ours.values.get(m) if ours and ours.finished else None),
             _signed(p.change, "loss"), _signed(p.change_pct, "pct"),

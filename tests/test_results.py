@@ -221,3 +221,16 @@ def test_github_step_summary_gets_the_markdown_table(home: Path, tmp_path: Path)
     assert "gate failed" in text
     orch(home, "results", "a", **env)
     assert summary.read_text().count("### sweep a") == 2
+
+
+def test_whole_section_values_show_only_what_differs() -> None:
+    from orchestrator.tables import fmt_param
+
+    recipe = {"d_model": 128, "norm": "rmsnorm", "positions": "rotary", "bias": False}
+    values = [recipe, {**recipe, "norm": "layernorm"}, {**recipe, "positions": "learned"}]
+    assert [fmt_param(v, values) for v in values] == [
+        "norm=rmsnorm,positions=rotary", "norm=layernorm,positions=rotary",
+        "norm=rmsnorm,positions=learned"]
+    assert fmt_param(recipe, [recipe]) == json.dumps(recipe)  # nothing differs: the whole value
+    assert fmt_param(recipe) == json.dumps(recipe)  # no siblings: the whole value
+    assert fmt_param([0.9, 0.95], values) == "[0.9, 0.95]"
