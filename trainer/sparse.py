@@ -109,8 +109,8 @@ class Part:
     memory stays that of k, v (the parts of `fixed` share one summary sequence).
 
     `causal`: the part's key a visible to its query row r iff a <= r (counting both within the
-    part's own selection). `allowed`: boolean (1 or N, chunks, rows, keys) mask, or None for all keys. Every query row must see at least one key in the union of
-    its parts.
+    part's own selection). `allowed`: boolean (1 or N, chunks, rows, keys) mask, or None for all
+    keys. Every query row must see at least one key in the union of its parts.
     """
 
     start: int
@@ -155,9 +155,10 @@ class _FlashParts(torch.autograd.Function):
         flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
         out = lse = None
         index = [_kv_index(p, kvs) for p in parts]
-        for p, (k, v) in zip(parts, _part_kvs(parts, index, kvs)):
+        masks = [_flash_mask(p, q.dtype) for p in parts]
+        for p, mask, (k, v) in zip(parts, masks, _part_kvs(parts, index, kvs)):
             at = p.where()
-            o, l = flash(q[at], k, v, 0.0, p.causal, attn_mask=_flash_mask(p, q.dtype), scale=scale)
+            o, l = flash(q[at], k, v, 0.0, p.causal, attn_mask=mask, scale=scale)
             if p.allowed is not None:  # the kernel gives rows with no key lse 0; make it -inf
                 l = l.masked_fill(~p.allowed.any(-1), float("-inf"))
             if out is None and q[at].shape == q.shape:
@@ -172,8 +173,8 @@ class _FlashParts(torch.autograd.Function):
             lse[at] = new
         out = out.to(q.dtype)
         ctx.save_for_backward(q, out, lse, *kvs)
-        # The parts without their tensors (those are saved above): where each one reads.
-        ctx.scale, ctx.index = scale, index
+        # The parts without their tensors (saved above, as autograd wants): where each one reads.
+        ctx.scale, ctx.index, ctx.masks = scale, index, masks
         ctx.parts = [dataclasses.replace(p, k=None, v=None) for p in parts]
         return out
 
@@ -184,10 +185,11 @@ class _FlashParts(torch.autograd.Function):
         dq = None
         dkvs: list[Tensor | None] = [None] * len(kvs)
         flash_bwd = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
-        for p, i, (k, v) in zip(ctx.parts, ctx.index, _part_kvs(ctx.parts, ctx.index, kvs)):
+        kv_parts = _part_kvs(ctx.parts, ctx.index, kvs)
+        for p, i, mask, (k, v) in zip(ctx.parts, ctx.index, ctx.masks, kv_parts):
             at = p.where()
             gq, gk, gv = flash_bwd(grad[at], q[at], k, v, out[at], lse[at], 0.0, p.causal,
-                                   attn_mask=_flash_mask(p, q.dtype), scale=ctx.scale)
+                                   attn_mask=mask, scale=ctx.scale)
             if dq is None and q[at].shape == q.shape:
                 dq = gq.float()
             else:
