@@ -282,7 +282,7 @@ def set_baseline(report: Report, ledger: Ledger, spec: str) -> None:
     """Resolve `--baseline` and fill every row's delta (absolute and %) against it.
 
     spec: `trial:N` (or a bare N) is trial N of the first sweep, `trial:SWEEP/N` one of another
-    sweep; `sweep:NAME` is NAME's best row under the same grouping; `key=value,...` (or
+    sweep (in a grouped table, the row that holds that trial); `sweep:NAME` is NAME's best row under the same grouping; `key=value,...` (or
     `config:key=value,...`) the one row with those parameters.
     """
     metric = report.metric
@@ -303,11 +303,15 @@ def set_baseline(report: Report, ledger: Ledger, spec: str) -> None:
         found = [t for t in ledger.trials(name) if t.number == int(number)]
         if not found:
             raise ResultsError(f"--baseline {spec}: sweep {name} has no trial {number}")
-        row = _trial_row(found[0])
+        # In a grouped table, the trial's own row (its configuration's mean over seeds), so
+        # that rows and baseline are the same kind of number.
+        row = next((r for r in report.rows if report.grouped and r.sweep == name
+                    and int(number) in r.trials), None)
+        label = f"the row of trial {number} of {name}" if row else f"trial {number} of {name}"
+        row = row or _trial_row(found[0])
         if row.finished == 0:
             raise ResultsError(f"--baseline {spec}: trial {number} of {name} did not finish "
                                f"({found[0].state})")
-        label = f"trial {number} of {name}"
     else:
         want = parse_config(spec.removeprefix("config:"))
         hits = [r for r in report.rows

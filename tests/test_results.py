@@ -175,6 +175,12 @@ def test_baseline_deltas(home: Path) -> None:
     for r in per_trial["rows"]:
         if r["val_loss"] is not None:
             assert r["delta"] == pytest.approx(r["val_loss"] - t.final["val_loss"], abs=1e-6)
+    # Grouped (the default), trial:N stands for its configuration's row: seeds 1 and 2 of
+    # lr=0.001 finished at 1.5 and 1.7 (seed 3 at 1.9): the row's mean is the baseline.
+    lr1 = next(t for t in Ledger(home).trials("a") if t.params["optim.lr"] == 0.001)
+    grouped = as_json(home, "a", "--baseline", f"trial:{lr1.number}")
+    assert grouped["baseline"]["val_loss"] == pytest.approx(1.7)
+    assert {r["optim.lr"]: r["delta"] for r in grouped["rows"]}[0.003] == pytest.approx(-0.4)
     bad = orch(home, "results", "a", "--baseline", "train.seed=1")
     assert bad.returncode == 2 and "matches 0 rows" in bad.stderr
 
