@@ -68,9 +68,12 @@ def _slug(text: str) -> str:
 
 
 def _short(value: Any, siblings: list[Any], width: int = 48) -> str:
-    """A readable name for one value of a parameter among its siblings (`tables.fmt_param`),
-    cut to `width` for a legend or a tick."""
-    text = fmt_param(value, siblings) if isinstance(value, dict) else str(value)
+    """A readable name for one value of a parameter among its siblings (`tables.fmt_param`)
+    for a legend or a tick: a whole-section value one entry per line, anything else cut to
+    `width`."""
+    if isinstance(value, dict):
+        return fmt_param(value, siblings).replace(",", "\n")
+    text = str(value)
     return text if len(text) <= width else text[: width - 1] + "…"
 
 

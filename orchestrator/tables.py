@@ -80,10 +80,16 @@ def fmt_param(value: Any, siblings: list[Any] = ()) -> str:
     if isinstance(value, dict) and siblings and all(isinstance(v, dict) for v in siblings):
         keys = sorted({k for v in siblings for k in v})
         differ = [k for k in keys if len({json.dumps(v.get(k)) for v in siblings}) > 1]
-        text = ",".join(f"{k}={fmt_param(value[k])}" for k in differ if k in value)
+        text = ",".join(f"{k}={_compact(value[k])}" for k in differ if k in value)
         if text:
             return text
     return value if isinstance(value, str) else json.dumps(value)
+
+
+def _compact(value: Any) -> str:
+    """An entry of a whole-section value: floats to 4 significant digits (2.667, not
+    2.6666666666666665), the rest as `fmt_param`."""
+    return f"{value:.4g}" if isinstance(value, float) else fmt_param(value)
 
 
 def _signed(value: float | None, kind: str) -> str:

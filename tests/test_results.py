@@ -240,3 +240,5 @@ def test_whole_section_values_show_only_what_differs() -> None:
     assert fmt_param(recipe, [recipe]) == json.dumps(recipe)  # nothing differs: the whole value
     assert fmt_param(recipe) == json.dumps(recipe)  # no siblings: the whole value
     assert fmt_param([0.9, 0.95], values) == "[0.9, 0.95]"
+    ratios = [{"mlp_ratio": 8 / 3}, {"mlp_ratio": 4.0}]
+    assert [fmt_param(v, ratios) for v in ratios] == ["mlp_ratio=2.667", "mlp_ratio=4"]
