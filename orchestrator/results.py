@@ -282,8 +282,9 @@ def set_baseline(report: Report, ledger: Ledger, spec: str) -> None:
     """Resolve `--baseline` and fill every row's delta (absolute and %) against it.
 
     spec: `trial:N` (or a bare N) is trial N of the first sweep, `trial:SWEEP/N` one of another
-    sweep (in a grouped table, the row that holds that trial); `sweep:NAME` is NAME's best row under the same grouping; `key=value,...` (or
-    `config:key=value,...`) the one row with those parameters.
+    sweep (in a grouped table, the row that holds that trial); `sweep:NAME` is NAME's best row
+    under the same grouping; `key=value,...` (or `config:key=value,...`) the one row with those
+    parameters.
     """
     metric = report.metric
     if spec.startswith("sweep:"):
