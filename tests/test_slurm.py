@@ -266,7 +266,9 @@ def test_wandb_agents_as_a_job_array(cluster: None, orch_home: Path, tmp_path: P
         return found if len(found) == 3 and all(found) else None
 
     lines = wait_for(said, timeout=60, what="three agents' logs")
-    for task, line in enumerate(lines):
+    for task, log in enumerate(lines):
+        # The agent's own line; slurmstepd may write its warnings into the same log first.
+        line = next((x for x in log.splitlines() if x.startswith("agent ")), log)
         assert line.startswith(f"agent agent --forward-signals --count 1 {sweep} task={task} ")
         assert line.strip().endswith(f"/task-{task}")
 
