@@ -232,7 +232,8 @@ def results(
         "every varied parameter except train.seed and data.seed."),
     baseline: Optional[str] = typer.Option(
         None, "--baseline", help="Add Δ columns against trial:N, trial:SWEEP/N, "
-        "key=value,... (one row's parameters) or sweep:NAME (that sweep's best row)."),
+        "key=value,... (one row's parameters) or sweep:NAME (that sweep's best row). Grouped: "
+        "Δ ± std of the per-seed differences where the trials pair by seed."),
     compare: Optional[str] = typer.Option(
         None, "--compare", metavar="OTHER_SWEEP", help="Configurations matched by their "
         "parameters, OTHER_SWEEP beside this one, with the change."),

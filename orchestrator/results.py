@@ -77,6 +77,10 @@ class Row:
     baseline: bool = False
     delta: float | None = None
     delta_pct: float | None = None
+    delta_std: float | None = None
+    # Finished trials by the parameters the row aggregates over (`[seed]`): what pairs it
+    # trial for trial with a baseline row.
+    members: dict[str, dict[str, float | None]] = field(default_factory=dict)
 
     @property
     def finished(self) -> int:
@@ -233,8 +237,18 @@ def _group(trials: list[Trial], keys: list[str]) -> list[Row]:
         notes = sorted({t.reason for t in members if t.state != "finished" and t.reason})
         rows.append(Row(members[0].sweep, [t.number for t in members],
                         {k: members[0].params.get(k) for k in keys}, states, values,
-                        "; ".join(notes)))
+                        "; ".join(notes), members=_members(members, keys)))
     return rows
+
+
+def _members(trials: list[Trial], keys: list[str]) -> dict[str, dict[str, float | None]]:
+    """A group's finished trials keyed by their other parameters (`{"train.seed": 1338}`)."""
+    out: dict[str, dict[str, float | None]] = {}
+    for t in trials:
+        if t.state == "finished":
+            rest = {k: v for k, v in t.params.items() if k not in keys}
+            out[_canon(rest)] = trial_values(t)
+    return out
 
 
 def _order(report: Report) -> None:
@@ -330,6 +344,25 @@ def set_baseline(report: Report, ledger: Ledger, spec: str) -> None:
         r.baseline = (r.sweep, r.trials) == (row.sweep, row.trials)
         v = r.value(metric)
         r.delta, r.delta_pct = _change(base, v)
+        r.delta_std = None if r.baseline else paired_std(r, row, metric)
+
+
+def paired_std(row: Row, base: Row, metric: str) -> float | None:
+    """Sample std of the trial-by-trial differences `row - base`, where the two rows' finished
+    trials pair one to one by their other parameters (the seeds), at least two pairs; else None.
+
+    Only then: their mean is exactly the difference of the rows' means, so Δ ± this std is the
+    paired effect over the seeds, not an unpaired comparison dressed as one.
+    """
+    if len(row.members) < 2 or row.members.keys() != base.members.keys():
+        return None
+    diffs = []
+    for key, values in row.members.items():
+        a, b = values.get(metric), base.members[key].get(metric)
+        if a is None or b is None:
+            return None
+        diffs.append(a - b)
+    return statistics.stdev(diffs)
 
 
 def _change(before: float | None, now: float | None) -> tuple[float | None, float | None]:

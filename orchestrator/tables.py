@@ -142,6 +142,10 @@ def report_grid(report: Report, title: str | None = None) -> Grid:
     if report.baseline_value is not None:
         grid.footer.append(f"Δ against {report.baseline_label} "
                            f"({report.metric} {report.baseline_value:.4f})")
+        if any(r.delta_std is not None for r in report.rows):
+            grid.footer.append("Δ ± std: over the per-seed differences, where a row's finished "
+                               "trials pair one to one with the baseline's by their other "
+                               "parameters")
     for row in report.rows:
         grid.cells.append(_report_cells(report, row, cols, multi))
         grid.styles.append("best" if row.best else "" if row.finished else "dim")
@@ -158,8 +162,10 @@ def _report_cells(report: Report, row: Row, cols: list[Column], multi: bool) -> 
         text = fmt_stat(c, row.values.get(c.key))
         cells.append(text + " ★" if row.best and c.key == report.metric else text)
     if report.baseline_value is not None:
-        cells += ["baseline", MISSING] if row.baseline else [
-            _signed(row.delta, "loss"), _signed(row.delta_pct, "pct")]
+        delta = _signed(row.delta, "loss")
+        if row.delta_std is not None:
+            delta += f" ± {fmt('loss', row.delta_std)}"
+        cells += ["baseline", MISSING] if row.baseline else [delta, _signed(row.delta_pct, "pct")]
     cells += [row.status, row.note]
     return cells
 
@@ -178,6 +184,8 @@ def _report_record(report: Report, row: Row, cols: list[Column]) -> dict[str, An
     if report.baseline_value is not None:
         rec.update({"baseline": row.baseline, "delta": _num(row.delta),
                     "delta_pct": _num(row.delta_pct)})
+        if report.grouped:
+            rec["delta_std"] = _num(row.delta_std)
     rec["note"] = row.note
     return rec
 

@@ -185,6 +185,29 @@ def test_baseline_deltas(home: Path) -> None:
     assert bad.returncode == 2 and "matches 0 rows" in bad.stderr
 
 
+def test_baseline_delta_std_pairs_trials_by_seed(home: Path) -> None:
+    # In b every trial finished: the per-seed differences against lr=0.001 are recomputed from
+    # the ledger, and their sample std is the Δ's spread.
+    trials = Ledger(home).trials("b")
+    final = {(t.params["optim.lr"], t.params["train.seed"]): t.final["val_loss"] for t in trials}
+    data = as_json(home, "b", "--baseline", "optim.lr=0.001")
+    rows = {r["optim.lr"]: r for r in data["rows"]}
+    for lr in (0.003, 0.01):
+        diffs = [final[lr, s] - final[0.001, s] for s in (1, 2, 3)]
+        assert rows[lr]["delta"] == pytest.approx(statistics.fmean(diffs), abs=1e-6)
+        assert rows[lr]["delta_std"] == pytest.approx(statistics.stdev(diffs), abs=1e-6)
+    # lr=0.003 is 0.6 lower at every seed: paired, no spread (unpaired stds would say 0.28).
+    assert rows[0.003]["delta_std"] == pytest.approx(0.0, abs=1e-6)
+    assert rows[0.001]["delta_std"] is None  # the baseline itself
+    table = orch(home, "results", "b", "--baseline", "optim.lr=0.001", "--format", "markdown")
+    assert "+0.7000 ± 0.2000" in table.stdout and "per-seed differences" in table.stdout
+    # In a, lr=0.003 finished seeds 1 and 2 only: no one-to-one pairing with lr=0.001's three
+    # seeds, so Δ is the difference of means with no spread claimed.
+    partial = as_json(home, "a", "--baseline", "optim.lr=0.001")["rows"]
+    partial = {r["optim.lr"]: r for r in partial}
+    assert partial[0.003]["delta"] is not None and partial[0.003]["delta_std"] is None
+
+
 def test_compare_and_regression_gate(home: Path) -> None:
     data = as_json(home, "a", "--compare", "b")
     pairs = {r["optim.lr"]: r for r in data["rows"]}
