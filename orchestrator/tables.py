@@ -77,6 +77,8 @@ def fmt_param(value: Any, siblings: list[Any] = ()) -> str:
     """
     if value is None:
         return MISSING
+    if isinstance(value, float):
+        return _float(value, [v for v in siblings if isinstance(v, float)])
     if isinstance(value, dict) and siblings and all(isinstance(v, dict) for v in siblings):
         keys = sorted({k for v in siblings for k in v})
         differ = [k for k in keys if len({json.dumps(v.get(k)) for v in siblings}) > 1]
@@ -86,10 +88,19 @@ def fmt_param(value: Any, siblings: list[Any] = ()) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
+def _float(value: float, siblings: list[float]) -> str:
+    """A float to 4 significant digits (a bayes lr of 0.0024839686544256994 shows as 0.002484),
+    or as many more as keep it apart from its siblings."""
+    for digits in range(4, 18):
+        if len({f"{v:.{digits}g}" for v in siblings}) == len(set(siblings)):
+            break
+    return f"{value:.{digits}g}"
+
+
 def _compact(value: Any) -> str:
     """An entry of a whole-section value: floats to 4 significant digits (2.667, not
     2.6666666666666665), the rest as `fmt_param`."""
-    return f"{value:.4g}" if isinstance(value, float) else fmt_param(value)
+    return _float(value, []) if isinstance(value, float) else fmt_param(value)
 
 
 def _signed(value: float | None, kind: str) -> str:

@@ -262,6 +262,11 @@ def test_whole_section_values_show_only_what_differs() -> None:
         "norm=rmsnorm,positions=learned"]
     assert fmt_param(recipe, [recipe]) == json.dumps(recipe)  # nothing differs: the whole value
     assert fmt_param(recipe) == json.dumps(recipe)  # no siblings: the whole value
+    # Bare floats: 4 significant digits, more only where siblings would otherwise look alike.
+    lrs = [0.0024839686544256994, 0.003218332319410923]
+    assert [fmt_param(v, lrs) for v in lrs] == ["0.002484", "0.003218"]
+    close = [0.0024839686544256994, 0.0024841]
+    assert [fmt_param(v, close) for v in close] == ["0.002484", "0.0024841"]
     assert fmt_param([0.9, 0.95], values) == "[0.9, 0.95]"
     ratios = [{"mlp_ratio": 8 / 3}, {"mlp_ratio": 4.0}]
     assert [fmt_param(v, ratios) for v in ratios] == ["mlp_ratio=2.667", "mlp_ratio=4"]
