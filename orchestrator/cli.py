@@ -163,7 +163,8 @@ def _dry_run(plan: Plan, ledger: Ledger) -> None:
         t = done.get(h)
         state = t.state if t else "new"
         todo += state != "finished"
-        table.add_row(str(i), *[str(point.get(n)) for n in plan.varied], h, state)
+        table.add_row(str(i), *[tables.fmt_param(point.get(n), [p.get(n) for p, _ in plan.grid])
+                                for n in plan.varied], h, state)
     out.print(table)
     if spec.run_cap is not None:
         todo = min(todo, max(0, spec.run_cap - len(done)))
