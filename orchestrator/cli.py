@@ -41,9 +41,9 @@ BackendOpt = typer.Option(None, "--backend", help="`local` or `wandb` (default: 
 
 
 def _plan(spec: Path, sets: list[str] | None, data: Path | None,
-          max_trials: int | None = None) -> Plan:
+          max_trials: int | None = None, name: str | None = None) -> Plan:
     try:
-        return build_plan(spec, list(sets or []), data, max_trials)
+        return build_plan(spec, list(sets or []), data, max_trials, name)
     except SpecError as e:
         spec_errors(e)
         raise typer.Exit(2) from None
@@ -70,6 +70,9 @@ def sweep(spec: Path = typer.Argument(..., help="Sweep spec YAML."),
                                                    help="Start at most N trials this time."),
           data: Optional[Path] = DataOpt, set_: Optional[list[str]] = SetOpt,
           backend: Optional[str] = BackendOpt,
+          name: Optional[str] = typer.Option(
+              None, "--name", help="Sweep name instead of the spec's `name`: a new sweep from "
+              "the same file (e.g. one per nightly run), or that sweep resumed."),
           yes: bool = typer.Option(False, "--yes", help="Slurm: on Ctrl-C, cancel the sweep's "
                                    "jobs without asking."),
           detach: bool = typer.Option(False, "--detach", help="Slurm: on Ctrl-C, leave the "
@@ -79,7 +82,7 @@ def sweep(spec: Path = typer.Argument(..., help="Sweep spec YAML."),
     if yes and detach:
         err.print("error: --yes cancels the jobs on Ctrl-C, --detach leaves them: pick one")
         raise typer.Exit(2)
-    plan = _plan(spec, set_, data, max_trials)
+    plan = _plan(spec, set_, data, max_trials, name)
     try:
         for note in plan.notes:
             err.print(f"note: {note}", highlight=False)

@@ -46,7 +46,8 @@ class Plan:
         self.validator.close()
 
 
-def _sweeps_schema_errors(doc: SpecDoc, search: dict[str, Any]) -> list[tuple[tuple[Any, ...], str]]:
+def _sweeps_schema_errors(doc: SpecDoc,
+                          search: dict[str, Any]) -> list[tuple[tuple[Any, ...], str]]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import jsonschema.exceptions
@@ -95,10 +96,12 @@ def _raw_parameter_problems(spec_path: Path) -> list[str]:
 
 
 def build_plan(spec_path: Path, sets: list[str] = (), data: Path | None = None,
-               max_trials: int | None = None) -> Plan:
-    """Check a spec completely; raise SpecError with every problem, else return the Plan."""
+               max_trials: int | None = None, name: str | None = None) -> Plan:
+    """Check a spec completely; raise SpecError with every problem, else return the Plan.
+
+    `name` replaces the spec's own (a new sweep, or another one to resume, from one file)."""
     try:
-        spec, doc = load_spec(spec_path)
+        spec, doc = load_spec(spec_path, name)
     except SpecError as err:
         raise SpecError(err.paragraphs + _raw_parameter_problems(spec_path)) from None
     problems: list[str] = []

@@ -174,10 +174,13 @@ class Tracking(_Strict):
     wandb: WandbSettings | None = None
 
 
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"  # also a run-directory and container-name part
+
+
 class SweepSpec(_Strict):
     """One sweep."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+    name: str = Field(pattern=NAME_PATTERN,
                       description="Sweep name: the ledger key, so running it again resumes.")
     description: str | None = Field(None, description="Free text, shown by `orch ls`.")
     base: str = Field(description="Trainer config YAML, relative to this spec file.")
@@ -318,9 +321,15 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
     return model
 
 
-def load_spec(path: Path) -> tuple[SweepSpec, SpecDoc]:
-    """Read and model-check a spec; raise SpecError with every problem found."""
+def load_spec(path: Path, name: str | None = None) -> tuple[SweepSpec, SpecDoc]:
+    """Read and model-check a spec, under `name` instead of its own when given (`--name`);
+    raise SpecError with every problem found."""
+    if name is not None and not re.match(NAME_PATTERN, name):
+        raise SpecError([f"--name {name!r}: a sweep name is letters, digits, '.', '_' and '-', "
+                         f"starting with a letter or digit; {path} was not run"])
     doc = read_spec(path)
+    if name is not None and isinstance(doc.data, dict):
+        doc.data["name"] = name
     try:
         spec = SweepSpec.model_validate(doc.data)
     except ValidationError as err:

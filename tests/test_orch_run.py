@@ -27,7 +27,8 @@ def test_crash_diverge_timeout_and_missing_result_each_get_their_state(orch_home
     script = {"key": "train.seed", "cases": {
         "2": {"mode": "crash"}, "3": {"mode": "diverge"},
         "4": {"mode": "hang", "stubborn": True}, "5": {"mode": "noresult"}}}
-    spec = write_spec(tmp_path / "s.yaml", parameters={"train.seed": {"values": [1, 2, 3, 4, 5, 6]}},
+    spec = write_spec(tmp_path / "s.yaml",
+                      parameters={"train.seed": {"values": [1, 2, 3, 4, 5, 6]}},
                       resources={"timeout": "3s", "kill_grace": "1s", "retries": 1,
                                  "cpu_slots": 2})
     proc = run_orch(["sweep", str(spec)], orch_env(orch_home, script))
@@ -174,3 +175,18 @@ def test_second_orchestrator_on_a_running_sweep_is_refused(orch_home: Path,
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 143
+
+
+def test_name_option_runs_one_spec_as_a_new_sweep(orch_home: Path, tmp_path: Path) -> None:
+    spec = write_spec(tmp_path / "s.yaml", parameters={"train.seed": {"values": [1, 2]}})
+    assert run_orch(["sweep", str(spec)], orch_env(orch_home)).returncode == 0
+    # Under its own name the spec would resume and skip both; under --name it runs again.
+    again = run_orch(["sweep", str(spec), "--name", "t-gh2"], orch_env(orch_home))
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert _states(orch_home) == _states(orch_home, "t-gh2") == {1: "finished", 2: "finished"}
+    assert _seed_starts(orch_home) == ["1", "1", "2", "2"]
+    bad = run_orch(["sweep", str(spec), "--name", "no spaces"], orch_env(orch_home))
+    assert bad.returncode == 2 and "--name 'no spaces'" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    assert [s["name"] for s in Ledger(orch_home).sweeps()] == ["t", "t-gh2"]
+    assert _seed_starts(orch_home) == ["1", "1", "2", "2"]  # nothing launched

@@ -12,7 +12,6 @@ import re
 import shutil
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -259,19 +258,18 @@ def test_sweep_prepare_step_checks_input_names_the_sweep_and_keys_the_home(tmp_p
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == f"home={tmp_path}/state/sweeps_smoke"
 
-    # The renamed copy: same directory as the spec (its relative paths still resolve), a new
-    # name, and still a valid spec.
-    rename = re.search(r"<<'EOF'\n(.*?)\n\s*EOF", run, re.S).group(1)
-    for f in ("smoke.yaml", "base_tiny.yaml"):
-        shutil.copy(ROOT / "sweeps" / f, tmp_path / f)
-    dst = tmp_path / ".ci-smoke-gh7.yaml"
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(rename),
-                           str(tmp_path / "smoke.yaml"), str(dst), "smoke-gh7"],
-                          capture_output=True, text=True, timeout=30)
-    assert proc.returncode == 0, proc.stderr
-    renamed = yaml.safe_load(dst.read_text())
-    assert renamed == {**yaml.safe_load((ROOT / "sweeps" / "smoke.yaml").read_text()),
-                       "name": "smoke-gh7"}
-    proc = subprocess.run([sys.executable, "-m", "orchestrator", "validate", str(dst)],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # The sweep's name: the spec's own plus the run number, given to `orch sweep --name`
+    # (under the spec's name a scheduled run would resume and skip every finished trial).
+    naming = "\n".join(ln for ln in run.splitlines()
+                       if ln.strip().startswith(("name=", "sweep=")))
+    naming = naming.replace(".venv/bin/python", sys.executable)
+    proc = subprocess.run(["bash", "-e", "-c", naming + '\necho "$sweep"'], cwd=ROOT,
+                          env={**env, "GITHUB_RUN_NUMBER": "7"}, capture_output=True, text=True,
+                          timeout=30)
+    assert proc.returncode == 0 and proc.stdout.strip() == "smoke-gh7", proc.stderr
+    sweep_step = next(s for s in steps(load(SWEEP)) if "orch sweep" in s.get("run", ""))
+    assert 'args=("$SPEC" --name "$SWEEP")' in sweep_step["run"]
+    proc = subprocess.run([sys.executable, "-m", "orchestrator", "sweep", "sweeps/smoke.yaml",
+                           "--name", "smoke-gh7", "--dry-run"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, env={**env, "ORCH_HOME": str(tmp_path / "h")})
+    assert proc.returncode == 0 and "sweep smoke-gh7:" in proc.stdout, proc.stdout + proc.stderr
