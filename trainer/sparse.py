@@ -131,6 +131,11 @@ class Part:
         """Whether the part reads all of k and v."""
         return self.key_chunks == slice(None) and self.key_pos == slice(None)
 
+    def keys_of(self, t: Tensor) -> Tensor:
+        """The part's selection of a (N, chunks or 1, S, ...) key-side tensor (k, v or their
+        gradient buffers): a view, so autograd neither zero-fills nor copies a full-size one."""
+        return t[:, self.key_chunks, self.key_pos]
+
 
 def _flash_mask(part: Part, dtype: torch.dtype) -> Tensor | None:
     """The flash kernel wants an additive mask of the query's dtype, (1 or N, chunks, rows, S)."""
@@ -202,7 +207,7 @@ class _FlashParts(torch.autograd.Function):
                     continue
                 if dkvs[j] is None:
                     dkvs[j] = torch.zeros(kvs[j].shape, dtype=torch.float32, device=q.device)
-                dkvs[j][:, p.key_chunks, p.key_pos] += g
+                p.keys_of(dkvs[j]).add_(g)
         return (dq.to(q.dtype), None, None, *(g.to(t.dtype) for g, t in zip(dkvs, kvs)))
 
 
@@ -214,8 +219,7 @@ def _kv_index(part: Part, kvs: tuple[Tensor, ...] | list[Tensor]) -> int:
 def _part_kvs(parts: list[Part], index: list[int],
               kvs: tuple[Tensor, ...]) -> list[tuple[Tensor, Tensor]]:
     """Each part's keys and values as its flash call takes them."""
-    return [(kvs[i][:, p.key_chunks, p.key_pos], kvs[i + 1][:, p.key_chunks, p.key_pos])
-            for p, i in zip(parts, index)]
+    return [(p.keys_of(kvs[i]), p.keys_of(kvs[i + 1])) for p, i in zip(parts, index)]
 
 
 def attend_parts(q: Tensor, parts: list[Part], scale: float, dropout_p: float = 0.0,
@@ -237,7 +241,7 @@ def attend_parts(q: Tensor, parts: list[Part], scale: float, dropout_p: float = 
     scores = []
     total = torch.full(q.shape[:-1], float("-inf"), device=q.device)
     for p in parts:
-        k = p.k[:, p.key_chunks, p.key_pos]
+        k = p.keys_of(p.k)
         s = (q[p.where()].float() @ k.float().transpose(-1, -2)) * scale
         if p.causal:
             rows, S = s.shape[-2:]
@@ -250,7 +254,7 @@ def attend_parts(q: Tensor, parts: list[Part], scale: float, dropout_p: float = 
     out = torch.zeros(q.shape[:-1] + (parts[0].v.shape[-1],), device=q.device)
     for p, s in zip(parts, scores):
         w = F.dropout((s - total[p.where()][..., None]).exp(), dropout_p)
-        out = _put(out, p.where(), out[p.where()] + w @ p.v[:, p.key_chunks, p.key_pos].float())
+        out = _put(out, p.where(), out[p.where()] + w @ p.keys_of(p.v).float())
     return out.to(q.dtype)
 
 
