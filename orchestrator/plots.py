@@ -67,18 +67,18 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
 
 
-def _short(value: Any, siblings: list[Any], width: int = 48) -> str:
+def _short(value: Any, siblings: list[Any], width: int = 48, key: str | None = None) -> str:
     """A readable name for one value of a parameter among its siblings (`tables.fmt_param`)
     for a legend or a tick: a whole-section value one entry per line, anything else cut to
     `width`."""
     if isinstance(value, dict):
-        return fmt_param(value, siblings).replace(",", "\n")
-    text = str(value)
+        return fmt_param(value, siblings, key).replace(",", "\n")
+    text = f"{key}={value}" if key else str(value)
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _label(params: dict[str, Any], keys: list[str], trials: list[Trial]) -> str:
-    parts = [f"{k}={_short(params.get(k), [t.params.get(k) for t in trials])}" for k in keys]
+    parts = [_short(params.get(k), [t.params.get(k) for t in trials], key=k) for k in keys]
     return " ".join(parts) or "base config"
 
 
@@ -141,10 +141,12 @@ def curves(ledger: Ledger, name: str, trials: list[Trial], keys: list[str], repo
 
 
 def _color(index: int, count: int) -> Any:
+    """The index-th of `count` colours: tab10 less its red, which marks the best (BEST)."""
     from matplotlib import colormaps
 
-    if count <= 10:
-        return colormaps["tab10"](index)
+    palette = [c for i, c in enumerate(colormaps["tab10"].colors) if i != 3]
+    if count <= len(palette):
+        return palette[index]
     return colormaps["viridis"](index / max(1, count - 1))
 
 

@@ -68,24 +68,27 @@ def fmt_stat(col: Column, stat: Stat | None) -> str:
     return text
 
 
-def fmt_param(value: Any, siblings: list[Any] = ()) -> str:
+def fmt_param(value: Any, siblings: list[Any] = (), key: str | None = None) -> str:
     """A parameter value as text: strings bare, everything else as JSON (0.001, true, [1, 2]).
 
     A whole-section value (a dict, e.g. `model: {...}`) among dict `siblings` (the parameter's
     other values in the table) shows only the entries that differ between them, so long configs
-    stay readable and distinguishable: `norm=layernorm,positions=rotary`.
+    stay readable and distinguishable: `norm=layernorm,positions=rotary`. With `key`, the text
+    names its parameter (`lr=0.001`, `model.norm=layernorm,model.positions=rotary`).
     """
     if value is None:
         return MISSING
+    named = f"{key}=" if key else ""
     if isinstance(value, float):
-        return _float(value, [v for v in siblings if isinstance(v, float)])
+        return named + _float(value, [v for v in siblings if isinstance(v, float)])
     if isinstance(value, dict) and siblings and all(isinstance(v, dict) for v in siblings):
         keys = sorted({k for v in siblings for k in v})
         differ = [k for k in keys if len({json.dumps(v.get(k)) for v in siblings}) > 1]
-        text = ",".join(f"{k}={_compact(value[k])}" for k in differ if k in value)
+        section = f"{key}." if key else ""
+        text = ",".join(f"{section}{k}={_compact(value[k])}" for k in differ if k in value)
         if text:
             return text
-    return value if isinstance(value, str) else json.dumps(value)
+    return named + (value if isinstance(value, str) else json.dumps(value))
 
 
 def _float(value: float, siblings: list[float]) -> str:

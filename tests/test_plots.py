@@ -67,3 +67,13 @@ def test_plot_of_a_seed_sweep_has_curves_and_no_seed_plots(orch_home: Path,
     assert sorted(p.name for p in folder.glob("*.png")) == ["curves_step.png", "curves_time.png"]
     for p in folder.glob("*.png"):
         _check_png(p)
+
+
+def test_no_other_curve_takes_the_best_ones_red() -> None:
+    from matplotlib.colors import to_hex
+
+    from orchestrator.plots import BEST, _color
+
+    for count in (1, 4, 9, 12):
+        shades = [to_hex(_color(i, count)) for i in range(count)]
+        assert BEST not in shades and len(set(shades)) == count

@@ -262,6 +262,10 @@ def test_whole_section_values_show_only_what_differs() -> None:
         "norm=rmsnorm,positions=learned"]
     assert fmt_param(recipe, [recipe]) == json.dumps(recipe)  # nothing differs: the whole value
     assert fmt_param(recipe) == json.dumps(recipe)  # no siblings: the whole value
+    # Named (legends): a section's entries by their dotted paths, anything else key=value.
+    assert fmt_param(values[1], values, key="model") == \
+        "model.norm=layernorm,model.positions=rotary"
+    assert fmt_param(recipe, [recipe], key="model") == "model=" + json.dumps(recipe)
     # Bare floats: 4 significant digits, more only where siblings would otherwise look alike.
     lrs = [0.0024839686544256994, 0.003218332319410923]
     assert [fmt_param(v, lrs) for v in lrs] == ["0.002484", "0.003218"]
