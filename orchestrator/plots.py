@@ -59,7 +59,7 @@ def plot_sweep(ledger: Ledger, name: str, out_dir: Path) -> list[Path]:
 
 def _save(fig: Figure, path: Path) -> Path:
     FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=DPI, metadata={"Software": None})
+    fig.savefig(path, dpi=DPI, metadata={"Software": None}, bbox_inches="tight")
     return path
 
 
@@ -72,8 +72,11 @@ def _short(value: Any, siblings: list[Any], width: int = 48, key: str | None = N
     for a legend or a tick: a whole-section value one entry per line, anything else cut to
     `width`."""
     if isinstance(value, dict):
-        return fmt_param(value, siblings, key).replace(",", "\n")
-    text = f"{key}={value}" if key else str(value)
+        text = fmt_param(value, siblings, key)
+        if "{" not in text:  # entries `k=v,k2=v2`: one a line, lists left whole
+            return re.sub(r",(?=[\w.]+=)", "\n", text)
+    else:
+        text = f"{key}={value}" if key else str(value)
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
@@ -135,7 +138,13 @@ def curves(ledger: Ledger, name: str, trials: list[Trial], keys: list[str], repo
     ax.set_ylabel(UNITS.get(metric, metric))
     ax.grid(True, alpha=0.3)
     if len(labelled) <= 12:
-        ax.legend(fontsize=7, loc="best", framealpha=0.85)
+        if max(len(line) for label in labelled for line in label.splitlines()) > 40 or \
+                sum(label.count("\n") + 1 for label in labelled) > 8:
+            # Long names would cover the curves: the legend goes beside the plot instead.
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
+            fig.set_size_inches(SIZE[0] * 1.6, SIZE[1] * 1.2)
+        else:
+            ax.legend(fontsize=7, loc="best", framealpha=0.85)
     fig.tight_layout()
     return fig
 
