@@ -28,6 +28,20 @@ def test_shipped_spec_validates(spec: Path, tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
 
 
+CONFIGS = sorted(p for p in (ROOT / "sweeps").glob("*.yaml") if p not in SPECS)
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_shipped_trainer_config_loads(config: Path) -> None:
+    """The trainer configs (bases, mainrun_best) are checked by the trainer's own model, so a
+    typo fails here rather than on a GPU."""
+    from trainer.config import load_config
+
+    cfg = load_config(config)
+    if config.stem != "base_tiny":  # the others keep the challenge's split, seed and 7 epochs
+        assert (cfg.data.val_frac, cfg.data.seed, cfg.train.epochs) == (0.1, 1337, 7)
+
+
 def fixed_pattern_ok(n_head: int, block: int, L: int, num_verts: int, vertsize: int,
                      context: int) -> bool:
     """The fixed pattern's constraints as the issue states them."""
