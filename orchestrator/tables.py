@@ -76,9 +76,9 @@ def fmt_param(value: Any, siblings: list[Any] = (), key: str | None = None) -> s
     stay readable and distinguishable: `norm=layernorm,positions=rotary`. With `key`, the text
     names its parameter (`lr=0.001`, `model.norm=layernorm,model.positions=rotary`).
     """
-    if value is None:
-        return MISSING
     named = f"{key}=" if key else ""
+    if value is None:
+        return named + MISSING
     if isinstance(value, float):
         return named + _float(value, [v for v in siblings if isinstance(v, float)])
     if isinstance(value, dict) and siblings and all(isinstance(v, dict) for v in siblings):
