@@ -81,9 +81,10 @@ def fmt_param(value: Any, siblings: list[Any] = (), key: str | None = None) -> s
         return named + MISSING
     if isinstance(value, float):
         return named + _float(value, [v for v in siblings if isinstance(v, float)])
-    if isinstance(value, dict) and siblings and all(isinstance(v, dict) for v in siblings):
-        keys = sorted({k for v in siblings for k in v})
-        differ = [k for k in keys if len({json.dumps(v.get(k)) for v in siblings}) > 1]
+    sections = [v for v in siblings if isinstance(v, dict)]  # missing ones (None) set aside
+    if isinstance(value, dict) and sections:
+        keys = sorted({k for v in sections for k in v})
+        differ = [k for k in keys if len({json.dumps(v.get(k)) for v in sections}) > 1]
         section = f"{key}." if key else ""
         text = ",".join(f"{section}{k}={_compact(value[k])}" for k in differ if k in value)
         if text:

@@ -266,6 +266,8 @@ def test_whole_section_values_show_only_what_differs() -> None:
     assert fmt_param(values[1], values, key="model") == \
         "model.norm=layernorm,model.positions=rotary"
     assert fmt_param(recipe, [recipe], key="model") == "model=" + json.dumps(recipe)
+    # A sweep without the parameter (None, shown as missing) leaves the others short.
+    assert fmt_param(values[2], [*values, None]) == "norm=rmsnorm,positions=learned"
     # Bare floats: 4 significant digits, more only where siblings would otherwise look alike.
     lrs = [0.0024839686544256994, 0.003218332319410923]
     assert [fmt_param(v, lrs) for v in lrs] == ["0.002484", "0.003218"]
