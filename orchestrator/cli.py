@@ -17,7 +17,7 @@ from typing import Callable, Optional
 import typer
 from rich.table import Table
 
-from orchestrator import cli_wandb
+from orchestrator import cli_wandb, gates
 from orchestrator import results as results_mod
 from orchestrator import tables
 from orchestrator.launcher import LauncherError
@@ -277,9 +277,9 @@ def results(
         raise typer.Exit(2) from None
     grid = tables.compare_grid(comp) if comp else tables.report_grid(report)
     failures = [m for m in (
-        results_mod.worse_than(report, fail_if_worse_than)
+        gates.worse_than(report, fail_if_worse_than)
         if fail_if_worse_than is not None else None,
-        results_mod.regression(comp, max_regression)
+        gates.regression(comp, max_regression)
         if comp is not None and max_regression is not None else None) if m]
     if out_file is not None:
         out_file.write_text(tables.render(grid, form), encoding="utf-8")

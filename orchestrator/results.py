@@ -1,4 +1,4 @@
-"""Results: the rows of the comparison table, read from the ledger, and the gates CI checks.
+"""Results: the rows of the comparison table, read from the ledger, with baselines and compare.
 
 A row is one trial, or one configuration aggregated over its seeds (mean, sample std and n over
 its *finished* trials only). Numbers are only what the trials computed: metrics and best step
@@ -343,7 +343,7 @@ def set_baseline(report: Report, ledger: Ledger, spec: str) -> None:
     for r in report.rows:
         r.baseline = (r.sweep, r.trials) == (row.sweep, row.trials)
         v = r.value(metric)
-        r.delta, r.delta_pct = _change(base, v)
+        r.delta, r.delta_pct = difference(base, v)
         r.delta_std = None if r.baseline else paired_std(r, row, metric)
 
 
@@ -365,7 +365,8 @@ def paired_std(row: Row, base: Row, metric: str) -> float | None:
     return statistics.stdev(diffs)
 
 
-def _change(before: float | None, now: float | None) -> tuple[float | None, float | None]:
+def difference(before: float | None, now: float | None) -> tuple[float | None, float | None]:
+    """`now - before` and that as a % of |before|; None where either is missing."""
     if before is None or now is None:
         return None, None
     delta = now - before
@@ -386,46 +387,9 @@ def compare(this: Report, other: Report) -> Comparison:
     for r in this.rows:
         o = theirs.pop(key(r), None)
         ok = r.finished and o is not None and o.finished
-        change = _change(o.value(this.metric), r.value(this.metric)) if ok and o else (None, None)
+        change = difference(o.value(this.metric), r.value(this.metric)) if ok and o else (None, None)
         out.pairs.append(Pair({k: r.params.get(k) for k in keys}, r, o, *change))
     for o in other.rows:  # configurations the new sweep no longer has
         if key(o) in theirs:
             out.pairs.append(Pair({k: o.params.get(k) for k in keys}, None, o))
     return out
-
-
-# -- gates ----------------------------------------------------------------------------------------
-
-
-def worse_than(report: Report, threshold: float) -> str | None:
-    """A message when the best row is worse than `threshold` (or there is none), else None."""
-    best = report.best
-    word = "above" if report.goal == "minimize" else "below"
-    if best is None:
-        return f"no finished trial has {report.metric}; --fail-if-worse-than {threshold} fails"
-    v = best.value(report.metric)
-    assert v is not None
-    worse = v > threshold if report.goal == "minimize" else v < threshold
-    if worse:
-        return (f"best {report.metric} {v:.4f} is {word} the threshold {threshold:.4f} "
-                f"(--fail-if-worse-than)")
-    return None
-
-
-def regression(comp: Comparison, max_pct: float) -> str | None:
-    """A message when this sweep's best is worse than the other's best by more than max_pct %."""
-    metric, goal = comp.this.metric, comp.this.goal
-    now, before = comp.this.best, comp.other.best
-    if before is None:
-        return None  # nothing to regress from
-    if now is None:
-        return f"no finished trial has {metric}, while {comp.other.sweeps[0]} had one"
-    a, b = now.value(metric), before.value(metric)
-    assert a is not None and b is not None
-    _, pct = _change(b, a)
-    worse_pct = (pct or 0.0) if goal == "minimize" else -(pct or 0.0)
-    if worse_pct > max_pct:
-        return (f"best {metric} regressed by {worse_pct:.2f}% ({b:.4f} in "
-                f"{comp.other.sweeps[0]} -> {a:.4f} in {comp.this.sweeps[0]}), more than the "
-                f"allowed {max_pct:g}% (--max-regression)")
-    return None
