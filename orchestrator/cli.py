@@ -111,11 +111,12 @@ def sweep(spec: Path = typer.Argument(..., help="Sweep spec YAML."),
         report = results_mod.load(ledger, [plan.spec.name], per_trial=True)
         out.print(tables.rich_table(tables.report_grid(
             report, title=f"sweep {plan.spec.name} ({time.time() - started:.0f} s this run)")))
+        again = f"orch sweep {spec}" + (f" --name {name}" if name else "")
         if code in (130, 143) and (ledger.sweep(plan.spec.name) or {}).get("state") == "detached":
-            out.print(f"detached: its Slurm jobs run on; `orch sweep {spec}` adopts them, "
+            out.print(f"detached: its Slurm jobs run on; `{again}` adopts them, "
                       f"`orch stop {plan.spec.name}` cancels them")
         elif code in (130, 143):
-            out.print(f"stopped; `orch sweep {spec}` resumes it")
+            out.print(f"stopped; `{again}` resumes it")
         raise typer.Exit(code)
     finally:
         plan.close()

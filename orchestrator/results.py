@@ -387,7 +387,8 @@ def compare(this: Report, other: Report) -> Comparison:
     for r in this.rows:
         o = theirs.pop(key(r), None)
         ok = r.finished and o is not None and o.finished
-        change = difference(o.value(this.metric), r.value(this.metric)) if ok and o else (None, None)
+        change = (difference(o.value(this.metric), r.value(this.metric)) if ok and o
+                  else (None, None))
         out.pairs.append(Pair({k: r.params.get(k) for k in keys}, r, o, *change))
     for o in other.rows:  # configurations the new sweep no longer has
         if key(o) in theirs:

@@ -190,3 +190,18 @@ def test_name_option_runs_one_spec_as_a_new_sweep(orch_home: Path, tmp_path: Pat
     assert "Traceback" not in bad.stderr
     assert [s["name"] for s in Ledger(orch_home).sweeps()] == ["t", "t-gh2"]
     assert _seed_starts(orch_home) == ["1", "1", "2", "2"]  # nothing launched
+
+
+def test_ctrl_c_under_name_says_how_to_resume_that_sweep(orch_home: Path, tmp_path: Path) -> None:
+    spec = write_spec(tmp_path / "s.yaml", parameters={"train.seed": {"values": [1, 2]}})
+    proc = start_orch(["sweep", str(spec), "--name", "t-gh3"], orch_env(orch_home, SLOW))
+    try:
+        wait_for(lambda: "running" in _states(orch_home, "t-gh3").values(), what="a running trial")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 130
+        out = proc.stdout.read() if proc.stdout else ""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert f"`orch sweep {spec} --name t-gh3` resumes it" in " ".join(out.split())
