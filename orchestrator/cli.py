@@ -12,7 +12,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import typer
 from rich.table import Table
@@ -27,7 +27,7 @@ from orchestrator.progress import Progress
 from orchestrator.scheduler import Scheduler, SweepBusy
 from orchestrator.slots import make_slots
 from orchestrator.spec import SpecError, SweepSpec
-from orchestrator.terminal import err, out, spec_errors
+from orchestrator.terminal import err, interrupt_choice, out, spec_errors
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Sweep orchestrator: validate, run, resume and compare trainer sweeps.")
@@ -98,7 +98,7 @@ def sweep(spec: Path = typer.Argument(..., help="Sweep spec YAML."),
             return
         progress = Progress(plan.spec.name, plan.varied, plan.spec.metric.name)
         sched = Scheduler(plan, ledger, progress, ledger.home, max_trials=max_trials,
-                          on_interrupt=_interrupt_choice(progress, yes, detach))
+                          on_interrupt=interrupt_choice(progress, yes, detach))
         started = time.time()
         try:
             code = sched.run()
@@ -120,24 +120,6 @@ def sweep(spec: Path = typer.Argument(..., help="Sweep spec YAML."),
         raise typer.Exit(code)
     finally:
         plan.close()
-
-
-def _interrupt_choice(progress: Progress, yes: bool, detach: bool) -> Callable[[int], bool]:
-    """Ctrl-C with Slurm jobs in flight: True leaves them running. --detach and --yes decide
-    for scripts; on a terminal the user is asked; anywhere else they are cancelled."""
-    def choose(jobs: int) -> bool:
-        if yes or detach or not sys.stdin.isatty():
-            return detach
-        progress.stop()  # the live table would draw over the question
-        try:
-            answer = input(f"{jobs} Slurm job(s) in flight: [c]ancel them or [l]eave them "
-                           "running (a later `orch sweep` adopts them)? [c/l] ")
-        except EOFError:
-            answer = "c"
-        progress.start()
-        return answer.strip().lower().startswith("l")
-
-    return choose
 
 
 def _dry_run(plan: Plan, ledger: Ledger) -> None:

@@ -1,12 +1,16 @@
-"""The terminal `orch` talks to: one console for results (stdout), one for messages (stderr)."""
+"""The terminal `orch` talks to: one console for results (stdout), one for messages (stderr),
+and the question asked there on Ctrl-C."""
 
 from __future__ import annotations
 
 import os
 import sys
 
+from typing import Callable
+
 from rich.console import Console
 
+from orchestrator.progress import Progress
 from orchestrator.spec import SpecError
 
 # Logs and CI are not terminals: give tables room instead of rich's 80-column default.
@@ -29,3 +33,21 @@ def spec_errors(e: SpecError) -> None:
     """Every problem of a spec, one paragraph each."""
     for paragraph in e.paragraphs:
         err.print(f"[bold red]error:[/] {paragraph}", highlight=False, soft_wrap=True)
+
+
+def interrupt_choice(progress: Progress, yes: bool, detach: bool) -> Callable[[int], bool]:
+    """Ctrl-C with Slurm jobs in flight: True leaves them running. --detach and --yes decide
+    for scripts; on a terminal the user is asked; anywhere else they are cancelled."""
+    def choose(jobs: int) -> bool:
+        if yes or detach or not sys.stdin.isatty():
+            return detach
+        progress.stop()  # the live table would draw over the question
+        try:
+            answer = input(f"{jobs} Slurm job(s) in flight: [c]ancel them or [l]eave them "
+                           "running (a later `orch sweep` adopts them)? [c/l] ")
+        except EOFError:
+            answer = "c"
+        progress.start()
+        return answer.strip().lower().startswith("l")
+
+    return choose
