@@ -227,7 +227,8 @@ def _group(trials: list[Trial], keys: list[str]) -> list[Row]:
         groups.setdefault((t.sweep, *[_canon(t.params.get(k)) for k in keys]), []).append(t)
     rows = []
     for members in groups.values():
-        done = [trial_values(t) for t in members if t.state == "finished"]
+        finished = [(t, trial_values(t)) for t in members if t.state == "finished"]
+        done = [v for _, v in finished]
         keys_seen = done[0].keys() if done else trial_values(members[0]).keys()
         # Means over finished trials only: a partial number from a stopped run is not a result.
         values = {k: _stat([v[k] for v in done if v[k] is not None]) for k in keys_seen}
@@ -237,18 +238,15 @@ def _group(trials: list[Trial], keys: list[str]) -> list[Row]:
         notes = sorted({t.reason for t in members if t.state != "finished" and t.reason})
         rows.append(Row(members[0].sweep, [t.number for t in members],
                         {k: members[0].params.get(k) for k in keys}, states, values,
-                        "; ".join(notes), members=_members(members, keys)))
+                        "; ".join(notes), members=_members(finished, keys)))
     return rows
 
 
-def _members(trials: list[Trial], keys: list[str]) -> dict[str, dict[str, float | None]]:
-    """A group's finished trials keyed by their other parameters (`{"train.seed": 1338}`)."""
-    out: dict[str, dict[str, float | None]] = {}
-    for t in trials:
-        if t.state == "finished":
-            rest = {k: v for k, v in t.params.items() if k not in keys}
-            out[_canon(rest)] = trial_values(t)
-    return out
+def _members(finished: list[tuple[Trial, dict[str, float | None]]],
+             keys: list[str]) -> dict[str, dict[str, float | None]]:
+    """Finished trials' values keyed by their other parameters (`{"train.seed": 1338}`)."""
+    return {_canon({k: v for k, v in t.params.items() if k not in keys}): values
+            for t, values in finished}
 
 
 def _order(report: Report) -> None:
