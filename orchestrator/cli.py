@@ -19,9 +19,10 @@ from rich.table import Table
 
 from orchestrator import cli_wandb, gates
 from orchestrator import results as results_mod
+from orchestrator import status as status_mod
 from orchestrator import tables
 from orchestrator.launcher import LauncherError
-from orchestrator.ledger import Ledger, alive, iter_states, orch_home
+from orchestrator.ledger import Ledger, alive, orch_home
 from orchestrator.plan import Plan, build_plan
 from orchestrator.progress import Progress
 from orchestrator.scheduler import Scheduler, SweepBusy
@@ -190,24 +191,31 @@ def ls() -> None:
 
 
 @app.command()
-def status(name: str = typer.Argument(..., help="Sweep name.")) -> None:
-    """The sweep's trials: state, step, last and best metric, attempts, run dir."""
+def status(name: Optional[str] = typer.Argument(
+               None, help="Sweep name (default: the sweep created or run last)."),
+           form: str = typer.Option("table", "--format", help="table, or json for scripts: "
+                                    "each trial with its state, device, attempts and the "
+                                    "validation history of the attempt that counts.")) -> None:
+    """The sweep's trials: state, device, step, last and best metric, attempts, run dir."""
+    if form not in status_mod.FORMATS:
+        err.print(f"error: --format {form}: choose one of {', '.join(status_mod.FORMATS)}")
+        raise typer.Exit(2)
     ledger = _ledger()
-    row = _known_sweep(ledger, name)
-    trials = ledger.trials(name)
-    summary = ", ".join(f"{n} {s}" for s, n in iter_states(trials))
-    table = Table(title=f"sweep {name} ({row['state']}): {summary}", title_justify="left")
-    for col in ("trial", *row["varied"], "state", "step", f"last {row['metric']}",
-                f"best {row['metric']}", "attempts", "exit", "run dir"):
-        table.add_column(col)
-    for t in trials:
-        step = "—" if t.step is None else f"{t.step}/{t.max_steps or '?'}"
-        params = [tables.fmt_param(t.params.get(n), [u.params.get(n) for u in trials])
-                  for n in row["varied"]]
-        table.add_row(str(t.number), *params,
-                      t.state, step, _num(t.last_metric), _num(t.best_metric), str(t.attempts),
-                      "—" if t.exit_code is None else str(t.exit_code), t.run_dir or "—")
-    out.print(table)
+    if name is None:
+        name = status_mod.latest_sweep(ledger)
+        if name is None:
+            err.print(f"no sweeps in {ledger.path} yet; `orch sweep SPEC` starts one",
+                      highlight=False)
+            return
+        others = [s["name"] for s in ledger.sweeps() if s["name"] != name]
+        if others:
+            err.print(f"the latest sweep; also: {', '.join(others)} (`orch status NAME`)",
+                      highlight=False)
+    _known_sweep(ledger, name)
+    if form == "json":
+        sys.stdout.write(status_mod.status_json(ledger, name))
+    else:
+        out.print(status_mod.status_table(ledger, name))
 
 
 @app.command()
@@ -373,10 +381,6 @@ def docs() -> None:
     from orchestrator.specdoc import spec_reference
 
     sys.stdout.write(spec_reference() + "\n")
-
-
-def _num(v: float | None) -> str:
-    return "—" if v is None else f"{v:.4f}"
 
 
 # The W&B cloud path's commands live in their own module; registered last so `orch --help`

@@ -8,6 +8,7 @@ loop, in order, and an interrupted sweep leaves a consistent ledger.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -22,7 +23,7 @@ from orchestrator.ledger import INTERRUPTED, Ledger, Trial
 from orchestrator.plan import Plan
 from orchestrator.progress import Progress
 from orchestrator.search import Engine
-from orchestrator.slots import Slot, make_slots, queue_slots
+from orchestrator.slots import Slot, make_slots, queue_slots, ran_on
 
 TICK = 0.25  # seconds between looks at events.jsonl while trials run
 RETRYABLE = {"failed", "oom", "killed"}
@@ -55,6 +56,7 @@ class Live:
     slot: Slot
     tail: EventTail
     attempt: int
+    device: str | None = None  # recorded from the program's device_info event
 
 
 @dataclass
@@ -118,7 +120,7 @@ class Scheduler:
             self.progress.note(f"ended {leftovers} leftover trial(s) of a dead orchestrator")
         for t in self.ledger.trials(self.name):
             if t.attempts:
-                self._histories[t.id] = self.ledger.history(t.id, t.attempts)
+                self._histories[t.id] = [p.metrics for p in self.ledger.history(t)]
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         self.progress.start()
         try:
@@ -190,10 +192,11 @@ class Scheduler:
                 continue
             slot = next(slots, None) or Slot(len(self.slots or []) + len(self._live), "slurm", {})
             tail = EventTail(run.run_dir / "events.jsonl")
-            fresh = tail.poll()[len(self.ledger.history(t.id, t.attempts)):]
+            fresh = tail.poll()[len(self.ledger.history(t)):]
             self.ledger.record_progress(t.id, t.attempts, tail.step, tail.max_steps, fresh,
                                         spec.metric.name, spec.metric.goal)
             self._live[t.id] = Live(run, t, slot, tail, t.attempts)
+            self._record_device(self._live[t.id])
         return set(runs)
 
     def _detach(self, launcher: Launcher) -> bool:
@@ -292,6 +295,10 @@ class Scheduler:
         env = {**os.environ, **slot.env, "PYTHONUNBUFFERED": "1",
                "ORCH_CACHE_DIR": os.environ.get("ORCH_CACHE_DIR") or str(self.home / "cache"),
                "WANDB_DIR": str(run_dir)}
+        aside = set_aside(run_dir)
+        if aside is not None:
+            self.progress.note(f"trial {trial.number}: the interrupted run's files moved to "
+                               f"{aside}")
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "trial.json").write_text(json.dumps(
             {"sweep": self.name, "trial": trial.number, "attempt": attempt,
@@ -301,12 +308,12 @@ class Scheduler:
             env=env, timeout=self.plan.spec.resources.timeout, marker=self._marker(trial.id),
             base=self.plan.base, point=self.plan.resolved(trial.params), device=slot.device))
         self.ledger.mark_running(trial.id, pid=run.pid, pgid=run.pgid, run_dir=str(run_dir),
-                                 slot=slot.index, device=slot.device, started_at=run.started,
-                                 job=run.job)
+                                 slot=slot.index, started_at=run.started, job=run.job)
         self._histories[trial.id] = []
         self._live[trial.id] = Live(run, self.ledger.trial(trial.id), slot,
                                     EventTail(run_dir / "events.jsonl"), attempt)
-        self.progress.note(f"trial {trial.number} started on {slot.device}: "
+        # The slot is where orch put it; where it runs is what the program reports later.
+        self.progress.note(f"trial {trial.number} started in slot {slot.device}: "
                            f"{_show(trial.params)}")
 
     # -- watching -------------------------------------------------------------------------------
@@ -324,10 +331,21 @@ class Scheduler:
                                             spec.metric.goal)
                 self._histories[trial_id].extend(new)
                 fresh = fresh or bool(new)
+            self._record_device(live)
             if code is not None:
                 self._finish(live, code)
                 del self._live[trial_id]
         return fresh
+
+    def _record_device(self, live: Live) -> None:
+        """Record the device the program reported, once; say so when it is not its slot's."""
+        if live.tail.device is None or live.device is not None:
+            return
+        live.device = ran_on(live.tail.device, live.slot)
+        self.ledger.set_device(live.trial.id, live.device)
+        if live.device != live.slot.device and live.slot.device != "slurm":
+            self.progress.note(f"trial {live.trial.number} runs on {live.device}, not on its "
+                               f"slot's {live.slot.device} (its program says so)")
 
     def _finish(self, live: Live, code: int) -> None:
         run, ended = live.run, time.time()
@@ -372,6 +390,21 @@ class Scheduler:
             if live is not None and live.run.term_sent is None:
                 launcher.terminate(live.run, EARLY_STOP)
                 self.progress.note(f"trial {live.trial.number}: {EARLY_STOP}")
+
+
+def set_aside(run_dir: Path) -> Path | None:
+    """Move what an interrupted launch left in run_dir to runs/SWEEP/interrupted/; where it went.
+
+    The re-run of the attempt then starts with no events of the cut-short one (the trainer
+    appends), and `orch sync` (runs/SWEEP/*/wandb) does not upload its partial W&B run.
+    """
+    if not run_dir.exists():
+        return None
+    aside = run_dir.parent / "interrupted"
+    aside.mkdir(exist_ok=True)
+    target = next(aside / f"{run_dir.name}.{n}" for n in itertools.count(1)
+                  if not (aside / f"{run_dir.name}.{n}").exists())
+    return run_dir.rename(target)
 
 
 def _show(params: dict[str, Any]) -> str:
