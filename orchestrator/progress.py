@@ -72,13 +72,15 @@ class Progress:
         self._live.update(self.table(trials, now), refresh=True)
 
     def table(self, trials: list[Trial], now: float) -> Table:
-        """Trial, varied params, state, step/max, last metric, elapsed."""
+        """Trial, varied params, state, device (as the program reports it), step/max, last and
+        best metric, elapsed."""
         summary = ", ".join(f"{n} {s}" for s, n in iter_states(trials))
         table = Table(title=f"sweep {self.sweep}: {summary}", title_justify="left")
         table.add_column("trial", justify="right")
         for name in self.varied:
             table.add_column(name)
-        for col in ("state", "step", f"last {self.metric}", f"best {self.metric}", "elapsed"):
+        for col in ("state", "device", "step", f"last {self.metric}", f"best {self.metric}",
+                    "elapsed"):
             table.add_column(col, justify="right" if col != "state" else "left",
                              no_wrap=True, min_width=8 if col == "state" else None)
         shown = [t for t in trials if t.state != "invalid"]
@@ -89,6 +91,7 @@ class Progress:
             params = [fmt_param(t.params.get(n), [u.params.get(n) for u in trials])
                       for n in self.varied]
             table.add_row(str(t.number), *params,
-                          t.state, step, _fmt(t.last_metric), _fmt(t.best_metric),
+                          t.state, t.device or "—", step, _fmt(t.last_metric),
+                          _fmt(t.best_metric),
                           _elapsed(t, now))
         return table

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 import pytest
 from orch_helpers import orch_env, run_orch, write_spec
+from rich.console import Console
 
 from orchestrator.ledger import Ledger
 from orchestrator.plan import build_plan
@@ -108,3 +110,7 @@ def test_the_device_shown_is_the_one_the_trial_reports(orch_home: Path, tmp_path
     status = run_orch(["status", "t"], orch_env(orch_home))
     assert "device" in status.stdout and "cpu" in status.stdout and "cuda:3" in status.stdout
     assert "cuda:0" not in status.stdout
+    live = Console(width=200, record=True, file=io.StringIO())
+    live.print(Progress("t", plan.varied, "val_loss").table(ledger.trials("t"), 0.0))
+    drawn = live.export_text()
+    assert "cpu" in drawn and "cuda:3" in drawn and "cuda:0" not in drawn
