@@ -15,7 +15,7 @@ from orch_helpers import orch_env, run_orch, write_spec
 from orchestrator.ledger import Ledger
 from orchestrator.plan import SAMPLE, build_plan
 from orchestrator.progress import Progress
-from orchestrator.rejections import WIDTH
+from orchestrator.rejections import WIDTH, group
 from orchestrator.scheduler import Scheduler
 from orchestrator.spec import SpecError
 
@@ -156,3 +156,19 @@ def test_a_run_out_of_new_valid_points_says_why(orch_home: Path, tmp_path: Path)
     assert found and int(found[1]) + int(found[2]) == 20 and int(found[1]) > 0, text
     assert f"proposals: {N_HEAD} e.g. model.n_head=3" in text
     assert "trial 1: invalid, skipped" in text or "trial 2: invalid, skipped" in text
+
+
+def test_reasons_leave_out_the_points_values_but_not_names_or_bounds() -> None:
+    def error(point: dict, cause: str) -> tuple[dict, str, dict]:
+        source = f"b.yaml at {json.dumps(point, sort_keys=True)}"
+        return point, f"invalid config {source}: {cause}.", point
+
+    rejected = group([
+        error({"a": 3}, "`model`: d_model (64) must be a multiple of n_head (3)"),
+        error({"a": 5}, "`model`: d_model (64) must be a multiple of n_head (5)"),
+        error({"b": 2}, "`optim.beta2`: Input should be less than 1 (got 2)"),
+    ], 4, "grid points", ["a", "b"])
+    assert [(r.text, r.count, r.example) for r in rejected.reasons] == [
+        ("`model`: d_model must be a multiple of n_head", 2, {"a": 3}),
+        ("`optim.beta2`: Input should be less than 1", 1, {"b": 2})]
+    assert rejected.share() == "3 of 4 grid points are invalid for the trainer"
