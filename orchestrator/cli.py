@@ -25,10 +25,11 @@ from orchestrator.launcher import LauncherError
 from orchestrator.ledger import Ledger, alive, orch_home
 from orchestrator.plan import Plan, build_plan
 from orchestrator.progress import Progress
+from orchestrator.rejections import skipped
 from orchestrator.scheduler import Scheduler, SweepBusy
 from orchestrator.slots import make_slots
 from orchestrator.spec import SpecError, SweepSpec
-from orchestrator.terminal import err, interrupt_choice, out, spec_errors
+from orchestrator.terminal import err, interrupt_choice, out, say, spec_errors
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Sweep orchestrator: validate, run, resume and compare trainer sweeps.")
@@ -87,9 +88,8 @@ def sweep(spec: Path = typer.Argument(..., help="Sweep spec YAML."),
     try:
         for note in plan.notes:
             err.print(f"note: {note}", highlight=False)
-        for point, reason in plan.invalid:
-            err.print(f"[yellow]skipped invalid grid point[/] {json.dumps(point)}: {reason}",
-                      highlight=False, soft_wrap=True)
+        if plan.rejected and plan.rejected.count:
+            say(skipped(plan.rejected))
         ledger = _ledger()
         if (backend or plan.spec.tracking.backend) == "wandb":
             cli_wandb.sweep_on_wandb(plan, ledger, dry_run, max_trials)
@@ -164,11 +164,13 @@ def validate(spec: Path = typer.Argument(..., help="Sweep spec YAML."),
     """Check a spec without running anything: exit 0 when valid, 2 with the problems."""
     plan = _plan(spec, set_, data)
     try:
-        for point, reason in plan.invalid:
-            err.print(f"[yellow]invalid grid point[/] {json.dumps(point)}: {reason}",
-                      highlight=False, soft_wrap=True)
+        rejected = plan.rejected
+        if rejected and rejected.count:
+            say(skipped(rejected))
         count = f"{len(plan.grid)} grid trials" if plan.grid is not None else \
             f"{plan.spec.method} search, run_cap {plan.spec.run_cap}"
+        if rejected and (rejected.count or plan.grid is None):
+            count += f"; {rejected.count} of {rejected.checked} {rejected.what} invalid"
         out.print(f"{spec}: valid ({count})", highlight=False)
     finally:
         plan.close()

@@ -22,6 +22,7 @@ from orchestrator.launcher import Adopter, Launch, Launcher, LocalLauncher, Run
 from orchestrator.ledger import INTERRUPTED, Ledger, Trial
 from orchestrator.plan import Plan
 from orchestrator.progress import Progress
+from orchestrator.rejections import group, no_new_point, one_line
 from orchestrator.search import Engine
 from orchestrator.slots import Slot, make_slots, queue_slots, ran_on
 
@@ -250,11 +251,14 @@ class Scheduler:
         # Invalid grid points count as tried, so the engine moves past them.
         extra = [engine.point_run(p, "failed") for p, _ in self.plan.invalid]
         tries = 20 if self.plan.grid is None else len(self.plan.grid) + len(self.plan.invalid) + 1
+        rejected: list[tuple[dict[str, Any], str, dict[str, Any]]] = []
+        proposed = 0
         for _ in range(tries):
             runs = [engine.sweep_run(t) for t in self.ledger.trials(self.name)] + extra
             points = engine.suggest(runs, n)
             if points is None:
                 return True
+            proposed += len(points)
             if self.plan.grid is not None:
                 # A grid point missing from the map resolved to the same config as another.
                 verdicts = [{"ok": True, "config_hash": grid.get(json.dumps(p, sort_keys=True))}
@@ -273,16 +277,18 @@ class Scheduler:
                     # moves on and bayes looks elsewhere.
                     extra.append(engine.point_run(point, "pending"))
                 else:
+                    error = str(verdict.get("error"))
+                    rejected.append((point, error, self.plan.resolved(point)))
                     key = "invalid-" + json.dumps(point, sort_keys=True)
                     if key not in known:
-                        t = self.ledger.add_trial(self.name, key, point, "invalid",
-                                                  str(verdict.get("error")))
+                        t = self.ledger.add_trial(self.name, key, point, "invalid", error)
                         known.add(key)
-                        self.progress.note(f"trial {t.number}: invalid point skipped: "
-                                           f"{verdict.get('error')}")
+                        self.progress.note(f"trial {t.number}: invalid, skipped: " + one_line(
+                            point, error, self.plan.resolved(point), self.plan.varied))
             if added:
                 return False
-        self.progress.note("the engine keeps proposing configs already tried; ending the sweep")
+        self.progress.note(no_new_point(group(rejected, proposed, "proposals",
+                                              self.plan.varied)))
         return True
 
     def _start(self, launcher: Launcher, trial: Trial, slot: Slot) -> None:
@@ -409,3 +415,4 @@ def set_aside(run_dir: Path) -> Path | None:
 
 def _show(params: dict[str, Any]) -> str:
     return " ".join(f"{k}={v}" for k, v in params.items()) or "(base config)"
+

@@ -199,6 +199,10 @@ class SweepSpec(_Strict):
         "one iteration is one validation_step.")
     run_cap: int | None = Field(None, gt=0, description="Most trials the sweep runs (random "
                                 "and bayes need it, or --max-trials).")
+    skip_invalid: bool = Field(
+        False, description="Run the points the trainer accepts and skip the rest. Without it, "
+        "a grid with any invalid point (or a random/bayes space where a sample of 200 "
+        "proposals has one) fails validation, so a combination is never dropped unnoticed.")
     resources: Resources = Field(default_factory=Resources)
     launcher: Launcher = Field(default_factory=Launcher)
     tracking: Tracking = Field(default_factory=Tracking)

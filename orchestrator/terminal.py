@@ -9,6 +9,7 @@ import sys
 from typing import Callable
 
 from rich.console import Console
+from rich.markup import escape
 
 from orchestrator.progress import Progress
 from orchestrator.spec import SpecError
@@ -32,7 +33,8 @@ def fail(message: str) -> None:
 def spec_errors(e: SpecError) -> None:
     """Every problem of a spec, one paragraph each."""
     for paragraph in e.paragraphs:
-        err.print(f"[bold red]error:[/] {paragraph}", highlight=False, soft_wrap=True)
+        # escaped: a paragraph quotes values such as [null, 128], which rich reads as markup
+        err.print(f"[bold red]error:[/] {escape(paragraph)}", highlight=False, soft_wrap=True)
 
 
 def interrupt_choice(progress: Progress, yes: bool, detach: bool) -> Callable[[int], bool]:
