@@ -27,7 +27,7 @@ from orchestrator.progress import Progress
 from orchestrator.scheduler import Scheduler, SweepBusy
 from orchestrator.slots import make_slots
 from orchestrator.spec import SpecError, SweepSpec
-from orchestrator.terminal import err, interrupt_choice, out, spec_errors
+from orchestrator.terminal import err, interrupt_choice, out, show, spec_errors
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Sweep orchestrator: validate, run, resume and compare trainer sweeps.")
@@ -109,7 +109,7 @@ def sweep(spec: Path = typer.Argument(..., help="Sweep spec YAML."),
             err.print(f"error: {e}", highlight=False, markup=False, soft_wrap=True)
             raise typer.Exit(1) from None
         report = results_mod.load(ledger, [plan.spec.name], per_trial=True)
-        out.print(tables.rich_table(tables.report_grid(
+        show(tables.rich_table(tables.report_grid(
             report, title=f"sweep {plan.spec.name} ({time.time() - started:.0f} s this run)")))
         again = f"orch sweep {spec}" + (f" --name {name}" if name else "")
         if code in (130, 143) and (ledger.sweep(plan.spec.name) or {}).get("state") == "detached":
@@ -141,8 +141,8 @@ def _dry_run(plan: Plan, ledger: Ledger) -> None:
                   title_justify="left")
     table.add_column("#", justify="right")
     for n in plan.varied:
-        table.add_column(n)
-    table.add_column("config")
+        table.add_column(n, overflow="fold")
+    table.add_column("config", overflow="fold")
     table.add_column("ledger")
     todo = 0
     for i, (point, h) in enumerate(plan.grid, 1):
@@ -151,7 +151,7 @@ def _dry_run(plan: Plan, ledger: Ledger) -> None:
         todo += state != "finished"
         table.add_row(str(i), *[tables.fmt_param(point.get(n), [p.get(n) for p, _ in plan.grid])
                                 for n in plan.varied], h, state)
-    out.print(table)
+    show(table)
     if spec.run_cap is not None:
         todo = min(todo, max(0, spec.run_cap - len(done)))
     out.print(f"{todo} trial(s) would run", highlight=False)
@@ -179,14 +179,14 @@ def ls() -> None:
     ledger = _ledger()
     table = Table(title=f"sweeps in {ledger.path}", title_justify="left")
     for col in ("sweep", "state", "trials", "spec"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     for s in ledger.sweeps():
         state = s["state"]
         if state == "running" and not s["owner_alive"]:
             state = "interrupted"  # its orchestrator died: `orch sweep` resumes it
         counts = ", ".join(f"{n} {st}" for st, n in s["counts"].items()) or "none"
         table.add_row(s["name"], state, counts, s["spec_path"] or "")
-    out.print(table)
+    show(table)
 
 
 @app.command()
@@ -199,7 +199,7 @@ def status(name: str = typer.Argument(..., help="Sweep name.")) -> None:
     table = Table(title=f"sweep {name} ({row['state']}): {summary}", title_justify="left")
     for col in ("trial", *row["varied"], "state", "step", f"last {row['metric']}",
                 f"best {row['metric']}", "attempts", "exit", "run dir"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     for t in trials:
         step = "—" if t.step is None else f"{t.step}/{t.max_steps or '?'}"
         params = [tables.fmt_param(t.params.get(n), [u.params.get(n) for u in trials])
@@ -207,7 +207,7 @@ def status(name: str = typer.Argument(..., help="Sweep name.")) -> None:
         table.add_row(str(t.number), *params,
                       t.state, step, _num(t.last_metric), _num(t.best_metric), str(t.attempts),
                       "—" if t.exit_code is None else str(t.exit_code), t.run_dir or "—")
-    out.print(table)
+    show(table)
 
 
 @app.command()
@@ -268,7 +268,7 @@ def results(
         out_file.write_text(tables.render(grid, form), encoding="utf-8")
         err.print(f"wrote {out_file}", highlight=False)
     elif form == "table":
-        out.print(tables.rich_table(grid))
+        show(tables.rich_table(grid))
     else:
         sys.stdout.write(tables.render(grid, form))
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
