@@ -1,8 +1,9 @@
 """`orch`: run sweeps on this machine and look at them.
 
 Exit codes: 0 done; 1 a sweep where no trial finished, or a sweep busy elsewhere, or a launcher
-that cannot run here (no Docker engine, no GPU runtime, a failed build; nothing launched); 2 an
-invalid spec (nothing launched); 130 stopped by Ctrl-C or `orch stop`; 143 stopped by SIGTERM.
+that cannot run here (no Docker engine, no GPU runtime, a failed build, a pinned image missing;
+nothing launched); 2 an invalid spec (nothing launched); 130 stopped by Ctrl-C or `orch stop`;
+143 stopped by SIGTERM.
 """
 
 from __future__ import annotations
