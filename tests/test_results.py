@@ -265,6 +265,26 @@ def test_piped_tables_keep_every_column_and_cell(home: Path, tmp_path: Path,
         assert t.run_dir and t.run_dir in status  # whole paths, not "/tmp/…"
 
 
+def test_a_terminal_too_narrow_gets_every_number_whole(home: Path) -> None:
+    """A 60-column terminal: the table keeps its columns and numbers whole (the terminal
+    wraps the long lines) instead of rich cropping them at the edge."""
+    from rich.console import Console
+
+    from orchestrator import results, tables
+    from orchestrator.terminal import show
+
+    grid = tables.report_grid(results.load(Ledger(home), ["a"], per_trial=True))
+    buf = io.StringIO()
+    show(tables.rich_table(grid), Console(file=buf, width=60, force_terminal=True,
+                                          color_system=None))
+    text = buf.getvalue()
+    assert max(len(line) for line in text.splitlines()) > 60
+    for cells in grid.cells:
+        for head, cell in zip(grid.headers, cells):
+            if head != "note":
+                assert cell in text, (head, cell)
+
+
 def test_github_step_summary_gets_the_markdown_table(home: Path, tmp_path: Path) -> None:
     summary = tmp_path / "summary.md"
     summary.write_text("# earlier step\n")
