@@ -1,5 +1,5 @@
 """The terminal `orch` talks to: one console for results (stdout), one for messages (stderr),
-and the question asked there on Ctrl-C."""
+tables printed whole on either a terminal or a pipe, and the question asked there on Ctrl-C."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from rich.table import Table
 from orchestrator.progress import Progress
 from orchestrator.spec import SpecError
 
-# Logs and CI are not terminals: give tables room instead of rich's 80-column default.
+# Logs and CI are not terminals: give lines room instead of rich's 80-column default
+# (tables take the width they need, `show`).
 _WIDTH = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 160
 out = Console(width=_WIDTH)
 err = Console(stderr=True, width=_WIDTH)
