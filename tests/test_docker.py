@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -292,7 +293,7 @@ def test_a_pinned_image_is_used_as_it_is(home: Path, tmp_path: Path, titles_csv:
     """`launcher.image: TAG` names an image `orch build --base-image X --tag TAG` made: the
     sweep runs its trials in it, without building it again from the Dockerfile's default base
     (a build that, with no network and no CUDA base here, would fail)."""
-    tag = f"orch-test/pinned:{tmp_path.name.lower()}"
+    tag = f"orch-test/pinned:{uuid.uuid4().hex[:12]}"  # new to the engine
     built = run_orch(["build", "--base-image", deps_image, "--network", "none", "--tag", tag],
                      orch_env(tmp_path / "h"), timeout=600)
     assert built.returncode == 0 and built.stdout.strip() == tag, built.stderr
@@ -320,7 +321,7 @@ def test_a_pinned_image_is_used_as_it_is(home: Path, tmp_path: Path, titles_csv:
 def test_a_missing_pinned_image_is_one_line_naming_orch_build(
         home: Path, tmp_path: Path, titles_csv: Path, deps_image: str,
         docker_client: Any, shared_cache: Path) -> None:  # noqa: F811
-    tag = f"orch-test/absent:{tmp_path.name.lower()}"
+    tag = f"orch-test/absent:{uuid.uuid4().hex[:12]}"  # on no engine
     spec = _spec(tmp_path / "s.yaml", deps_image, titles_csv, launcher={"image": tag})
     proc = run_orch(["sweep", str(spec)], _env(home, shared_cache))
     assert proc.returncode == 1, proc.stdout + proc.stderr
