@@ -1,8 +1,9 @@
 """`orch`: run sweeps on this machine and look at them.
 
 Exit codes: 0 done; 1 a sweep where no trial finished, or a sweep busy elsewhere, or a launcher
-that cannot run here (no Docker engine, no GPU runtime, a failed build; nothing launched); 2 an
-invalid spec (nothing launched); 130 stopped by Ctrl-C or `orch stop`; 143 stopped by SIGTERM.
+that cannot run here (no Docker engine, no GPU runtime, a failed build, a pinned image missing;
+nothing launched); 2 an invalid spec (nothing launched); 130 stopped by Ctrl-C or `orch stop`;
+143 stopped by SIGTERM.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from orchestrator.rejections import skipped
 from orchestrator.scheduler import Scheduler, SweepBusy
 from orchestrator.slots import make_slots
 from orchestrator.spec import SpecError, SweepSpec
-from orchestrator.terminal import err, interrupt_choice, out, say, spec_errors
+from orchestrator.terminal import err, interrupt_choice, out, say, show, spec_errors
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Sweep orchestrator: validate, run, resume and compare trainer sweeps.")
@@ -110,7 +111,7 @@ def sweep(spec: Path = typer.Argument(..., help="Sweep spec YAML."),
             err.print(f"error: {e}", highlight=False, markup=False, soft_wrap=True)
             raise typer.Exit(1) from None
         report = results_mod.load(ledger, [plan.spec.name], per_trial=True)
-        out.print(tables.rich_table(tables.report_grid(
+        show(tables.rich_table(tables.report_grid(
             report, title=f"sweep {plan.spec.name} ({time.time() - started:.0f} s this run)")))
         again = f"orch sweep {spec}" + (f" --name {name}" if name else "")
         if code in (130, 143) and (ledger.sweep(plan.spec.name) or {}).get("state") == "detached":
@@ -142,8 +143,8 @@ def _dry_run(plan: Plan, ledger: Ledger) -> None:
                   title_justify="left")
     table.add_column("#", justify="right")
     for n in plan.varied:
-        table.add_column(n)
-    table.add_column("config")
+        table.add_column(n, overflow="fold")
+    table.add_column("config", overflow="fold")
     table.add_column("ledger")
     todo = 0
     for i, (point, h) in enumerate(plan.grid, 1):
@@ -152,7 +153,7 @@ def _dry_run(plan: Plan, ledger: Ledger) -> None:
         todo += state != "finished"
         table.add_row(str(i), *[tables.fmt_param(point.get(n), [p.get(n) for p, _ in plan.grid])
                                 for n in plan.varied], h, state)
-    out.print(table)
+    show(table)
     if spec.run_cap is not None:
         todo = min(todo, max(0, spec.run_cap - len(done)))
     out.print(f"{todo} trial(s) would run", highlight=False)
@@ -182,14 +183,14 @@ def ls() -> None:
     ledger = _ledger()
     table = Table(title=f"sweeps in {ledger.path}", title_justify="left")
     for col in ("sweep", "state", "trials", "spec"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     for s in ledger.sweeps():
         state = s["state"]
         if state == "running" and not s["owner_alive"]:
             state = "interrupted"  # its orchestrator died: `orch sweep` resumes it
         counts = ", ".join(f"{n} {st}" for st, n in s["counts"].items()) or "none"
         table.add_row(s["name"], state, counts, s["spec_path"] or "")
-    out.print(table)
+    show(table)
 
 
 @app.command()
@@ -217,7 +218,7 @@ def status(name: Optional[str] = typer.Argument(
     if form == "json":
         sys.stdout.write(status_mod.status_json(ledger, name))
     else:
-        out.print(status_mod.status_table(ledger, name))
+        show(status_mod.status_table(ledger, name))
 
 
 @app.command()
@@ -278,7 +279,7 @@ def results(
         out_file.write_text(tables.render(grid, form), encoding="utf-8")
         err.print(f"wrote {out_file}", highlight=False)
     elif form == "table":
-        out.print(tables.rich_table(grid))
+        show(tables.rich_table(grid))
     else:
         sys.stdout.write(tables.render(grid, form))
     summary = os.environ.get("GITHUB_STEP_SUMMARY")

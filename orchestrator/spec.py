@@ -77,12 +77,14 @@ class Launcher(_Strict):
         "local", description="`local`: a process on this machine; `docker`: a container each; "
         "`slurm`: a Slurm batch job each (on a login node; run dirs on a shared filesystem).")
     image: str | None = Field(
-        None, description="Docker: the image to run; default `orch-trainer:<hash of the build "
+        None, description="Docker: pin the image to run, used as it is (never built; e.g. one "
+        "`orch build --base-image X --tag TAG` made); default `orch-trainer:<hash of the build "
         "context>`, built from the repository's Dockerfile.")
     base_image: str | None = Field(
         None, description="Docker: the Dockerfile's BASE_IMAGE (default its CUDA PyTorch image).")
-    build: bool = Field(True, description="Docker: build the image (an unchanged context is "
-                        "reused, not rebuilt) before the first trial; false: it must exist.")
+    build: bool = Field(True, description="Docker: build the default image (an unchanged "
+                        "context is reused, not rebuilt) before the first trial; false: it must "
+                        "exist.")
     build_network: str | None = Field(
         None, description="Docker: network of the build's RUN steps (`none` for an offline "
         "build, `host`); default the engine's.")

@@ -69,7 +69,7 @@ def status_table(ledger: Ledger, name: str) -> Table:
     table = Table(title=f"sweep {name} ({sweep_state(row)}): {summary}", title_justify="left")
     for col in ("trial", *row["varied"], "state", "device", "step", f"last {row['metric']}",
                 f"best {row['metric']}", "attempts", "exit", "run dir"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     for t in trials:
         step = "—" if t.step is None else f"{t.step}/{t.max_steps or '?'}"
         params = [fmt_param(t.params.get(n), [u.params.get(n) for u in trials])
