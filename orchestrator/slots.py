@@ -6,7 +6,7 @@ import os
 import subprocess
 from dataclasses import dataclass
 
-from orchestrator.spec import Resources
+from orchestrator.spec import Resources, SweepSpec
 
 
 @dataclass
@@ -55,3 +55,10 @@ def make_slots(res: Resources, gpus_found: list[int] | None = None) -> list[Slot
 def queue_slots(n: int) -> list[Slot]:
     """Slots of a batch queue (Slurm): n jobs in flight; the queue, not orch, picks devices."""
     return [Slot(i, "slurm", {}) for i in range(n)]
+
+
+def sweep_slots(spec: SweepSpec) -> list[Slot]:
+    """The slots a sweep gets: the queue's for Slurm, else this machine's."""
+    if spec.launcher.type == "slurm":
+        return queue_slots(spec.launcher.max_concurrent)
+    return make_slots(spec.resources)
