@@ -330,10 +330,10 @@ class Scheduler:
                                             spec.metric.goal)
                 self._histories[trial_id].extend(new)
                 fresh = fresh or bool(new)
-            if new:
-                self.progress.validation(live.trial, new[-1].get("step"), live.tail.max_steps,
-                                         finite(new[-1].get(spec.metric.name)),
-                                         self.ledger.trials(self.name))
+            trials = self.ledger.trials(self.name) if new else []
+            for event in new:
+                self.progress.validation(live.trial, event.get("step"), live.tail.max_steps,
+                                         finite(event.get(spec.metric.name)), trials)
             if code is not None:
                 self._finish(live, code)
                 del self._live[trial_id]
