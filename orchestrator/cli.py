@@ -23,7 +23,7 @@ from orchestrator import tables
 from orchestrator.launcher import LauncherError
 from orchestrator.ledger import Ledger, alive, iter_states, orch_home
 from orchestrator.plan import Plan, build_plan
-from orchestrator.estimate import estimate
+from orchestrator.estimate import estimate, points_to_run
 from orchestrator.progress import Progress, stage_line
 from orchestrator.scheduler import Scheduler, SweepBusy
 from orchestrator.slots import Slot, sweep_slots
@@ -157,16 +157,13 @@ def _dry_run(plan: Plan, ledger: Ledger, max_trials: int | None, probe: bool) ->
         table.add_column(n)
     table.add_column("config")
     table.add_column("ledger")
-    todo = 0
     for i, (point, h) in enumerate(plan.grid, 1):
         t = done.get(h)
         state = t.state if t else "new"
-        todo += state != "finished"
         table.add_row(str(i), *[tables.fmt_param(point.get(n), [p.get(n) for p, _ in plan.grid])
                                 for n in plan.varied], h, state)
     out.print(table)
-    if spec.run_cap is not None:
-        todo = min(todo, max(0, spec.run_cap - len(done)))
+    todo = len(points_to_run(plan, list(done.values()), max_trials))
     out.print(f"{todo} trial(s) would run", highlight=False)
     _print_estimate(plan, ledger, slots, max_trials, probe)
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from orchestrator.contract import EXIT_BAD_INPUT, ContractError, program_argv, train_argv
-from orchestrator.ledger import Ledger, Trial
+from orchestrator.contract import EXIT_BAD_INPUT, ContractError, format_value, program_argv
+from orchestrator.ledger import INTERRUPTED, TERMINAL, Ledger, Trial
 from orchestrator.plan import Plan
 from orchestrator.slots import Slot
 
@@ -110,14 +110,16 @@ def duration(seconds: float) -> str:
 
 
 def points_to_run(plan: Plan, trials: list[Trial], max_trials: int | None) -> list[dict]:
-    """The points a run of this plan would start: grid points not finished in the ledger (or,
-    for random and bayes, run_cap draws at the fixed config), capped by run_cap and max_trials."""
+    """The points a run of this plan would start: grid points the ledger holds no result of
+    (or, for random and bayes, run_cap draws at the fixed config), capped by run_cap and
+    max_trials. Trials a resume runs again (interrupted, left running) count as to run."""
     spec = plan.spec
     if plan.grid is None:
         count = max(0, (spec.run_cap or max_trials or 0) - len(trials))
         points: list[dict] = [{}] * count
     else:
-        done = {t.config_hash for t in trials if t.state == "finished"}
+        done = {t.config_hash for t in trials if t.state in TERMINAL
+                and not (t.state == "stopped" and t.reason == INTERRUPTED)}
         points = [p for p, h in plan.grid if h not in done]
         if spec.run_cap is not None:
             points = points[:max(0, spec.run_cap - len(trials))]
@@ -185,7 +187,7 @@ class ProbeCache:
 def run_probe(plan: Plan, point: dict[str, Any], slot: Slot, home: Path,
               timeout: float) -> tuple[dict[str, Any] | None, str]:
     """`PROGRAM probe --config BASE k=v...` on the slot's device: (answer, '') or (None, why)."""
-    sets = train_argv([], plan.base, Path("."), plan.resolved(point))[4:]
+    sets = [f"{key}={format_value(value)}" for key, value in plan.resolved(point).items()]
     argv = [*plan.program, "probe", "--config", str(plan.base), *sets]
     env = {**os.environ, **slot.env,
            "ORCH_CACHE_DIR": os.environ.get("ORCH_CACHE_DIR") or str(home / "cache")}
@@ -226,7 +228,10 @@ def estimate(plan: Plan, ledger: Ledger, slots: list[Slot], max_trials: int | No
     smallest shape within PROBE_BUDGET; the other shapes are scaled from them by FLOPs."""
     trials = ledger.trials(plan.spec.name) if ledger.sweep(plan.spec.name) else []
     points = points_to_run(plan, trials, max_trials)
-    keyed = cost_keys(plan, points) if points else []
+    try:
+        keyed = cost_keys(plan, points) if points else []
+    except ContractError as err:
+        return SweepEstimate(["?"] * len(points), {"?": TrialTime(None, str(err)[:300])}, slots)
     result = SweepEstimate([k for k, _ in keyed], {}, slots)
     device = slots[0].device.split(":")[0] if slots else "cpu"
     history = ledger_times(plan, ledger, device) if keyed else {}
@@ -242,7 +247,7 @@ def estimate(plan: Plan, ledger: Ledger, slots: list[Slot], max_trials: int | No
             measured[key] = (hit["seconds_per_trial"], hit.get("setup_seconds") or 0.0, flops)
             result.times[key] = TrialTime(hit["seconds_per_trial"], "probe")
     why = ("no finished trial of this shape in the ledger" if plan.spec.launcher.type != "local"
-           else "not probed yet (`orch sweep --dry-run` probes)" if not probe else "")
+           else "not probed yet: `orch sweep --dry-run` probes" if not probe else "")
     left = PROBE_BUDGET
     order = sorted((k for k in shapes if k not in result.times),
                    key=lambda k: -(shapes[k][1] or 0))
