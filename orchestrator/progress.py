@@ -13,6 +13,7 @@ from typing import Any, Mapping
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from orchestrator.estimate import duration
 from orchestrator.ledger import Trial, iter_states
@@ -59,8 +60,13 @@ class Progress:
         self._since = time.time()
 
     def stage(self, text: str) -> None:
-        """Announce a stage on stderr (the launchers and the data step call this)."""
-        stage_line(self.err, text)
+        """Announce a stage on stderr (the launchers and the data step call this); above the
+        live table while it is drawn, so the two never overwrite each other."""
+        if self._live is not None:
+            self._live.console.print(Text.assemble((time.strftime("%H:%M:%S"), "dim"),
+                                                   " " + text))
+        else:
+            stage_line(self.err, text)
 
     def set_eta(self, todo: int, slots: int) -> None:
         """This run will start `todo` trials on `slots` slots, from now."""

@@ -77,6 +77,7 @@ def test_a_sweep_longer_than_a_day_is_warned_about(orch_home: Path, tmp_path: Pa
             in proc.stdout), proc.stdout
     assert "more than a day" in proc.stderr
     quick = run_orch(["sweep", str(spec), "--dry-run", "--max-trials", "2"], orch_env(orch_home))
+    assert "2 trial(s) would run" in quick.stdout  # --max-trials caps what would run
     assert "more than a day" not in quick.stderr  # 80,000 s: under a day
 
 
