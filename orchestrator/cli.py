@@ -25,10 +25,11 @@ from orchestrator import tables
 from orchestrator.launcher import LauncherError
 from orchestrator.ledger import Ledger, alive, orch_home
 from orchestrator.plan import Plan, build_plan
-from orchestrator.progress import Progress
+from orchestrator.estimate import estimate, points_to_run
+from orchestrator.progress import Progress, stage_line
 from orchestrator.rejections import skipped
 from orchestrator.scheduler import Scheduler, SweepBusy
-from orchestrator.slots import make_slots
+from orchestrator.slots import Slot, sweep_slots
 from orchestrator.spec import SpecError, SweepSpec
 from orchestrator.terminal import err, interrupt_choice, out, say, show, spec_errors
 
@@ -68,7 +69,10 @@ def _known_sweep(ledger: Ledger, name: str) -> dict:
 @app.command()
 def sweep(spec: Path = typer.Argument(..., help="Sweep spec YAML."),
           dry_run: bool = typer.Option(False, "--dry-run",
-                                       help="Validate and list the trials; run nothing."),
+                                       help="Validate and list the trials, estimate their time "
+                                            "(probing uncached shapes); run nothing."),
+          no_probe: bool = typer.Option(False, "--no-probe", help="Dry run: estimate from the "
+                                        "ledger and cached probes only (fast, offline)."),
           max_trials: Optional[int] = typer.Option(None, "--max-trials", min=1,
                                                    help="Start at most N trials this time."),
           data: Optional[Path] = DataOpt, set_: Optional[list[str]] = SetOpt,
@@ -85,6 +89,7 @@ def sweep(spec: Path = typer.Argument(..., help="Sweep spec YAML."),
     if yes and detach:
         err.print("error: --yes cancels the jobs on Ctrl-C, --detach leaves them: pick one")
         raise typer.Exit(2)
+    stage_line(err, f"validating {spec}…")
     plan = _plan(spec, set_, data, max_trials, name)
     try:
         for note in plan.notes:
@@ -96,11 +101,18 @@ def sweep(spec: Path = typer.Argument(..., help="Sweep spec YAML."),
             cli_wandb.sweep_on_wandb(plan, ledger, dry_run, max_trials)
             return
         if dry_run:
-            _dry_run(plan, ledger)
+            _dry_run(plan, ledger, max_trials, not no_probe)
             return
-        progress = Progress(plan.spec.name, plan.varied, plan.spec.metric.name)
+        progress = Progress(plan.spec.name, plan.varied, plan.spec.metric.name, err=err)
+        slots = sweep_slots(plan.spec)
+        # Ledger history and cached probes only: no probe delays a real sweep, whose first
+        # finished trial measures the time anyway (the live ETA then uses it).
+        guess = estimate(plan, ledger, slots, max_trials, probe=False)
+        for text in filter(None, (guess.line(), guess.warning())):
+            progress.stage(text)
+        progress.estimate = guess.per_trial()
         sched = Scheduler(plan, ledger, progress, ledger.home, max_trials=max_trials,
-                          on_interrupt=interrupt_choice(progress, yes, detach))
+                          slots=slots, on_interrupt=interrupt_choice(progress, yes, detach))
         started = time.time()
         try:
             code = sched.run()
@@ -124,9 +136,9 @@ def sweep(spec: Path = typer.Argument(..., help="Sweep spec YAML."),
         plan.close()
 
 
-def _dry_run(plan: Plan, ledger: Ledger) -> None:
+def _dry_run(plan: Plan, ledger: Ledger, max_trials: int | None, probe: bool) -> None:
     spec: SweepSpec = plan.spec
-    slots = make_slots(spec.resources)
+    slots = sweep_slots(spec)
     out.print(f"sweep {spec.name}: {spec.method} search on {plan.base}, "
               f"{len(slots)} slot(s) ({', '.join(s.device for s in slots)})", highlight=False)
     if plan.fixed:
@@ -138,6 +150,7 @@ def _dry_run(plan: Plan, ledger: Ledger) -> None:
         out.print(f"{spec.method}: up to {cap or 'max-trials'} trials drawn from "
                   f"{', '.join(plan.varied) or 'the parameters'}; {len(done)} already in the "
                   f"ledger", highlight=False)
+        _print_estimate(plan, ledger, slots, max_trials, probe)
         return
     table = Table(title=f"{len(plan.grid)} grid trials ({len(plan.invalid)} invalid skipped)",
                   title_justify="left")
@@ -146,17 +159,24 @@ def _dry_run(plan: Plan, ledger: Ledger) -> None:
         table.add_column(n, overflow="fold")
     table.add_column("config", overflow="fold")
     table.add_column("ledger")
-    todo = 0
     for i, (point, h) in enumerate(plan.grid, 1):
         t = done.get(h)
         state = t.state if t else "new"
-        todo += state != "finished"
         table.add_row(str(i), *[tables.fmt_param(point.get(n), [p.get(n) for p, _ in plan.grid])
                                 for n in plan.varied], h, state)
     show(table)
-    if spec.run_cap is not None:
-        todo = min(todo, max(0, spec.run_cap - len(done)))
+    todo = len(points_to_run(plan, list(done.values()), max_trials))
     out.print(f"{todo} trial(s) would run", highlight=False)
+    _print_estimate(plan, ledger, slots, max_trials, probe)
+
+
+def _print_estimate(plan: Plan, ledger: Ledger, slots: list[Slot], max_trials: int | None,
+                    probe: bool) -> None:
+    """The dry run's estimate line (probing uncached shapes), and the >1 day warning."""
+    guess = estimate(plan, ledger, slots, max_trials, probe, lambda t: stage_line(err, t))
+    out.print(guess.line(), highlight=False, soft_wrap=True)
+    if warning := guess.warning():
+        err.print(warning, highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command()

@@ -237,6 +237,17 @@ class Ledger:
         rows = self.db.execute("SELECT * FROM trials WHERE sweep=? ORDER BY number", (sweep,))
         return [Trial.from_row(r) for r in rows]
 
+    def finished_walls(self) -> list[dict[str, Any]]:
+        """Every finished trial with its measured wall time, in any sweep: program (the sweep
+        spec's), config (result.json's), device, program_wall; what run-time estimates use."""
+        rows = self.db.execute(
+            "SELECT s.spec_json, t.config_json, t.device, t.program_wall FROM trials t "
+            "JOIN sweeps s ON s.name = t.sweep WHERE t.state = 'finished' "
+            "AND t.config_json IS NOT NULL AND t.program_wall > 0")
+        return [{"program": json.loads(r["spec_json"] or "{}").get("program"),
+                 "config": json.loads(r["config_json"]), "device": r["device"],
+                 "program_wall": r["program_wall"]} for r in rows]
+
     def trial(self, trial_id: int) -> Trial:
         """One trial by id."""
         row = self.db.execute("SELECT * FROM trials WHERE id=?", (trial_id,)).fetchone()

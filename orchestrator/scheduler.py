@@ -18,13 +18,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 from orchestrator.contract import EXIT_BAD_INPUT, EventTail, Outcome, finite, judge, train_argv
+from orchestrator.estimate import points_to_run
 from orchestrator.launcher import Adopter, Launch, Launcher, LocalLauncher, Run
 from orchestrator.ledger import INTERRUPTED, Ledger, Trial
 from orchestrator.plan import Plan
 from orchestrator.progress import Progress
 from orchestrator.rejections import group, no_new_point, one_line
 from orchestrator.search import Engine
-from orchestrator.slots import Slot, make_slots, queue_slots, ran_on
+from orchestrator.slots import Slot, make_slots, queue_slots, ran_on, sweep_slots
 
 TICK = 0.25  # seconds between looks at events.jsonl while trials run
 RETRYABLE = {"failed", "oom", "killed"}
@@ -98,8 +99,10 @@ class Scheduler:
         # Before the ledger is touched: an engine that is down or a failed build launches nothing.
         launcher = make_launcher(self.plan, self.home, self.progress.note)
         if self.slots is None:
-            self.slots = (queue_slots(spec.launcher.max_concurrent)
-                          if spec.launcher.type == "slurm" else make_slots(spec.resources))
+            self.slots = sweep_slots(spec)
+        if spec.launcher.type != "local":
+            self.progress.stage(f"preparing the {spec.launcher.type} launcher"
+                                + (" (engine, image)…" if spec.launcher.type == "docker" else "…"))
         try:
             launcher.prepare([s.device for s in self.slots])
         except BaseException:
@@ -122,6 +125,9 @@ class Scheduler:
         for t in self.ledger.trials(self.name):
             if t.attempts:
                 self._histories[t.id] = [p.metrics for p in self.ledger.history(t)]
+        todo = len(points_to_run(self.plan, self.ledger.trials(self.name), self.max_trials))
+        self.progress.stage(f"launching {todo} trial(s) on {len(self.slots)} slot(s)")
+        self.progress.set_eta(todo, len(self.slots))
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         self.progress.start()
         try:
@@ -338,6 +344,10 @@ class Scheduler:
                 self._histories[trial_id].extend(new)
                 fresh = fresh or bool(new)
             self._record_device(live)
+            trials = self.ledger.trials(self.name) if new else []
+            for event in new:
+                self.progress.validation(live.trial, event.get("step"), live.tail.max_steps,
+                                         finite(event.get(spec.metric.name)), trials)
             if code is not None:
                 self._finish(live, code)
                 del self._live[trial_id]

@@ -6,7 +6,7 @@ import os
 import subprocess
 from dataclasses import dataclass
 
-from orchestrator.spec import Resources
+from orchestrator.spec import Resources, SweepSpec
 
 
 @dataclass
@@ -63,3 +63,10 @@ def ran_on(reported: str, slot: Slot) -> str:
     if reported.split(":")[0] == "cuda" and slot.device.startswith("cuda:"):
         return slot.device
     return reported
+
+
+def sweep_slots(spec: SweepSpec) -> list[Slot]:
+    """The slots a sweep gets: the queue's for Slurm, else this machine's."""
+    if spec.launcher.type == "slurm":
+        return queue_slots(spec.launcher.max_concurrent)
+    return make_slots(spec.resources)

@@ -62,7 +62,8 @@ def test_sparse_grid_skips_exactly_the_invalid_points(tmp_path: Path) -> None:
                                     p["attention.vertsize"], p["attention.qk_dim"]))
     valid = [pt for pt in points if fixed_pattern_ok(*pt[:5], context)]
     assert 0 < len(valid) < len(points)
-    res = orch("sweep", str(ROOT / "sweeps" / "sparse_grid.yaml"), "--dry-run", home=tmp_path)
+    res = orch("sweep", str(ROOT / "sweeps" / "sparse_grid.yaml"), "--dry-run", "--no-probe",
+               home=tmp_path)
     assert res.returncode == 0, res.stderr
     assert f"{len(valid)} trial(s) would run" in res.stdout
     assert f"{len(valid)} of {len(points)} grid points remain" in res.stderr
