@@ -26,8 +26,8 @@ def _seed_history(home: Path, walls: list[float], device: str = "cpu") -> None:
     for i, wall in enumerate(walls):
         config = load_config(BASE_TINY, [f"train.seed={100 + i}"]).model_dump(mode="json")
         t = ledger.add_trial("earlier", f"h{i}", {"train.seed": 100 + i})
-        ledger.mark_running(t.id, pid=1, pgid=1, run_dir="x", slot=0, device=device,
-                            started_at=0.0, job=None)
+        ledger.mark_running(t.id, pid=1, pgid=1, run_dir="x", slot=0, started_at=0.0, job=None)
+        ledger.set_device(t.id, device)
         ledger.finish(t.id, state="finished", reason="", exit_code=0, ended_at=wall,
                       final={"val_loss": 1.0}, best=None, program_wall=wall, config=config)
     ledger.close()
