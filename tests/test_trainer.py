@@ -97,6 +97,24 @@ def test_validate_batch_gives_one_verdict_per_point() -> None:
     assert "n_head" in verdicts[1]["error"] and "n_heads" in verdicts[2]["error"]
 
 
+def test_contract_commands_import_no_torch() -> None:
+    # schema/validate/docs run on every `orch validate`; a torch import would cost seconds.
+    sparse_point = json.dumps({"attention.type": "sparse", "attention.block": 48})
+    script = (
+        "import contextlib, io, sys\n"
+        "from trainer.__main__ import main\n"
+        f"sys.stdin = io.StringIO({sparse_point!r} + '\\n')\n"
+        "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+        f"    main(['schema']); main(['docs']); main(['validate', '--config', {str(TINY)!r}])\n"
+        f"    main(['validate', '--config', {str(TINY)!r}, '--batch'])\n"
+        "assert 'local_attn_ctx' in out.getvalue(), out.getvalue()\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'numpy')))\n")
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         cwd=ROOT, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[]"
+
+
 # --- runs --------------------------------------------------------------------------------------
 
 def test_a_run_writes_events_and_an_honest_result(tmp_path: Path, tiny_titles: Path) -> None:

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from trainer.attention import AttentionConfig, CausalAttention
+from trainer.attention_config import AttentionConfig, CausalAttention
 
 
 class Section(BaseModel):
