@@ -55,7 +55,6 @@ def _sweeps_schema_errors(doc: SpecDoc,
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import jsonschema.exceptions
-        from sweeps import schema_violations_from_proposed_config
         from sweeps.config.schema import validator
     out = []
     for err in validator.iter_errors(search):
@@ -69,7 +68,7 @@ def _sweeps_schema_errors(doc: SpecDoc,
         else:
             out.append((loc, doc.error(loc, f"{err.message} (W&B sweep config schema)")))
     try:
-        extra = schema_violations_from_proposed_config(search)
+        extra = _sweeps_violations(search)
     except ValueError as err:
         extra = [str(err)]
     seen = {err.message for err in validator.iter_errors(search)}
@@ -82,6 +81,30 @@ def _sweeps_schema_errors(doc: SpecDoc,
         if not loc or loc not in {l for l, _ in out}:
             out.append((loc, doc.error(loc, msg)))
     return out
+
+
+def _plain_param(param: Any) -> bool:
+    """A W&B parameter of only `value`, a non-empty list of `values`, or nested `parameters`."""
+    return isinstance(param, dict) and (set(param) in ({"value"}, {"parameters"}) or (
+        set(param) == {"values"} and isinstance(param["values"], list) and bool(param["values"])))
+
+
+def _sweeps_violations(search: dict[str, Any]) -> list[str]:
+    """W&B's own checks of a sweep config (`schema_violations_from_proposed_config`).
+
+    Beyond its JSON schema, it checks each parameter (bounds, probabilities, deprecated
+    distributions) by building the engine's scipy-based parameters, seconds of every `orch
+    validate`; plain parameters pass those checks, so they skip them. A spec's search config
+    never has `scheduler` or `metrics`, the function's other checks.
+    """
+    from sweeps.config.schema import validator
+
+    params = search.get("parameters")
+    if isinstance(params, dict) and all(_plain_param(p) for p in params.values()):
+        return [err.message for err in validator.iter_errors(search)]
+    from sweeps import schema_violations_from_proposed_config
+
+    return schema_violations_from_proposed_config(search)
 
 
 def _raw_parameter_problems(spec_path: Path) -> list[str]:

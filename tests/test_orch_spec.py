@@ -87,6 +87,22 @@ def test_w_and_b_schema_errors_have_lines(orch_home: Path, tmp_path: Path) -> No
     assert all(", line " in e for e in errs)
 
 
+@pytest.mark.parametrize("params", [
+    {"train.seed": {"values": [1, 2]}, "optim.lr": {"min": 0.1, "max": 0.01}},
+    {"a": {"values": [1, 2], "probabilities": [0.5, 0.6]}, "b": {"value": 3}},
+    {"optim": {"parameters": {"lr": {"values": [0.1]}}}, "c": {"values": 3}, "d": {"value": []},
+     "e": {"values": []}},
+    {"optim.lr": {"min": 1e-4, "max": 1e-2, "distribution": "log_uniform"}},
+])
+def test_wandb_checks_match_wandb_without_its_scipy_import(params: dict) -> None:
+    from sweeps import schema_violations_from_proposed_config
+
+    from orchestrator.plan import _sweeps_violations
+    search = {"method": "grid", "metric": {"name": "val_loss", "goal": "minimize"},
+              "parameters": params}
+    assert _sweeps_violations(search) == schema_violations_from_proposed_config(search)
+
+
 def test_random_without_run_cap_is_refused(orch_home: Path, tmp_path: Path) -> None:
     spec = write_spec(tmp_path / "s.yaml", method="random")
     assert any("never ends by itself" in e for e in _errors(spec))
