@@ -168,3 +168,20 @@ def test_durations() -> None:
 def test_schema_command_prints_spec_schema(orch_home: Path) -> None:
     proc = run_orch(["schema"], orch_env(orch_home))
     assert proc.returncode == 0 and '"parameters"' in proc.stdout and '"resources"' in proc.stdout
+
+
+@pytest.mark.parametrize("search", [
+    {"method": "grid", "metric": {"name": "val_loss", "goal": "minimize"},
+     "parameters": {"a": {"values": 3}, "b": {"min": 1, "max": "x"}, "c": {"value": 1}}},
+    {"method": "bayes", "metric": {"name": "val_loss", "goal": "up"}, "run_cap": -1,
+     "early_terminate": {"type": "hyperband", "eta": 0}, "parameters": {
+         "lr": {"distribution": "q_uniform", "min": 0.1, "max": 1.0, "q": "a"}}},
+])
+def test_sweeps_validator_is_wandbs(search: dict) -> None:
+    # Built from the package's schema file so `orch validate` need not import the package.
+    from sweeps.config.schema import validator
+
+    from orchestrator.plan import sweeps_validator
+    assert [(list(e.absolute_path), e.message) for e in sweeps_validator().iter_errors(search)] \
+        == [(list(e.absolute_path), e.message) for e in validator.iter_errors(search)]
+    assert list(validator.iter_errors(search))  # each case has errors
