@@ -103,7 +103,7 @@ class Validator:
 
     Each point is a {dotted.key: value} dict applied on top of the base config; the verdict is
     {ok, config_hash} or {ok: false, error}. Kept open so random and bayes proposals are checked
-    as they come, without paying the program's start-up (a torch import) per trial.
+    as they come, without paying the program's start-up per trial.
     """
 
     def __init__(self, program: list[str], base: Path) -> None:

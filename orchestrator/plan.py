@@ -20,7 +20,7 @@ from typing import Any
 from orchestrator.contract import METRICS, ContractError, Validator, fetch_schema, program_argv
 from orchestrator.paramcheck import distribution_error, resolve, value_error
 from orchestrator.rejections import Rejections, group, render
-from orchestrator.search import Engine, param_names, varied
+from orchestrator.search import Engine, param_names, plain_parameter, varied
 from orchestrator.spec import (SpecDoc, SpecError, SweepSpec, flatten, load_spec, parse_set,
                                read_spec)
 
@@ -99,12 +99,6 @@ def _sweeps_schema_errors(doc: SpecDoc,
     return out
 
 
-def _plain_param(param: Any) -> bool:
-    """A W&B parameter of only `value`, a non-empty list of `values`, or nested `parameters`."""
-    return isinstance(param, dict) and (set(param) in ({"value"}, {"parameters"}) or (
-        set(param) == {"values"} and isinstance(param["values"], list) and bool(param["values"])))
-
-
 def _sweeps_violations(search: dict[str, Any]) -> list[str]:
     """W&B's own checks of a sweep config (`schema_violations_from_proposed_config`).
 
@@ -114,7 +108,9 @@ def _sweeps_violations(search: dict[str, Any]) -> list[str]:
     never has `scheduler` or `metrics`, the function's other checks.
     """
     params = search.get("parameters")
-    if isinstance(params, dict) and all(_plain_param(p) for p in params.values()):
+    if isinstance(params, dict) and all(
+            plain_parameter(p) or (isinstance(p, dict) and set(p) == {"parameters"})
+            for p in params.values()):
         return [err.message for err in sweeps_validator().iter_errors(search)]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -20,11 +20,11 @@ from importlib.machinery import PathFinder
 from pathlib import Path
 from typing import Any
 
+from orchestrator.ledger import orch_home
+
 
 def default_dir() -> Path:
     """ORCH_CACHE_DIR/schema when set, else ORCH_HOME/cache/schema (beside the data cache)."""
-    from orchestrator.ledger import orch_home
-
     return Path(os.environ.get("ORCH_CACHE_DIR") or orch_home() / "cache") / "schema"
 
 

@@ -97,6 +97,12 @@ def _value_hash(value: Any) -> str:
                        .encode("ascii")).hexdigest()
 
 
+def plain_parameter(param: Any) -> bool:
+    """A W&B parameter of only `value` or a non-empty list of `values`."""
+    return isinstance(param, dict) and (set(param) == {"value"} or (
+        set(param) == {"values"} and isinstance(param["values"], list) and bool(param["values"])))
+
+
 def plain_grid(parameters: dict[str, Any]) -> list[dict[str, Any]] | None:
     """Every point of a grid of only `values` and `value` parameters, in W&B's order.
 
@@ -105,10 +111,7 @@ def plain_grid(parameters: dict[str, Any]) -> list[dict[str, Any]] | None:
     other grid (int ranges, probabilities, explicit distributions): the engine enumerates those.
     """
     leaves = param_names(parameters)
-    if not leaves or any(set(p) not in ({"value"}, {"values"}) for _, p, _ in leaves):
-        return None
-    if any("values" in p and (not isinstance(p["values"], list) or not p["values"])
-           for _, p, _ in leaves):
+    if not leaves or not all(plain_parameter(p) for _, p, _ in leaves):
         return None
     # W&B walks the parameters sorted by key at every nesting level, the first varying slowest.
     path = {name: tuple(str(k) for k in loc[1::2]) for name, _, loc in leaves}
