@@ -344,7 +344,7 @@ def test_quality_options_train_through_the_cli(tmp_path: Path, tiny_titles: Path
     assert any(e["event"] == "warning" and "coverage" in e["message"] for e in events)
 
 
-from trainer.precision import Device, probe, resolve  # noqa: E402
+from trainer.precision import Device, cpu_native, probe, resolve  # noqa: E402
 
 AVX2 = Device("a CPU (AVX2)", frozenset())
 AMX = Device("a CPU (AVX512)", frozenset({"bf16"}))
@@ -356,6 +356,12 @@ def test_auto_precision_is_bf16_only_where_native() -> None:
     assert [resolve("auto", d)[0] for d in (AVX2, AMX, AMPERE, TURING)] == \
         ["fp32", "bf16", "bf16", "fp32"]
     assert all(resolve("auto", d)[1] is None for d in (AVX2, AMX, AMPERE, TURING))
+
+
+def test_cpu_flags_that_mean_native_bf16() -> None:
+    assert cpu_native({"avx2", "fma"}) == frozenset()  # AVX2-only: bf16 is emulated
+    assert cpu_native({"avx2", "avx512f", "avx512_bf16"}) == {"bf16"}
+    assert cpu_native({"amx_tile", "amx_bf16", "amx_fp16"}) == {"bf16", "fp16"}
 
 
 def test_emulated_low_precision_runs_as_asked_with_a_warning() -> None:

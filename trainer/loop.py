@@ -81,6 +81,8 @@ def autocast_for(precision: str, device: torch.device):
     """Mixed-precision context: weights and optimizer stay fp32, matmuls run in bf16/fp16."""
     if precision == "fp32":
         return nullcontext()
+    if precision not in ("bf16", "fp16"):
+        raise ValueError(f"autocast_for takes a resolved precision, not {precision!r}")
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
 

@@ -51,6 +51,11 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+def cpu_native(flags: set[str]) -> frozenset[str]:
+    """The low precisions a CPU with these /proc/cpuinfo flags computes natively."""
+    return frozenset(p for p, names in CPU_NATIVE_FLAGS.items() if flags & names)
+
+
 def probe(device: torch.device) -> Device:
     """The precision-relevant facts of a torch device."""
     if device.type == "cuda":
@@ -59,7 +64,7 @@ def probe(device: torch.device) -> Device:
         bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
         return Device(name, frozenset({"fp16", "bf16"} if bf16 else {"fp16"}))
     flags = cpu_flags()
-    native = {p for p, names in CPU_NATIVE_FLAGS.items() if flags & names}
+    native = set(cpu_native(flags))
     if not flags:  # no /proc/cpuinfo (macOS, Windows): ask torch's own CPU probe
         cpu = torch.cpu
         if getattr(cpu, "_is_avx512_bf16_supported", lambda: False)() or getattr(
