@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from orchestrator import schemacache
+
 # Exit codes of the contract (trainer/exitcodes.py), restated because the orchestrator knows the
 # trainer only through its command line.
 EXIT_FINISHED = 0
@@ -65,8 +67,20 @@ def train_argv(program: list[str], base: Path, run_dir: Path, point: dict[str, A
     return [*program, "--config", str(base), "--out", str(run_dir), *sets]
 
 
-def fetch_schema(program: list[str], timeout: float = 120) -> dict[str, Any]:
-    """Run `PROGRAM schema` and parse its JSON Schema."""
+def fetch_schema(program: list[str], timeout: float = 120,
+                 cache_dir: Path | None = None) -> dict[str, Any]:
+    """The program's JSON Schema: from the schema cache, else by running `PROGRAM schema`."""
+    key = schemacache.cache_key(program)
+    cache_dir = cache_dir or schemacache.default_dir()
+    if key is not None and (schema := schemacache.load(cache_dir, key)) is not None:
+        return schema
+    schema = _ask_schema(program, timeout)
+    if key is not None:
+        schemacache.store(cache_dir, key, schema)
+    return schema
+
+
+def _ask_schema(program: list[str], timeout: float) -> dict[str, Any]:
     try:
         proc = subprocess.run([*program, "schema"], capture_output=True, text=True,
                               timeout=timeout)
@@ -76,9 +90,12 @@ def fetch_schema(program: list[str], timeout: float = 120) -> dict[str, Any]:
         raise ContractError(f"`{shlex.join(program)} schema` exited {proc.returncode}: "
                             f"{proc.stderr.strip()[-800:]}")
     try:
-        return json.loads(proc.stdout)
+        schema = json.loads(proc.stdout)
     except json.JSONDecodeError as err:
         raise ContractError(f"`{shlex.join(program)} schema` printed no JSON: {err}") from None
+    if not isinstance(schema, dict):
+        raise ContractError(f"`{shlex.join(program)} schema` printed JSON that is not an object")
+    return schema
 
 
 class Validator:
@@ -86,7 +103,7 @@ class Validator:
 
     Each point is a {dotted.key: value} dict applied on top of the base config; the verdict is
     {ok, config_hash} or {ok: false, error}. Kept open so random and bayes proposals are checked
-    as they come, without paying the program's start-up (a torch import) per trial.
+    as they come, without paying the program's start-up per trial.
     """
 
     def __init__(self, program: list[str], base: Path) -> None:

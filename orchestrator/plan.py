@@ -9,6 +9,8 @@ collected, not raised one by one.
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import json
 import warnings
 from dataclasses import dataclass, field
@@ -18,7 +20,7 @@ from typing import Any
 from orchestrator.contract import METRICS, ContractError, Validator, fetch_schema, program_argv
 from orchestrator.paramcheck import distribution_error, resolve, value_error
 from orchestrator.rejections import Rejections, group, render
-from orchestrator.search import Engine, param_names, varied
+from orchestrator.search import Engine, param_names, plain_parameter, varied
 from orchestrator.spec import (SpecDoc, SpecError, SweepSpec, flatten, load_spec, parse_set,
                                read_spec)
 
@@ -50,13 +52,26 @@ class Plan:
         self.validator.close()
 
 
+@functools.cache
+def sweeps_validator() -> Any:
+    """W&B's sweep config validator (`sweeps.config.schema.validator`), built the same way from
+    the schema file its package ships, without importing the package (numpy and requests, most
+    of the start-up of `orch validate`)."""
+    import jsonschema
+
+    root = importlib.util.find_spec("sweeps").submodule_search_locations[0]
+    schema = json.loads((Path(root) / "config" / "schema.json").read_text())
+    formats = jsonschema.FormatChecker()
+    formats.checks("float")(lambda value: isinstance(value, float))
+    formats.checks("integer")(lambda value: isinstance(value, int))
+    return jsonschema.Draft7Validator(schema=schema, format_checker=formats)
+
+
 def _sweeps_schema_errors(doc: SpecDoc,
                           search: dict[str, Any]) -> list[tuple[tuple[Any, ...], str]]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import jsonschema.exceptions
-        from sweeps import schema_violations_from_proposed_config
-        from sweeps.config.schema import validator
+    import jsonschema.exceptions
+
+    validator = sweeps_validator()
     out = []
     for err in validator.iter_errors(search):
         loc = tuple(err.absolute_path)
@@ -69,7 +84,7 @@ def _sweeps_schema_errors(doc: SpecDoc,
         else:
             out.append((loc, doc.error(loc, f"{err.message} (W&B sweep config schema)")))
     try:
-        extra = schema_violations_from_proposed_config(search)
+        extra = _sweeps_violations(search)
     except ValueError as err:
         extra = [str(err)]
     seen = {err.message for err in validator.iter_errors(search)}
@@ -82,6 +97,26 @@ def _sweeps_schema_errors(doc: SpecDoc,
         if not loc or loc not in {l for l, _ in out}:
             out.append((loc, doc.error(loc, msg)))
     return out
+
+
+def _sweeps_violations(search: dict[str, Any]) -> list[str]:
+    """W&B's own checks of a sweep config (`schema_violations_from_proposed_config`).
+
+    Beyond its JSON schema, it checks each parameter (bounds, probabilities, deprecated
+    distributions) by building the engine's scipy-based parameters, seconds of every `orch
+    validate`; plain parameters pass those checks, so they skip them. A spec's search config
+    never has `scheduler` or `metrics`, the function's other checks.
+    """
+    params = search.get("parameters")
+    if isinstance(params, dict) and all(
+            plain_parameter(p) or (isinstance(p, dict) and set(p) == {"parameters"})
+            for p in params.values()):
+        return [err.message for err in sweeps_validator().iter_errors(search)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from sweeps import schema_violations_from_proposed_config
+
+    return schema_violations_from_proposed_config(search)
 
 
 def _raw_parameter_problems(spec_path: Path) -> list[str]:
@@ -108,27 +143,28 @@ def build_plan(spec_path: Path, sets: list[str] = (), data: Path | None = None,
         spec, doc = load_spec(spec_path, name)
     except SpecError as err:
         raise SpecError(err.paragraphs + _raw_parameter_problems(spec_path)) from None
-    problems: list[str] = []
-    search = spec.search_config()
-    wandb_problems = _sweeps_schema_errors(doc, search)
-    problems += [text for loc, text in wandb_problems if loc[:1] != ("parameters",)]
-    if spec.metric.name not in METRICS:
-        problems.append(doc.error(("metric", "name"), f"unknown metric {spec.metric.name!r}; "
-                                  f"the trainer reports {', '.join(METRICS)}"))
-    if spec.method != "grid" and spec.run_cap is None and max_trials is None:
-        problems.append(doc.error(("method",), f"a {spec.method} search never ends by itself: "
-                                  "set `run_cap` (or pass --max-trials)"))
     base = (spec_path.parent / spec.base).resolve()
-    if not base.is_file():
-        problems.append(doc.error(("base",), f"trainer config {base} does not exist; `base` is "
-                                  "relative to the spec file"))
     program = program_argv(spec.program)
-    # The validation co-process starts now, so its start-up (a torch import) overlaps the
-    # schema call's; both are the fixed cost of every sweep.
+    # The validation co-process starts first, so its start-up overlaps the W&B checks and the
+    # schema call; together they are the fixed cost of every sweep.
     validator = Validator(program, base)
     if base.is_file():
         validator.start()
     try:
+        problems: list[str] = []
+        search = spec.search_config()
+        wandb_problems = _sweeps_schema_errors(doc, search)
+        problems += [text for loc, text in wandb_problems if loc[:1] != ("parameters",)]
+        if spec.metric.name not in METRICS:
+            problems.append(doc.error(("metric", "name"), f"unknown metric "
+                                      f"{spec.metric.name!r}; the trainer reports "
+                                      f"{', '.join(METRICS)}"))
+        if spec.method != "grid" and spec.run_cap is None and max_trials is None:
+            problems.append(doc.error(("method",), f"a {spec.method} search never ends by "
+                                      "itself: set `run_cap` (or pass --max-trials)"))
+        if not base.is_file():
+            problems.append(doc.error(("base",), f"trainer config {base} does not exist; `base` "
+                                      "is relative to the spec file"))
         plan = _static_checks(spec, doc, spec_path, problems, program, base, validator, sets,
                               data, [p for p in wandb_problems if p[0][:1] == ("parameters",)])
         _check_points(plan)

@@ -8,9 +8,13 @@ both become dotted trainer keys.
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import random
 import warnings
 from typing import Any
+
+import yaml
 
 from orchestrator.ledger import Trial
 
@@ -85,6 +89,42 @@ def nested_config(point: dict[str, Any], parameters: dict[str, Any]) -> dict[str
     return config
 
 
+def _value_hash(value: Any) -> str:
+    # W&B's grid identity of a value (sweeps.grid_search.yaml_hash): 3e6 and 3000000 are one.
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return hashlib.md5(yaml.dump(value, default_flow_style=True, sort_keys=True)
+                       .encode("ascii")).hexdigest()
+
+
+def plain_parameter(param: Any) -> bool:
+    """A W&B parameter of only `value` or a non-empty list of `values`."""
+    return isinstance(param, dict) and (set(param) == {"value"} or (
+        set(param) == {"values"} and isinstance(param["values"], list) and bool(param["values"])))
+
+
+def plain_grid(parameters: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """Every point of a grid of only `values` and `value` parameters, in W&B's order.
+
+    The same points as `sweeps.next_runs` (tests hold them equal), without importing its
+    scipy-based parameter classes, which cost seconds on every `orch validate`. None for any
+    other grid (int ranges, probabilities, explicit distributions): the engine enumerates those.
+    """
+    leaves = param_names(parameters)
+    if not leaves or not all(plain_parameter(p) for _, p, _ in leaves):
+        return None
+    # W&B walks the parameters sorted by key at every nesting level, the first varying slowest.
+    path = {name: tuple(str(k) for k in loc[1::2]) for name, _, loc in leaves}
+    axes = sorted((path[name], name, p["values"]) for name, p, _ in leaves if "values" in p)
+    choices = [{_value_hash(v): v for v in values} for _, _, values in axes]  # the last one wins
+    points = []
+    for combo in itertools.product(*choices):  # a value repeated in a list is one point
+        picked = {name: choice[h] for (_, name, _), choice, h in zip(axes, choices, combo)}
+        points.append({name: picked[name] if "values" in p else p["value"]
+                       for name, p, _ in leaves})
+    return points
+
+
 class Engine:
     """Suggests points and early stops for one sweep."""
 
@@ -108,6 +148,9 @@ class Engine:
 
     def grid(self) -> list[dict[str, Any]]:
         """Every grid point, in W&B's order."""
+        plain = plain_grid(self.parameters)
+        if plain is not None:
+            return plain
         sweeps = _sweeps()
         points: list[dict[str, Any]] = []
         runs: list[Any] = []

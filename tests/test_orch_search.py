@@ -7,7 +7,10 @@ from pathlib import Path
 from orch_helpers import orch_env, run_orch, starts, write_spec
 
 from orchestrator.ledger import Ledger, Trial
-from orchestrator.search import Engine, flat_point, nested_config, param_names, varied
+import pytest
+
+from orchestrator.search import (Engine, flat_point, nested_config, param_names, plain_grid,
+                                 varied)
 
 
 def _trial(i: int, params: dict, state: str = "finished", best: float | None = 1.0) -> Trial:
@@ -28,6 +31,35 @@ def test_grid_order_and_nested_parameters() -> None:
     assert varied(params) == ["model.n_head", "optim.lr"]
     assert [n for n, _, _ in param_names(params)] == ["model.n_head", "optim.lr", "train.seed"]
     assert flat_point(nested_config(points[0], params), params) == points[0]
+
+
+@pytest.mark.parametrize("params", [
+    {"b": {"values": [1, 2]}, "a": {"values": ["x", "y", "z"]}},
+    {"model.n_head": {"values": [4, 8]}, "attention.block": {"values": [16, 32]},
+     "attention.qk_dim": {"values": [None, 128]}, "train.seed": {"value": 3}},
+    {"optim": {"parameters": {"lr": {"values": [0.1, 0.01]}, "eps": {"value": 1e-6}}},
+     "optim.name": {"values": ["adamw", "sgd"]}, "model": {"parameters": {
+         "n_layer": {"values": [1, 2]}}}},
+    {"x": {"values": [3e6, 3000000, 1, True, 1.0, "1"]}, "y": {"values": [[1, 2], {"k": 1}]}},
+])
+def test_plain_grid_is_the_engines_grid_without_the_engine(params: dict) -> None:
+    # plain_grid spares `orch validate` the engine's scipy import; W&B's order must not change.
+    config = {"method": "grid", "metric": {"name": "val_loss", "goal": "minimize"},
+              "parameters": params}
+    engine, fast = Engine(config), plain_grid(params)
+    slow, runs = [], []
+    while (batch := engine.suggest(runs, 5)) is not None:
+        slow += batch
+        runs += [engine.point_run(p, "finished") for p in batch]
+    assert fast is not None and fast == slow
+    assert [list(p) for p in fast] == [list(p) for p in slow]  # the same key order too
+    assert [[type(v) for v in p.values()] for p in fast] == \
+        [[type(v) for v in p.values()] for p in slow]
+
+
+def test_plain_grid_leaves_ranges_to_the_engine() -> None:
+    assert plain_grid({"train.seed": {"min": 1, "max": 3}}) is None
+    assert plain_grid({"a": {"values": [1, 2], "probabilities": [0.5, 0.5]}}) is None
 
 
 def test_grid_skips_points_already_in_the_ledger_including_pending_and_running() -> None:

@@ -87,6 +87,22 @@ def test_w_and_b_schema_errors_have_lines(orch_home: Path, tmp_path: Path) -> No
     assert all(", line " in e for e in errs)
 
 
+@pytest.mark.parametrize("params", [
+    {"train.seed": {"values": [1, 2]}, "optim.lr": {"min": 0.1, "max": 0.01}},
+    {"a": {"values": [1, 2], "probabilities": [0.5, 0.6]}, "b": {"value": 3}},
+    {"optim": {"parameters": {"lr": {"values": [0.1]}}}, "c": {"values": 3}, "d": {"value": []},
+     "e": {"values": []}},
+    {"optim.lr": {"min": 1e-4, "max": 1e-2, "distribution": "log_uniform"}},
+])
+def test_wandb_checks_match_wandb_without_its_scipy_import(params: dict) -> None:
+    from sweeps import schema_violations_from_proposed_config
+
+    from orchestrator.plan import _sweeps_violations
+    search = {"method": "grid", "metric": {"name": "val_loss", "goal": "minimize"},
+              "parameters": params}
+    assert _sweeps_violations(search) == schema_violations_from_proposed_config(search)
+
+
 def test_random_without_run_cap_is_refused(orch_home: Path, tmp_path: Path) -> None:
     spec = write_spec(tmp_path / "s.yaml", method="random")
     assert any("never ends by itself" in e for e in _errors(spec))
@@ -152,3 +168,20 @@ def test_durations() -> None:
 def test_schema_command_prints_spec_schema(orch_home: Path) -> None:
     proc = run_orch(["schema"], orch_env(orch_home))
     assert proc.returncode == 0 and '"parameters"' in proc.stdout and '"resources"' in proc.stdout
+
+
+@pytest.mark.parametrize("search", [
+    {"method": "grid", "metric": {"name": "val_loss", "goal": "minimize"},
+     "parameters": {"a": {"values": 3}, "b": {"min": 1, "max": "x"}, "c": {"value": 1}}},
+    {"method": "bayes", "metric": {"name": "val_loss", "goal": "up"}, "run_cap": -1,
+     "early_terminate": {"type": "hyperband", "eta": 0}, "parameters": {
+         "lr": {"distribution": "q_uniform", "min": 0.1, "max": 1.0, "q": "a"}}},
+])
+def test_sweeps_validator_is_wandbs(search: dict) -> None:
+    # Built from the package's schema file so `orch validate` need not import the package.
+    from sweeps.config.schema import validator
+
+    from orchestrator.plan import sweeps_validator
+    assert [(list(e.absolute_path), e.message) for e in sweeps_validator().iter_errors(search)] \
+        == [(list(e.absolute_path), e.message) for e in validator.iter_errors(search)]
+    assert list(validator.iter_errors(search))  # each case has errors

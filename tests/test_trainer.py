@@ -97,6 +97,24 @@ def test_validate_batch_gives_one_verdict_per_point() -> None:
     assert "n_head" in verdicts[1]["error"] and "n_heads" in verdicts[2]["error"]
 
 
+def test_contract_commands_import_no_torch() -> None:
+    # schema/validate/docs run on every `orch validate`; a torch import would cost seconds.
+    sparse_point = json.dumps({"attention.type": "sparse", "attention.block": 48})
+    script = (
+        "import contextlib, io, sys\n"
+        "from trainer.__main__ import main\n"
+        f"sys.stdin = io.StringIO({sparse_point!r} + '\\n')\n"
+        "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+        f"    main(['schema']); main(['docs']); main(['validate', '--config', {str(TINY)!r}])\n"
+        f"    main(['validate', '--config', {str(TINY)!r}, '--batch'])\n"
+        "assert 'local_attn_ctx' in out.getvalue(), out.getvalue()\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'numpy')))\n")
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         cwd=ROOT, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[]"
+
+
 # --- runs --------------------------------------------------------------------------------------
 
 def test_a_run_writes_events_and_an_honest_result(tmp_path: Path, tiny_titles: Path) -> None:
@@ -324,3 +342,45 @@ def test_quality_options_train_through_the_cli(tmp_path: Path, tiny_titles: Path
     configured = next(e for e in events if e["event"] == "eval_configured")
     assert configured["tokens_per_batch"] == 16 * 64  # base_tiny's explicit eval batch
     assert any(e["event"] == "warning" and "coverage" in e["message"] for e in events)
+
+
+from trainer.precision import Device, cpu_native, probe, resolve  # noqa: E402
+
+AVX2 = Device("a CPU (AVX2)", frozenset())
+AMX = Device("a CPU (AVX512)", frozenset({"bf16"}))
+AMPERE = Device("NVIDIA A100", frozenset({"bf16", "fp16"}))
+TURING = Device("Tesla T4", frozenset({"fp16"}))
+
+
+def test_auto_precision_is_bf16_only_where_native() -> None:
+    assert [resolve("auto", d)[0] for d in (AVX2, AMX, AMPERE, TURING)] == \
+        ["fp32", "bf16", "bf16", "fp32"]
+    assert all(resolve("auto", d)[1] is None for d in (AVX2, AMX, AMPERE, TURING))
+
+
+def test_cpu_flags_that_mean_native_bf16() -> None:
+    assert cpu_native({"avx2", "fma"}) == frozenset()  # AVX2-only: bf16 is emulated
+    assert cpu_native({"avx2", "avx512f", "avx512_bf16"}) == {"bf16"}
+    assert cpu_native({"amx_tile", "amx_bf16", "amx_fp16"}) == {"bf16", "fp16"}
+
+
+def test_emulated_low_precision_runs_as_asked_with_a_warning() -> None:
+    used, warning = resolve("bf16", AVX2)
+    assert used == "bf16" and "emulates bf16" in warning and "auto uses fp32" in warning
+    assert resolve("fp16", AMX)[1] is not None and resolve("fp16", TURING)[1] is None
+    assert resolve("bf16", AMPERE) == ("bf16", None) and resolve("fp32", AVX2) == ("fp32", None)
+
+
+def test_runs_report_the_precision_they_used_and_warn_once(tmp_path: Path,
+                                                          tiny_titles: Path) -> None:
+    native = "bf16" in probe(torch.device("cpu")).native
+    for asked in ("auto", "bf16"):
+        out = tmp_path / asked
+        res = train_tiny(out, tiny_titles, tmp_path / "cache", "train.max_steps=2",
+                         "train.device=cpu", f"train.precision={asked}")
+        assert res.returncode == 0, res.stderr
+        events = read_events(out / "events.jsonl")
+        info = next(e for e in events if e["event"] == "device_info")
+        assert info["precision"] == ("bf16" if asked == "bf16" or native else "fp32")
+        warned = [e for e in events if e["event"] == "warning" and "emulates" in e["message"]]
+        assert len(warned) == (1 if asked == "bf16" and not native else 0)

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from trainer.attention import AttentionConfig, CausalAttention
+from trainer.attention_config import AttentionConfig, CausalAttention
 
 
 class Section(BaseModel):
@@ -137,7 +137,10 @@ class TrainConfig(Section):
     context_length: int = Field(128, gt=0)
     evals_per_epoch: int = Field(3, gt=0)
     seed: int = Field(1337, description="Seed of model init and dropout.")
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "fp32", description="Autocast precision of the matmuls (weights stay fp32). auto: bf16 "
+        "where the device computes it natively (CUDA with bf16, a CPU with AVX512-BF16 or "
+        "AMX), else fp32; bf16/fp16 on a device that emulates them run with a warning.")
     compile: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, gt=0, description="CPU threads for torch; null: torch's.")

@@ -3,6 +3,7 @@
 Every event is one JSON object per line: {"event": NAME, "time": unix seconds, ...fields}.
 Names: hyperparameters_configured, device_info, dataset_info, model_configured, model_info,
 training_step, validation_step, run_finished, run_failed, eval_configured, warning.
+- device_info: device, torch, threads, precision (the one used: `auto` resolved), cuda
 - eval_configured: batch_size, context_length, tokens_per_batch, challenge_tokens_per_batch, ema
 - warning: message (e.g. an eval batch x context that changes val_loss's coverage)
 - training_step: step, max_steps, loss, lr, elapsed

@@ -26,6 +26,8 @@ from trainer.events import EventLog, write_json_atomic
 from trainer.metrics import evaluate
 from trainer.model import GPT
 from trainer.optim import EMA, lr_factor, make_optimizer  # noqa: F401 (benchmarks use them here)
+from trainer.precision import probe as probe_device
+from trainer.precision import resolve as resolve_precision
 from trainer.tracking import start_tracking
 
 METRICS = ("val_loss", "val_loss_tok", "val_bpb", "val_coverage")
@@ -79,6 +81,8 @@ def autocast_for(precision: str, device: torch.device):
     """Mixed-precision context: weights and optimizer stay fp32, matmuls run in bf16/fp16."""
     if precision == "fp32":
         return nullcontext()
+    if precision not in ("bf16", "fp16"):
+        raise ValueError(f"autocast_for takes a resolved precision, not {precision!r}")
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
 
@@ -140,9 +144,18 @@ def train(cfg: Config, out_dir: Path, cache_dir: Path, events: EventLog, console
     device = pick_device(cfg.train.device)
     if device.type == "cpu":
         keep_freed_memory()
+
+    def warn(message: str) -> None:
+        events.log("warning", message=message)
+        if not console.quiet:
+            print(f"warning: {message}", file=sys.stderr, flush=True)
+
+    precision, emulated = resolve_precision(cfg.train.precision, probe_device(device))
     events.log("device_info", device=str(device), torch=torch.__version__,
-               threads=torch.get_num_threads(),
+               threads=torch.get_num_threads(), precision=precision,
                cuda=torch.cuda.get_device_name(device) if device.type == "cuda" else None)
+    if emulated:
+        warn(emulated)
     data = prepare_data(cfg.data, cfg.tokenizer, cache_dir)
     T, B = cfg.train.context_length, cfg.train.batch_size
     batches = len(data.train_ids) // (T * B)
@@ -169,8 +182,8 @@ def train(cfg: Config, out_dir: Path, cache_dir: Path, events: EventLog, console
     ema = EMA(model, cfg.train.ema) if cfg.train.ema else None
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda k: lr_factor(cfg.schedule, k, max_steps))
-    amp = autocast_for(cfg.train.precision, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.precision == "fp16")
+    amp = autocast_for(precision, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     tracker = state["tracker"]
     train_ids = data.train_ids.to(device)
     span = B * T + 1
@@ -182,16 +195,14 @@ def train(cfg: Config, out_dir: Path, cache_dir: Path, events: EventLog, console
         message = (f"eval batch x context is {eval_batch} x {T} = {eval_batch * T} tokens, not "
                    f"the challenge's 64 x 128 = {CHALLENGE_EVAL_TOKENS}: val_loss covers a "
                    "different share of the validation tokens (see val_coverage)")
-        events.log("warning", message=message)
-        if not console.quiet:
-            print(f"warning: {message}", file=sys.stderr, flush=True)
+        warn(message)
 
     def run_eval(step: int) -> None:
         t_eval = time.time()
         model.eval()
         with ema.swapped() if ema is not None else nullcontext():
             metrics = evaluate(step_model, data.val_ids, T, eval_batch, data.val_chars,
-                               data.val_bytes, device, autocast_for(cfg.train.precision, device))
+                               data.val_bytes, device, autocast_for(precision, device))
         model.train()
         state["eval_s"] = state.get("eval_s", 0.0) + time.time() - t_eval
         elapsed = time.time() - state["t0"]
