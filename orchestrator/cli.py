@@ -25,7 +25,7 @@ from orchestrator import tables
 from orchestrator.launcher import LauncherError
 from orchestrator.ledger import Ledger, alive, orch_home
 from orchestrator.plan import Plan, build_plan
-from orchestrator.estimate import estimate, points_to_run
+from orchestrator.estimate import PROBE_BUDGET, estimate, points_to_run
 from orchestrator.progress import Progress, stage_line
 from orchestrator.rejections import skipped
 from orchestrator.scheduler import Scheduler, SweepBusy
@@ -73,6 +73,10 @@ def sweep(spec: Path = typer.Argument(..., help="Sweep spec YAML."),
                                             "(probing uncached shapes); run nothing."),
           no_probe: bool = typer.Option(False, "--no-probe", help="Dry run: estimate from the "
                                         "ledger and cached probes only (fast, offline)."),
+          probe_budget: Optional[float] = typer.Option(
+              None, "--probe-budget", min=1, metavar="SECONDS",
+              help=f"Dry run: probe for up to SECONDS (default {PROBE_BUDGET:.0f}), again "
+                   "where the cached probe was stopped at its budget."),
           max_trials: Optional[int] = typer.Option(None, "--max-trials", min=1,
                                                    help="Start at most N trials this time."),
           data: Optional[Path] = DataOpt, set_: Optional[list[str]] = SetOpt,
@@ -101,7 +105,7 @@ def sweep(spec: Path = typer.Argument(..., help="Sweep spec YAML."),
             cli_wandb.sweep_on_wandb(plan, ledger, dry_run, max_trials)
             return
         if dry_run:
-            _dry_run(plan, ledger, max_trials, not no_probe)
+            _dry_run(plan, ledger, max_trials, not no_probe, probe_budget)
             return
         progress = Progress(plan.spec.name, plan.varied, plan.spec.metric.name, err=err)
         slots = sweep_slots(plan.spec)
@@ -136,7 +140,8 @@ def sweep(spec: Path = typer.Argument(..., help="Sweep spec YAML."),
         plan.close()
 
 
-def _dry_run(plan: Plan, ledger: Ledger, max_trials: int | None, probe: bool) -> None:
+def _dry_run(plan: Plan, ledger: Ledger, max_trials: int | None, probe: bool,
+             budget: float | None) -> None:
     spec: SweepSpec = plan.spec
     slots = sweep_slots(spec)
     out.print(f"sweep {spec.name}: {spec.method} search on {plan.base}, "
@@ -150,7 +155,7 @@ def _dry_run(plan: Plan, ledger: Ledger, max_trials: int | None, probe: bool) ->
         out.print(f"{spec.method}: up to {cap or 'max-trials'} trials drawn from "
                   f"{', '.join(plan.varied) or 'the parameters'}; {len(done)} already in the "
                   f"ledger", highlight=False)
-        _print_estimate(plan, ledger, slots, max_trials, probe)
+        _print_estimate(plan, ledger, slots, max_trials, probe, budget)
         return
     table = Table(title=f"{len(plan.grid)} grid trials ({len(plan.invalid)} invalid skipped)",
                   title_justify="left")
@@ -167,14 +172,18 @@ def _dry_run(plan: Plan, ledger: Ledger, max_trials: int | None, probe: bool) ->
     show(table)
     todo = len(points_to_run(plan, list(done.values()), max_trials))
     out.print(f"{todo} trial(s) would run", highlight=False)
-    _print_estimate(plan, ledger, slots, max_trials, probe)
+    _print_estimate(plan, ledger, slots, max_trials, probe, budget)
 
 
 def _print_estimate(plan: Plan, ledger: Ledger, slots: list[Slot], max_trials: int | None,
-                    probe: bool) -> None:
-    """The dry run's estimate line (probing uncached shapes), and the >1 day warning."""
-    guess = estimate(plan, ledger, slots, max_trials, probe, lambda t: stage_line(err, t))
+                    probe: bool, budget: float | None) -> None:
+    """The dry run's estimate line (probing uncached shapes), its notes, and the >1 day
+    warning."""
+    guess = estimate(plan, ledger, slots, max_trials, probe, lambda t: stage_line(err, t),
+                     budget)
     out.print(guess.line(), highlight=False, soft_wrap=True)
+    for note in guess.notes:
+        err.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
     if warning := guess.warning():
         err.print(warning, highlight=False, markup=False, soft_wrap=True)
 

@@ -4,7 +4,8 @@ A trial's time comes, in this order, from finished trials in the ledger with the
 (the program says which configs cost the same: `validate` answers a `cost_key`, the trainer's
 Config.cost_key), from a probe cached under ORCH_HOME, or from a fresh probe (`PROGRAM probe`,
 which times a few real steps and one evaluation). A program without a probe gets no estimate,
-never an invented one.
+never an invented one. A probe stopped at its time budget still answers from the last stage it
+reported: its warm-up step (an estimate), or, before that step ended, a lower bound.
 """
 
 from __future__ import annotations
@@ -12,8 +13,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import statistics
 import subprocess
+import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +29,14 @@ from orchestrator.plan import Plan
 from orchestrator.slots import Slot
 
 DAY = 86400.0
-PROBE_BUDGET = 300.0  # seconds all probes of one dry run may take together
+# Seconds all probes of one dry run may take together. The dry run is the inner loop, and a
+# minute covers a probe's setup (imports, data, model) and several steps of a small model on a
+# CPU or a full one on a GPU; a full-size step on a CPU takes minutes, so waiting longer buys
+# little: the probe's warm-up time or a lower bound answers then, `--probe-budget` asks for more.
+PROBE_BUDGET = 60.0
 NO_PROBE = "program has no probe"
+WARM_UP_ONLY = "probe, warm-up step only"
+LOWER_BOUND = "probe stopped before its first step ended"
 
 
 @dataclass
@@ -35,6 +45,7 @@ class TrialTime:
 
     seconds: float | None
     source: str
+    lower_bound: bool = False  # the trial takes more than `seconds`
 
 
 @dataclass
@@ -45,6 +56,10 @@ class SweepEstimate:
     times: dict[str, TrialTime]
     slots: list[Slot]
     notes: list[str] = field(default_factory=list)
+
+    def bounded(self) -> bool:
+        """Whether a trial's estimate is only a lower bound."""
+        return any(self.times[k].lower_bound for k in self.keys)
 
     def known(self) -> list[float]:
         """Estimated seconds of each trial that has an estimate."""
@@ -80,8 +95,11 @@ class SweepEstimate:
         low, high = min(known), max(known)
         each = f"~{duration(low)}" if duration(low) == duration(high) else \
             f"~{duration(low)} to {duration(high)}"
+        if self.bounded():
+            each = f"more than {duration(low)}"
         text = (f"estimate: {each} per trial ({sources}, {device}); sweep "
-                f"{'≥ ' if reasons else '~'}{duration(wall)} on {len(self.slots)} slot(s)")
+                f"{'more than ' if self.bounded() else '≥ ' if reasons else '~'}"
+                f"{duration(wall)} on {len(self.slots)} slot(s)")
         missing = len(self.keys) - len(known)
         if missing:
             text += f"; {missing} trial(s) without an estimate ({'; '.join(reasons)})"
@@ -92,7 +110,8 @@ class SweepEstimate:
         wall = self.wall()
         if wall is None or wall <= DAY:
             return None
-        return (f"warning: this sweep would take ~{duration(wall)} on {len(self.slots)} "
+        return (f"warning: this sweep would take {'more than ' if self.bounded() else '~'}"
+                f"{duration(wall)} on {len(self.slots)} "
                 "slot(s), more than a day: fewer trials (--max-trials, a smaller grid), a "
                 "smaller config, or more slots")
 
@@ -186,46 +205,107 @@ class ProbeCache:
 
 def run_probe(plan: Plan, point: dict[str, Any], slot: Slot, home: Path,
               timeout: float) -> tuple[dict[str, Any] | None, str]:
-    """`PROGRAM probe --config BASE k=v...` on the slot's device: (answer, '') or (None, why)."""
+    """`PROGRAM probe --config BASE k=v...` on the slot's device: (answer, '') or (None, why).
+    Stopped at `timeout`, it answers from the last stage the probe reported (`partial` says
+    which: the warm-up step, or a lower bound)."""
     sets = [f"{key}={format_value(value)}" for key, value in plan.resolved(point).items()]
     argv = [*plan.program, "probe", "--config", str(plan.base), *sets]
     env = {**os.environ, **slot.env,
            "ORCH_CACHE_DIR": os.environ.get("ORCH_CACHE_DIR") or str(home / "cache")}
+    stages: list[tuple[float, dict[str, Any]]] = []  # (when it arrived, the stage's JSON)
+    with tempfile.TemporaryFile("w+") as stderr:
+        try:  # its own session: a stop ends the probe's children too
+            proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=stderr,
+                                    text=True, start_new_session=True)
+        except OSError as err:
+            return None, f"the probe could not run: {err}"
+        reader = threading.Thread(target=_read_stages, args=(proc, stages), daemon=True)
+        reader.start()
+        try:
+            proc.wait(timeout)
+            stopped = None
+        except subprocess.TimeoutExpired:
+            stopped = time.monotonic()
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        reader.join()
+        stderr.seek(0)
+        error = stderr.read()
+    if stopped is not None:
+        return _partial(stages, stopped, timeout)
     try:
-        proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return None, f"the probe ran out of its {timeout:.0f} s"
-    except OSError as err:
-        return None, f"the probe could not run: {err}"
-    try:
-        answer = json.loads(proc.stdout.strip().splitlines()[-1])
+        answer = stages[-1][1]
         seconds = float(answer["seconds_per_trial"])
     except (IndexError, ValueError, KeyError, TypeError):
-        if proc.returncode == EXIT_BAD_INPUT and proc.stderr.startswith("error:"):
+        if proc.returncode == EXIT_BAD_INPUT and error.startswith("error:"):
             # The contract's bad-input answer: the program probes, this config could not.
-            return None, "the probe failed: " + proc.stderr.strip().splitlines()[0][7:][:300]
+            return None, "the probe failed: " + error.strip().splitlines()[0][7:][:300]
         return None, NO_PROBE
     return ({**answer, "seconds_per_trial": seconds}, "") if seconds > 0 else \
         (None, "the probe measured no time")
 
 
-def _scaled(flops: float | None, measured: dict[str, tuple[float, float, float | None]]
-            ) -> float | None:
+def _read_stages(proc: subprocess.Popen[str], stages: list[tuple[float, dict[str, Any]]]
+                 ) -> None:
+    """Collect the probe's JSON lines as they come, with when each came."""
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        try:
+            stage = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(stage, dict):
+            stages.append((time.monotonic(), stage))
+
+
+def _partial(stages: list[tuple[float, dict[str, Any]]], stopped: float, budget: float
+             ) -> tuple[dict[str, Any] | None, str]:
+    """The answer of a probe stopped at its budget, from the last stage it reported: after the
+    warm-up step, that step's time per step (evaluations untimed); before, a lower bound: the
+    step had taken the time since setup ended, and every step takes as long (not counted when
+    the first step compiles: only that one then)."""
+    out = f"the probe ran out of its {budget:.0f} s"
+    try:
+        came, last = stages[-1]
+        steps, setup = int(last["steps"]), float(last["setup_seconds"])
+    except (IndexError, KeyError, TypeError, ValueError):
+        return None, out + " before it was set up"
+    if isinstance(last.get("warmup_seconds"), (int, float)):
+        seconds, partial = setup + steps * last["warmup_seconds"], "warm-up"
+    else:
+        waited = stopped - came
+        seconds = setup + waited * (1 if last.get("compile") else steps)
+        partial = "lower bound"
+    return {**last, "seconds_per_trial": seconds, "partial": partial, "budget": budget}, ""
+
+
+def _trial_time(answer: dict[str, Any]) -> TrialTime:
+    """A probe's answer (fresh or cached) as a trial time, labelled with how complete it is."""
+    partial = answer.get("partial")
+    source = {"warm-up": WARM_UP_ONLY, "lower bound": LOWER_BOUND}.get(partial, "probe")
+    return TrialTime(answer["seconds_per_trial"], source, partial == "lower bound")
+
+
+def _scaled(flops: float | None, measured: dict[str, tuple[float, float, float | None, bool]]
+            ) -> tuple[float, bool] | None:
     """A trial time from the measured shape nearest in FLOPs per token, its training part
-    scaled by the ratio (setup, when known, kept as it is)."""
-    near = [(abs(f - flops), seconds, setup, f) for seconds, setup, f in measured.values()
-            if f] if flops else []
+    scaled by the ratio (setup, when known, kept as it is), and whether it is a lower bound."""
+    near = [(abs(f - flops), seconds, setup, f, low) for seconds, setup, f, low
+            in measured.values() if f] if flops else []
     if not near:
         return None
-    _, seconds, setup, f = min(near)
-    return setup + (seconds - setup) * flops / f
+    _, seconds, setup, f, low = min(near)
+    return setup + (seconds - setup) * flops / f, low
 
 
 def estimate(plan: Plan, ledger: Ledger, slots: list[Slot], max_trials: int | None = None,
-             probe: bool = True, say: Callable[[str], None] | None = None) -> SweepEstimate:
+             probe: bool = True, say: Callable[[str], None] | None = None,
+             budget: float | None = None) -> SweepEstimate:
     """Estimate the trials this plan would run. Probes (only when `probe` and the launcher is
     local: a probe runs here, where Docker or Slurm trials would not) time the largest and the
-    smallest shape within PROBE_BUDGET; the other shapes are scaled from them by FLOPs."""
+    smallest shape within `budget` seconds (PROBE_BUDGET); the other shapes are scaled from
+    them by FLOPs. A cached partial probe (stopped at its budget) answers unless `budget` is
+    given: then that shape is probed again, for that long."""
     trials = ledger.trials(plan.spec.name) if ledger.sweep(plan.spec.name) else []
     points = points_to_run(plan, trials, max_trials)
     try:
@@ -237,18 +317,23 @@ def estimate(plan: Plan, ledger: Ledger, slots: list[Slot], max_trials: int | No
     history = ledger_times(plan, ledger, device) if keyed else {}
     cache = ProbeCache(ledger.home)
     shapes = {k: (p, f) for (k, f), p in zip(keyed, points)}
-    measured: dict[str, tuple[float, float, float | None]] = {}  # key: (seconds, setup, flops)
+    # key: (seconds, setup, flops, lower bound)
+    measured: dict[str, tuple[float, float, float | None, bool]] = {}
+    partial: list[dict[str, Any]] = []  # the partial probe answers used
     for key, (_, flops) in shapes.items():
         if key in history:
             seconds = statistics.median(history[key])
-            measured[key] = (seconds, 0.0, flops)
+            measured[key] = (seconds, 0.0, flops, False)
             result.times[key] = TrialTime(seconds, "ledger")
-        elif (hit := cache.get(cache.key(plan.program, key, device))) is not None:
-            measured[key] = (hit["seconds_per_trial"], hit.get("setup_seconds") or 0.0, flops)
-            result.times[key] = TrialTime(hit["seconds_per_trial"], "probe")
+        elif ((hit := cache.get(cache.key(plan.program, key, device))) is not None
+              and not (budget is not None and probe and hit.get("partial"))):
+            result.times[key] = _trial_time(hit)
+            measured[key] = (hit["seconds_per_trial"], hit.get("setup_seconds") or 0.0, flops,
+                             result.times[key].lower_bound)
+            partial += [hit] if hit.get("partial") else []
     why = ("no finished trial of this shape in the ledger" if plan.spec.launcher.type != "local"
            else "not probed yet: `orch sweep --dry-run` probes" if not probe else "")
-    left = PROBE_BUDGET
+    left = PROBE_BUDGET if budget is None else budget
     order = sorted((k for k in shapes if k not in result.times),
                    key=lambda k: -(shapes[k][1] or 0))
     if why or not order:
@@ -263,7 +348,7 @@ def estimate(plan: Plan, ledger: Ledger, slots: list[Slot], max_trials: int | No
         slot = slots[0] if slots else Slot(0, "cpu", {})
         if say is not None:
             say(f"probing a trial's speed on {slot.device} (shape {n + 1} of {len(targets)}; "
-                f"{len(shapes)} in the sweep)…")
+                f"{len(shapes)} in the sweep; at most {left:.0f} s)…")
         began = time.time()
         answer, failed = run_probe(plan, shapes[key][0], slot, ledger.home, left)
         left -= time.time() - began
@@ -271,12 +356,21 @@ def estimate(plan: Plan, ledger: Ledger, slots: list[Slot], max_trials: int | No
             why = failed
             break
         cache.put(cache.key(plan.program, key, device), answer)
+        result.times[key] = _trial_time(answer)
         measured[key] = (answer["seconds_per_trial"], answer.get("setup_seconds") or 0.0,
-                         shapes[key][1])
-        result.times[key] = TrialTime(answer["seconds_per_trial"], "probe")
+                         shapes[key][1], result.times[key].lower_bound)
+        partial += [answer] if answer.get("partial") else []
     for key in shapes:
         if key not in result.times:
-            seconds = _scaled(shapes[key][1], measured)
-            result.times[key] = TrialTime(seconds, "FLOPs-scaled") if seconds is not None \
+            scaled = _scaled(shapes[key][1], measured)
+            result.times[key] = TrialTime(scaled[0], "FLOPs-scaled", scaled[1]) if scaled \
                 else TrialTime(None, why or "the probe time budget ran out")
+    if partial:
+        budgets = ", ".join(sorted({f"{a.get('budget', 0):.0f} s" for a in partial}))
+        result.notes.append(
+            f"the probe ran out of its time budget ({budgets}) "
+            + ("before its first step ended: a lower bound" if any(
+                a["partial"] == "lower bound" for a in partial) else "after its warm-up step")
+            + "; `--probe-budget SECONDS` probes again for longer, and a finished trial of the "
+            "shape replaces the estimate")
     return result

@@ -17,6 +17,12 @@ curve (val_loss per validation), step_time (seconds per validation), stubborn (i
 device (what its device_info event reports, default cpu), pause_after + pause_until (after that
 many validations, wait until the file pause_until exists: a fault test's chosen moment).
 With FAKE_LOG set, every start appends one line `<overrides as JSON>` to that file.
+
+    python tests/fake_trainer.py probe --config F k=v ...   -> FAKE_PROBE's stages, then blocks
+
+FAKE_PROBE (JSON): a list of stage objects the probe prints, one line each, flushed; then it
+blocks until killed, as a probe of a step slower than any budget does. Without FAKE_PROBE the
+fake has no probe. With FAKE_LOG set, a probe start appends `{"probe": true}` to that file.
 """
 
 from __future__ import annotations
@@ -128,6 +134,20 @@ def train(argv: list[str]) -> int:
     return result("finished", "", 0, last[0])
 
 
+def probe() -> int:
+    """A probe that reports FAKE_PROBE's stages and then never finishes."""
+    if not os.environ.get("FAKE_PROBE"):
+        print("usage: no probe here", file=sys.stderr)
+        return 1
+    if os.environ.get("FAKE_LOG"):
+        with open(os.environ["FAKE_LOG"], "a") as f:
+            f.write(json.dumps({"probe": True}) + "\n")
+    for stage in json.loads(os.environ["FAKE_PROBE"]):
+        print(json.dumps(stage), flush=True)
+    signal.pause()  # blocks until the orchestrator stops it at its budget
+    return 0
+
+
 def main(argv: list[str]) -> int:
     if argv[:1] == ["schema"] and os.environ.get("FAKE_SCHEMA_FILE"):
         # A copy of the real schema, saved once per test session: skips a torch import.
@@ -138,6 +158,8 @@ def main(argv: list[str]) -> int:
         from trainer.__main__ import main as trainer_main
 
         return trainer_main(argv)
+    if argv[:1] == ["probe"]:
+        return probe()
     return train(argv)
 
 

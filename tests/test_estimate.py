@@ -10,7 +10,7 @@ from pathlib import Path
 
 from orch_helpers import BASE_TINY, FAKE, orch_env, run_orch, write_spec
 from orchestrator.contract import program_argv
-from orchestrator.estimate import ProbeCache, duration
+from orchestrator.estimate import DAY, LOWER_BOUND, WARM_UP_ONLY, ProbeCache, duration
 from orchestrator.ledger import Ledger
 from trainer.config import load_config
 
@@ -81,6 +81,64 @@ def test_a_sweep_longer_than_a_day_is_warned_about(orch_home: Path, tmp_path: Pa
     assert "more than a day" not in quick.stderr  # 80,000 s: under a day
 
 
+def _probe_starts(home: Path) -> int:
+    """How many times the fake program's probe started."""
+    log = home / "starts.log"
+    lines = log.read_text().splitlines() if log.exists() else []
+    return sum(json.loads(line) == {"probe": True} for line in lines)
+
+
+def _cached(home: Path) -> dict:
+    """The one answer in the probe cache (the fake sweep has one cost key)."""
+    answers = list(json.loads((home / "estimates.json").read_text()).values())
+    assert len(answers) == 1, answers
+    return answers[0]
+
+
+def test_a_probe_stopped_after_its_warm_up_step_estimates_from_it(orch_home: Path,
+                                                                  tmp_path: Path) -> None:
+    setup = {"stage": "setup", "steps": 1000, "evals": 5, "setup_seconds": 5.0}
+    stages = [setup, {**setup, "stage": "warm-up", "warmup_seconds": 2.0}]
+    env = orch_env(orch_home, FAKE_PROBE=json.dumps(stages))
+    spec = write_spec(tmp_path / "s.yaml", program=PROGRAM)  # 3 trials, one cost key, 1 slot
+    proc = run_orch(["sweep", str(spec), "--dry-run", "--probe-budget", "2"], env)
+    assert proc.returncode == 0, proc.stderr
+    per = 5.0 + 1000 * 2.0  # setup + steps x the warm-up step
+    line = (f"estimate: ~{duration(per)} per trial ({WARM_UP_ONLY}, cpu); sweep "
+            f"~{duration(3 * per)} on 1 slot(s)")
+    assert line in proc.stdout, proc.stdout
+    assert "--probe-budget" in proc.stderr  # says how to get a better number
+    assert _probe_starts(orch_home) == 1
+    answer = _cached(orch_home)
+    assert answer["partial"] == "warm-up" and answer["seconds_per_trial"] == per
+    again = run_orch(["sweep", str(spec), "--dry-run"], env)  # cached: instant, no probe
+    assert line in again.stdout, again.stdout
+    assert "probing" not in again.stderr and _probe_starts(orch_home) == 1
+    longer = run_orch(["sweep", str(spec), "--dry-run", "--probe-budget", "1"], env)
+    assert longer.returncode == 0, longer.stderr
+    assert _probe_starts(orch_home) == 2  # an explicit budget probes the partial shape again
+
+
+def test_a_probe_stopped_before_its_first_step_ended_gives_a_lower_bound(
+        orch_home: Path, tmp_path: Path) -> None:
+    # Ten million steps: even a few milliseconds each are more than a day.
+    stages = [{"stage": "setup", "steps": 10_000_000, "evals": 5, "setup_seconds": 1.0}]
+    env = orch_env(orch_home, FAKE_PROBE=json.dumps(stages))
+    spec = write_spec(tmp_path / "s.yaml", program=PROGRAM)
+    proc = run_orch(["sweep", str(spec), "--dry-run", "--probe-budget", "2"], env)
+    assert proc.returncode == 0, proc.stderr
+    answer = _cached(orch_home)
+    assert answer["partial"] == "lower bound" and answer["seconds_per_trial"] > DAY
+    bound = answer["seconds_per_trial"]
+    line = (f"estimate: more than {duration(bound)} per trial ({LOWER_BOUND}, cpu); sweep "
+            f"more than {duration(3 * bound)} on 1 slot(s)")
+    assert line in proc.stdout, proc.stdout
+    assert f"would take more than {duration(3 * bound)}" in proc.stderr, proc.stderr
+    again = run_orch(["sweep", str(spec), "--dry-run"], env)
+    assert line in again.stdout and "more than a day" in again.stderr, again.stdout
+    assert _probe_starts(orch_home) == 1  # the second dry run used the cache
+
+
 def test_cost_key_ignores_what_does_not_change_the_time() -> None:
     base = load_config(BASE_TINY).cost_key()
     assert load_config(BASE_TINY, ["optim.lr=0.1", "train.seed=5", "data.seed=3",
@@ -102,12 +160,24 @@ def test_probe_times_real_steps_of_the_run(tiny_titles: Path, tmp_path: Path) ->
     proc = subprocess.run([sys.executable, "-m", "trainer", "probe", "--config", str(BASE_TINY),
                            *env_cache, *sets], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    answer = json.loads(proc.stdout)
+    stages = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [s["stage"] for s in stages] == ["setup", "warm-up", "done"]  # as it goes
+    answer = stages[-1]
+    assert stages[0]["steps"] == answer["steps"] and stages[1]["warmup_seconds"] > 0
     assert answer["seconds_per_step"] > 0 and answer["eval_seconds"] > 0
     assert answer["steps"] == result["max_steps"]  # the run's own step count
     assert answer["evals"] == evals
     assert answer["seconds_per_trial"] > answer["steps"] * answer["seconds_per_step"]
     assert answer["cost_key"] == load_config(BASE_TINY, sets).cost_key()
+
+
+def test_probe_resolves_precision_auto(tiny_titles: Path, tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "trainer", "probe", "--config", str(BASE_TINY),
+                           "--cache-dir", str(tmp_path), f"data.path={tiny_titles}",
+                           "train.precision=auto"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    answer = json.loads(proc.stdout.splitlines()[-1])
+    assert answer["precision"] in ("fp32", "bf16") and answer["seconds_per_trial"] > 0
 
 
 def test_probe_of_bad_data_exits_2_with_one_line(tmp_path: Path) -> None:

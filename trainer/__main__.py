@@ -115,8 +115,9 @@ def _prepare(argv: list[str]) -> int:
 def _probe(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m trainer probe",
                                 description="Time one warm-up step, then --steps steps and one "
-                                            "evaluation; print JSON with seconds_per_step, steps, "
-                                            "eval_seconds, evals and seconds_per_trial.")
+                                            "evaluation; print one JSON line per stage (setup, "
+                                            "warm-up, done), the last with seconds_per_step, "
+                                            "steps, eval_seconds, evals and seconds_per_trial.")
     p.add_argument("--config", type=Path, required=True)
     p.add_argument("--cache-dir", type=Path, default=None, help="data cache (ORCH_CACHE_DIR)")
     p.add_argument("--steps", type=int, default=2, help="timed steps after the warm-up")
@@ -126,11 +127,14 @@ def _probe(argv: list[str]) -> int:
     from trainer.data import DataError
     from trainer.probe import probe
 
+    def report(stage: dict) -> None:  # each stage at once: a caller may stop the probe
+        print(json.dumps(stage), flush=True)
+
     try:
-        answer = probe(cfg, args.cache_dir or default_cache_dir(), max(1, args.steps), STARTED)
+        report(probe(cfg, args.cache_dir or default_cache_dir(), max(1, args.steps), STARTED,
+                     report))
     except DataError as err:
         raise ConfigError(str(err)) from None
-    print(json.dumps(answer))
     return 0
 
 

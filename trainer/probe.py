@@ -4,13 +4,18 @@ The orchestrator turns the answer into a trial's estimated wall time before a sw
 steps x seconds_per_step + evals x eval_seconds. The steps are the run's own (same data, same
 model, same device), so the first one, which pays for allocation and kernel selection, is a
 warm-up and is not timed.
+
+It answers progressively, one JSON line per stage, flushed (stage `setup` once the data and the
+model are ready, `warm-up` after the first step, `done` with seconds_per_trial), so a caller
+that must stop it at a time budget still has the last stage's figures: a full-size step on a
+CPU can take minutes.
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -20,6 +25,8 @@ from trainer.loop import autocast_for, keep_freed_memory, pick_device, train_ste
 from trainer.metrics import evaluate
 from trainer.model import GPT
 from trainer.optim import lr_factor, make_optimizer
+from trainer.precision import probe as probe_device
+from trainer.precision import resolve as resolve_precision
 
 
 def eval_steps(max_steps: int, batches: int, evals_per_epoch: int) -> int:
@@ -29,11 +36,12 @@ def eval_steps(max_steps: int, batches: int, evals_per_epoch: int) -> int:
     return len({1, max_steps} | set(range(interval, max_steps + 1, interval)))
 
 
-def probe(cfg: Config, cache_dir: Path, timed_steps: int = 2,
-          started: float | None = None) -> dict[str, Any]:
+def probe(cfg: Config, cache_dir: Path, timed_steps: int = 2, started: float | None = None,
+          report: Callable[[dict[str, Any]], None] = lambda stage: None) -> dict[str, Any]:
     """Measure seconds per training step (after one warm-up step) and one evaluation pass;
     `started`: when the process began, so the setup a trial pays (imports, loading the data,
-    building the model) is counted too."""
+    building the model) is counted too. `report` gets each stage's figures as they are known
+    (`setup`, `warm-up`); the return value is the final answer (`done`)."""
     started = time.time() if started is None else started
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -56,12 +64,20 @@ def probe(cfg: Config, cache_dir: Path, timed_steps: int = 2,
     step_model = torch.compile(model) if cfg.train.compile else model
     opt = make_optimizer(model, cfg.optim)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: lr_factor(cfg.schedule, k, max_steps))
-    amp = autocast_for(cfg.train.precision, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.precision == "fp16")
+    # `auto` resolved as a trial resolves it (trainer/loop.py), so the probe times its steps.
+    precision, _ = resolve_precision(cfg.train.precision, probe_device(device))
+    amp = autocast_for(precision, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     train_ids = data.train_ids.to(device)
     model.train()
     # A trial finds the data cache this probe filled: a miss's tokenizing is not its setup.
     setup_s = time.time() - started - (0.0 if data.info.get("cache_hit") else prepare_s)
+    evals = eval_steps(max_steps, batches, cfg.train.evals_per_epoch)
+    known: dict[str, Any] = {"steps": max_steps, "evals": evals, "setup_seconds": setup_s,
+                             "prepare_seconds": prepare_s, "device": device.type,
+                             "precision": precision, "compile": cfg.train.compile,
+                             "cost_key": cfg.cost_key()}
+    report({"stage": "setup", **known})
 
     def one_step(k: int) -> None:
         ptr = (k * B * T) % max(1, len(train_ids) - B * T - 1)
@@ -73,6 +89,8 @@ def probe(cfg: Config, cache_dir: Path, timed_steps: int = 2,
     one_step(0)  # warm-up: allocations, kernel choice, compilation
     _sync(device)
     t1 = time.time()
+    known["warmup_seconds"] = t1 - t_warm
+    report({"stage": "warm-up", **known})
     if t1 - t_warm > 5:  # a slow step (a full-size model on CPU): one timed step tells enough
         timed_steps = 1
     for k in range(1, timed_steps + 1):
@@ -86,15 +104,12 @@ def probe(cfg: Config, cache_dir: Path, timed_steps: int = 2,
     part = data.val_ids[: 2 * (eval_batch * T + 1)]
     t2 = time.time()
     evaluate(step_model, part, T, eval_batch, data.val_chars, data.val_bytes, device,
-             autocast_for(cfg.train.precision, device))
+             autocast_for(precision, device))
     _sync(device)
     eval_s = (time.time() - t2) * len(data.val_ids) / max(1, len(part))
-    evals = eval_steps(max_steps, batches, cfg.train.evals_per_epoch)
-    return {"seconds_per_step": per_step, "timed_steps": timed_steps, "steps": max_steps,
-            "eval_seconds": eval_s, "evals": evals,
-            "setup_seconds": setup_s,
-            "seconds_per_trial": setup_s + max_steps * per_step + evals * eval_s,
-            "prepare_seconds": prepare_s, "device": device.type, "cost_key": cfg.cost_key()}
+    return {"stage": "done", **known, "seconds_per_step": per_step, "timed_steps": timed_steps,
+            "eval_seconds": eval_s,
+            "seconds_per_trial": setup_s + max_steps * per_step + evals * eval_s}
 
 
 def _sync(device: torch.device) -> None:
