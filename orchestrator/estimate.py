@@ -221,13 +221,15 @@ def run_probe(plan: Plan, point: dict[str, Any], slot: Slot, home: Path,
             return None, f"the probe could not run: {err}"
         reader = threading.Thread(target=_read_stages, args=(proc, stages), daemon=True)
         reader.start()
+        stopped = None
         try:
             proc.wait(timeout)
-            stopped = None
         except subprocess.TimeoutExpired:
             stopped = time.monotonic()
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        finally:  # at the budget, or on Ctrl-C: its own session does not get the SIGINT
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
         reader.join()
         stderr.seek(0)
         error = stderr.read()
