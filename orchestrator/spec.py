@@ -256,15 +256,34 @@ def _line_map(node: yaml.Node, path: tuple[Any, ...], out: dict[tuple[Any, ...],
             _line_map(item, path + (i,), out)
 
 
+class YamlLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader, except that `1e-3` and `1.0e6` read as floats (YAML 1.2), not as
+    the strings YAML 1.1 makes of them (the trainer reads its configs the same way)."""
+
+
+YamlLoader.add_implicit_resolver(  # copies SafeLoader's table first: SafeLoader is unchanged
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
+def read_yaml(text: str) -> Any:
+    """Parse YAML text with `YamlLoader`."""
+    return yaml.load(text, Loader=YamlLoader)
+
+
 def read_spec(path: Path) -> SpecDoc:
     """Parse a spec file, keeping the line of every key."""
     try:
         text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise SpecError([f"{path}: not UTF-8 text (byte {err.start}: {err.reason}); a spec is a "
+                         "YAML file"]) from None
     except OSError as err:
         raise SpecError([f"{path}: cannot read the spec: {err.strerror or err}"]) from None
     try:
-        data = yaml.safe_load(text)
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = read_yaml(text)
+        root = yaml.compose(text, Loader=YamlLoader)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         at = f", line {mark.line + 1}" if mark else ""
@@ -355,9 +374,7 @@ def parse_set(text: str) -> tuple[str, Any]:
     if not sep or not key.strip():
         raise SpecError([f"--set {text}: not of the form key.path=value"])
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = read_yaml(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
-    if isinstance(value, str) and re.fullmatch(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+", value):
-        value = float(value)  # YAML 1.1 reads 3e-4 as a string; everyone means the float
     return key.strip(), value
