@@ -163,6 +163,8 @@ def validate(spec: Path = typer.Argument(..., help="Sweep spec YAML."),
     """Check a spec without running anything: exit 0 when valid, 2 with the problems."""
     plan = _plan(spec, set_, data)
     try:
+        for note in plan.notes:
+            err.print(f"note: {note}", highlight=False)
         for point, reason in plan.invalid:
             err.print(f"[yellow]invalid grid point[/] {json.dumps(point)}: {reason}",
                       highlight=False, soft_wrap=True)

@@ -14,11 +14,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from orchestrator.contract import METRICS, ContractError, Validator, fetch_schema, program_argv
 from orchestrator.paramcheck import distribution_error, resolve, value_error
 from orchestrator.search import Engine, param_names, varied
+from orchestrator.slots import detect_gpus
+from orchestrator.trial_container import api_key
 from orchestrator.spec import (SpecDoc, SpecError, SweepSpec, flatten, load_spec, parse_set,
-                               read_spec)
+                               read_spec, read_yaml)
 
 
 @dataclass
@@ -118,6 +122,8 @@ def build_plan(spec_path: Path, sets: list[str] = (), data: Path | None = None,
     if not base.is_file():
         problems.append(doc.error(("base",), f"trainer config {base} does not exist; `base` is "
                                   "relative to the spec file"))
+    gpu_problems, gpu_notes = _gpu_check(spec, doc)
+    problems += gpu_problems
     program = program_argv(spec.program)
     # The validation co-process starts now, so its start-up (a torch import) overlaps the
     # schema call's; both are the fixed cost of every sweep.
@@ -127,11 +133,62 @@ def build_plan(spec_path: Path, sets: list[str] = (), data: Path | None = None,
     try:
         plan = _static_checks(spec, doc, spec_path, problems, program, base, validator, sets,
                               data, [p for p in wandb_problems if p[0][:1] == ("parameters",)])
+        plan.notes += gpu_notes
+        if spec.method == "bayes" and "metric" not in doc.data:
+            plan.notes.append(f"{spec_path}: a bayes search without `metric` optimizes "
+                              f"{spec.metric.name} ({spec.metric.goal}), the default; set "
+                              "`metric: {name: ..., goal: ...}` to choose")
         _check_points(plan)
     except BaseException:
         validator.close()
         raise
     return plan
+
+
+def _gpu_check(spec: SweepSpec, doc: SpecDoc) -> tuple[list[str], list[str]]:
+    """(problems, notes) of the GPUs a local sweep lists: each must be one nvidia-smi lists, or
+    the trials would say cuda:N while running on the CPU. (Docker checks its engine's GPUs.)"""
+    res = spec.resources
+    if spec.launcher.type != "local" or not isinstance(res.gpus, list) or not res.gpus:
+        return [], []
+    found = detect_gpus()
+    missing = [g for g in res.gpus if g not in found]
+    if not missing:
+        return [], []
+    seen = f"nvidia-smi lists {', '.join(map(str, found))}" if found else \
+        "nvidia-smi finds no usable GPU here"
+    listed = ", ".join(map(str, missing))
+    if res.cpu_fallback:
+        left = [g for g in res.gpus if g in found]
+        where = (f"GPU(s) {', '.join(map(str, left))}" if left
+                 else f"the CPU ({res.cpu_slots} slot(s))")
+        return [], [f"resources.gpus: GPU(s) {listed} not usable ({seen}); "
+                    f"resources.cpu_fallback is true, so the trials run on {where}"]
+    return [doc.error(("resources", "gpus"), f"GPU(s) {listed} asked for, but {seen}; list "
+                      "only GPUs this machine has, set `resources.gpus: null` to run on the "
+                      "CPU, or `resources.cpu_fallback: true` to use the CPU when the listed "
+                      "GPUs are missing")], []
+
+
+def _online_key_problem(doc: SpecDoc, base: Path,
+                        fixed_src: dict[str, tuple[Any, tuple[Any, ...] | str]]) -> list[str]:
+    """W&B online mode with no API key would fail every trial at its start: refuse it now."""
+    mode, where = fixed_src.get("tracking.mode", (None, ("base",)))
+    if "tracking.mode" not in fixed_src:
+        try:
+            tree = read_yaml(base.read_text(encoding="utf-8"))
+            mode = tree["tracking"]["mode"]
+        except (OSError, ValueError, TypeError, KeyError, yaml.YAMLError):
+            return []  # unreadable bases are the validator's to report
+    if mode != "online" or api_key():
+        return []
+    text = ("W&B online mode, but no W&B API key is available here (WANDB_API_KEY is unset "
+            "and no netrc entry holds one), so every trial would fail at its start; run "
+            "`wandb login` or export WANDB_API_KEY, or use mode `offline` (sync later with "
+            "`wandb sync`) or `disabled`")
+    if where == ("base",):
+        return [doc.error(where, f"{base} sets tracking.mode: online: {text}")]
+    return [doc.error(where, text) if isinstance(where, tuple) else f"{where}: {text}"]
 
 
 def _static_checks(spec: SweepSpec, doc: SpecDoc, spec_path: Path, problems: list[str],
@@ -179,6 +236,7 @@ def _static_checks(spec: SweepSpec, doc: SpecDoc, spec_path: Path, problems: lis
             problems.append(doc.error(loc, err))
             flagged.add(loc)
     problems += [text for loc, text in wandb_params if loc not in flagged]
+    problems += _online_key_problem(doc, base, fixed_src)
     if problems:
         raise SpecError(problems)
 

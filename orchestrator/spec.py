@@ -49,6 +49,10 @@ class Resources(_Strict):
 
     gpus: Literal["all"] | list[int] | None = Field(
         "all", description="GPU indices, `all` (auto-detected with nvidia-smi), or null for CPU.")
+    cpu_fallback: bool = Field(
+        False, description="Local launcher: when the listed GPUs are not usable here "
+        "(nvidia-smi does not list them), run on those that are, else on the CPU (cpu_slots), "
+        "and say so; false: such a sweep is refused before anything runs.")
     jobs_per_gpu: int = Field(1, ge=1, description="Trials sharing one GPU.")
     cpu_slots: int = Field(1, ge=1, description="Parallel trials when there is no GPU.")
     timeout: float | None = Field(None, gt=0, description="Per-trial limit: seconds, 30m, 2h.")
@@ -59,6 +63,16 @@ class Resources(_Strict):
     @classmethod
     def _no_gpus(cls, v: Any) -> Any:
         return None if isinstance(v, str) and v.lower() in ("none", "cpu", "") else v
+
+    @field_validator("gpus")
+    @classmethod
+    def _each_gpu_once(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            twice = sorted({g for g in v if v.count(g) > 1})
+            if twice:
+                raise ValueError(f"GPU {', '.join(map(str, twice))} listed more than once; list "
+                                 "each GPU once (jobs_per_gpu runs several trials on one GPU)")
+        return v
 
     @field_validator("timeout", "kill_grace", mode="before")
     @classmethod
