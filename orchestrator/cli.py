@@ -105,6 +105,9 @@ def sweep(spec: Path = typer.Argument(..., help="Sweep spec YAML."),
         except SweepBusy as e:
             err.print(f"error: {e}")
             raise typer.Exit(1) from None
+        except SpecError as e:  # the program refused the data before the first launch
+            spec_errors(e)
+            raise typer.Exit(2) from None
         except LauncherError as e:
             err.print(f"error: {e}", highlight=False, markup=False, soft_wrap=True)
             raise typer.Exit(1) from None

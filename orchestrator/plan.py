@@ -170,6 +170,20 @@ def _gpu_check(spec: SweepSpec, doc: SpecDoc) -> tuple[list[str], list[str]]:
                       "GPUs are missing")], []
 
 
+def _data_file_problem(doc: SpecDoc, validator: Validator, path: Any,
+                       where: tuple[Any, ...] | str) -> list[str]:
+    """The program's cheap look at the titles file every trial reads (exists, is a file, has a
+    known suffix, is not empty): one paragraph instead of one per grid point."""
+    try:
+        verdict = validator.check([{"data.path": path}])[0]
+    except ContractError:
+        return []  # a base the program cannot read: reported with the points
+    text = str(verdict.get("error", ""))
+    if verdict.get("ok") or not text.startswith("data.path"):
+        return []  # only the file's own problems; the rest is the points' business
+    return [doc.error(where, text) if isinstance(where, tuple) else f"{where}: {text}"]
+
+
 def _online_key_problem(doc: SpecDoc, base: Path,
                         fixed_src: dict[str, tuple[Any, tuple[Any, ...] | str]]) -> list[str]:
     """W&B online mode with no API key would fail every trial at its start: refuse it now."""
@@ -219,8 +233,6 @@ def _static_checks(spec: SweepSpec, doc: SpecDoc, spec_path: Path, problems: lis
         fixed_src[key] = (value, f"--set {text}")
     if data is not None:
         fixed_src["data.path"] = (str(data.resolve()), f"--data {data}")
-        if not data.is_file():
-            problems.append(f"--data {data}: no such file")
 
     for key, (value, where) in fixed_src.items():
         fields = resolve(key, schema)
@@ -237,6 +249,8 @@ def _static_checks(spec: SweepSpec, doc: SpecDoc, spec_path: Path, problems: lis
             flagged.add(loc)
     problems += [text for loc, text in wandb_params if loc not in flagged]
     problems += _online_key_problem(doc, base, fixed_src)
+    if "data.path" in fixed_src and fixed_src["data.path"][0] is not None and base.is_file():
+        problems += _data_file_problem(doc, validator, *fixed_src["data.path"])
     if problems:
         raise SpecError(problems)
 
