@@ -172,7 +172,11 @@ class DockerLauncher:
             volumes, point = self.layout.mounts(launch)
             found = self._prepare_data(launch, point, volumes, log)
             if found is not None and found[0] != 0:
-                raise refusal(spec_path, sets, *found)
+                code, output = found
+                host = self.layout.setting(launch, "data.path")
+                if host is not None:  # the user knows the file by its host path
+                    output = output.replace(point["data.path"], str(Path(str(host)).resolve()))
+                raise refusal(spec_path, sets, code, output)
 
     def _prepare_data(self, launch: Launch, point: dict[str, Any], volumes: dict[str, Any],
                       log: Path) -> tuple[int, str] | None:
