@@ -47,7 +47,7 @@ def refusal(spec_path: Path, sets: dict[str, Any], code: int, output: str) -> Ex
     (exit 2, a SpecError: bad input), else a LauncherError with the tail of its output."""
     said = [line.removeprefix("error: ") for line in output.splitlines()
             if line.startswith("error: ")]
-    shown = " ".join(f"{k}={format_value(v)}" for k, v in sets.items() if k != "data.path")
+    shown = " ".join(f"{k}={format_value(v)}" for k, v in sets.items())
     at = f" (with {shown})" if shown else ""
     if code == EXIT_BAD_INPUT and said:
         return SpecError([f"{spec_path}: the data check before the first trial failed{at}, so "

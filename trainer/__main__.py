@@ -114,7 +114,8 @@ def _prepare(argv: list[str]) -> int:
     try:
         data = prepare_data(cfg.data, cfg.tokenizer, args.cache_dir or default_cache_dir())
         # What a run checks right after this: a file too small for one batch fails here too.
-        batches_per_epoch(len(data.train_ids), cfg.train.batch_size, cfg.train.context_length)
+        batches_per_epoch(len(data.train_ids), cfg.train.batch_size, cfg.train.context_length,
+                          data.info["source"])
     except DataError as err:
         raise ConfigError(str(err)) from None
     print(json.dumps({k: data.info[k] for k in ("cache_key", "cache_hit", "train_tokens",

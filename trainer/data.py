@@ -69,11 +69,13 @@ def check_file(path: Path) -> None:
         raise DataError(f"data.path {path} is empty; it must hold at least two titles.")
 
 
-def batches_per_epoch(train_tokens: int, batch_size: int, context_length: int) -> int:
-    """Whole batches in the training tokens; none is a DataError (nothing could train)."""
+def batches_per_epoch(train_tokens: int, batch_size: int, context_length: int,
+                      source: str) -> int:
+    """Whole batches in the training tokens (from `source`, named in the error); none is a
+    DataError (nothing could train)."""
     batches = train_tokens // (batch_size * context_length)
     if batches == 0:
-        raise DataError(f"{train_tokens} training tokens do not fill one batch of "
+        raise DataError(f"{train_tokens} training tokens from {source} do not fill one batch of "
                         f"train.batch_size x train.context_length = {batch_size} x "
                         f"{context_length}; raise data.num_titles, use a larger file, or lower "
                         "train.batch_size or train.context_length.")

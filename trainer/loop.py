@@ -145,7 +145,7 @@ def train(cfg: Config, out_dir: Path, cache_dir: Path, events: EventLog, console
                cuda=torch.cuda.get_device_name(device) if device.type == "cuda" else None)
     data = prepare_data(cfg.data, cfg.tokenizer, cache_dir)
     T, B = cfg.train.context_length, cfg.train.batch_size
-    batches = batches_per_epoch(len(data.train_ids), B, T)
+    batches = batches_per_epoch(len(data.train_ids), B, T, data.info["source"])
     max_steps = cfg.train.epochs * batches
     if cfg.train.max_steps:
         max_steps = min(max_steps, cfg.train.max_steps)
