@@ -20,9 +20,9 @@ from orchestrator.contract import METRICS, ContractError, Validator, fetch_schem
 from orchestrator.paramcheck import distribution_error, resolve, value_error
 from orchestrator.search import Engine, param_names, varied
 from orchestrator.slots import detect_gpus
-from orchestrator.trial_container import api_key
 from orchestrator.spec import (SpecDoc, SpecError, SweepSpec, flatten, load_spec, parse_set,
                                read_spec, read_yaml)
+from orchestrator.trial_container import api_key
 
 
 @dataclass
