@@ -123,6 +123,9 @@ def sweep(spec: Path = typer.Argument(..., help="Sweep spec YAML."),
         except SweepBusy as e:
             err.print(f"error: {e}")
             raise typer.Exit(1) from None
+        except SpecError as e:  # the program refused the data before the first launch
+            spec_errors(e)
+            raise typer.Exit(2) from None
         except LauncherError as e:
             err.print(f"error: {e}", highlight=False, markup=False, soft_wrap=True)
             raise typer.Exit(1) from None
@@ -194,6 +197,8 @@ def validate(spec: Path = typer.Argument(..., help="Sweep spec YAML."),
     """Check a spec without running anything: exit 0 when valid, 2 with the problems."""
     plan = _plan(spec, set_, data)
     try:
+        for note in plan.notes:
+            err.print(f"note: {note}", highlight=False)
         rejected = plan.rejected
         if rejected and rejected.count:
             say(skipped(rejected))

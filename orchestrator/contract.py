@@ -139,6 +139,8 @@ class Validator:
             err = proc.stderr.read().strip() if proc.stderr else ""
             code = proc.wait()
             self._proc = None
+            if code == EXIT_BAD_INPUT and err:  # the program's own one-paragraph refusal
+                raise ContractError(err.removeprefix("error: ")[-1500:]) from None
             raise ContractError(f"`{shlex.join(self._argv)}` exited {code}: "
                                 f"{err[-1500:] or 'no verdict printed'}") from None
         return verdicts

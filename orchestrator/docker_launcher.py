@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from orchestrator.dataprep import PREPARE_KEYS, refusal
 from orchestrator.image import (connect, default_context, engine_address, ensure_image,
                                 pinned_image)
 from orchestrator.launcher import Launch, LauncherError, Run
@@ -163,13 +164,31 @@ class DockerLauncher:
         home = hashlib.sha256(str(self.home).encode()).hexdigest()[:6]
         return f"orch-{self.sweep}-{launch.number}-a{launch.attempt}-{role}-{home}"
 
+    def prepare_data(self, spec_path: Path, base: Path, settings: list[dict[str, Any]]) -> None:
+        """Fill the cache for each data setting before the first trial, each in a `prepare`
+        container of the trial image; a refusal raises (dataprep.refusal), nothing launched."""
+        log = self.home / "runs" / self.sweep / "prepare.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        for sets in settings:
+            launch = Launch(trial_id=0, number=0, attempt=0, argv=[], run_dir=log.parent, env={},
+                            timeout=None, marker="", base=base, point=sets, device="cpu")
+            volumes, point = self.layout.mounts(launch)
+            found = self._prepare_data(launch, point, volumes, log)
+            if found is not None and found[0] != 0:
+                code, output = found
+                host = self.layout.setting(launch, "data.path")
+                if host is not None:  # the user knows the file by its host path
+                    output = output.replace(point["data.path"], str(Path(str(host)).resolve()))
+                raise refusal(spec_path, sets, code, output)
+
     def _prepare_data(self, launch: Launch, point: dict[str, Any], volumes: dict[str, Any],
-                      log: Path) -> None:
-        """Fill the cache for this trial's data config once, in a container with it writable."""
-        sets = {k: v for k, v in point.items() if k.startswith(("data.", "tokenizer."))}
+                      log: Path) -> tuple[int, str] | None:
+        """Fill the cache for this trial's data config once, in a container with it writable:
+        (exit code, output), or None when this config was prepared before."""
+        sets = {k: v for k, v in point.items() if k.startswith(PREPARE_KEYS)}
         key = json.dumps(sets, sort_keys=True, default=str)
         if key in self._prepared:
-            return
+            return None
         self._prepared.add(key)
         binds = {h: m for h, m in volumes.items() if m["bind"] != RUN}
         binds[str(self.cache_dir)] = {"bind": CACHE, "mode": "rw"}
@@ -190,9 +209,10 @@ class DockerLauncher:
         with open(log, "ab") as fh:
             fh.write(f"[orch] data cache: `{shlex.join(argv)}` exited {code} in "
                      f"{time.time() - started:.1f} s\n".encode() + output)
-        if code != 0:
+        if code != 0 and launch.number:
             self.say(f"trial {launch.number}: preparing the data cache failed (exit {code}); "
                      f"see {log}")
+        return code, output.decode(errors="replace")
 
     def start(self, launch: Launch) -> ContainerRun:
         """Create and start the trial's container; its output streams to RUN_DIR/trial.log."""

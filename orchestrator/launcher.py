@@ -180,6 +180,17 @@ class Adopter(Protocol):
         """Leave the live attempts running past this orchestrator: close() spares them."""
 
 
+@runtime_checkable
+class DataPreparer(Protocol):
+    """A launcher whose trials read the data somewhere else than this machine's Python would
+    (Docker: the image's own program and tokenizers); the others' data is prepared here."""
+
+    def prepare_data(self, spec_path: Path, base: Path,
+                     settings: list[dict[str, Any]]) -> None:
+        """Fill the data cache for each setting (dotted data keys) before the first trial;
+        raise SpecError when the program refuses the data, LauncherError when it fails."""
+
+
 class LocalLauncher:
     """Starts trial processes and waits for them without busy polling (pidfd where available)."""
 

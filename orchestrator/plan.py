@@ -17,12 +17,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from orchestrator.contract import METRICS, ContractError, Validator, fetch_schema, program_argv
 from orchestrator.paramcheck import distribution_error, resolve, value_error
 from orchestrator.rejections import Rejections, group, render
 from orchestrator.search import Engine, param_names, plain_parameter, varied
+from orchestrator.slots import detect_gpus
 from orchestrator.spec import (SpecDoc, SpecError, SweepSpec, flatten, load_spec, parse_set,
-                               read_spec)
+                               read_spec, read_yaml)
+from orchestrator.trial_container import api_key
 
 
 @dataclass
@@ -165,13 +169,80 @@ def build_plan(spec_path: Path, sets: list[str] = (), data: Path | None = None,
         if not base.is_file():
             problems.append(doc.error(("base",), f"trainer config {base} does not exist; `base` "
                                       "is relative to the spec file"))
+        gpu_problems, gpu_notes = _gpu_check(spec, doc)
+        problems += gpu_problems
         plan = _static_checks(spec, doc, spec_path, problems, program, base, validator, sets,
                               data, [p for p in wandb_problems if p[0][:1] == ("parameters",)])
+        plan.notes += gpu_notes
+        if spec.method == "bayes" and "metric" not in doc.data:
+            plan.notes.append(f"{spec_path}: a bayes search without `metric` optimizes "
+                              f"{spec.metric.name} ({spec.metric.goal}), the default; set "
+                              "`metric: {name: ..., goal: ...}` to choose")
         _check_points(plan)
     except BaseException:
         validator.close()
         raise
     return plan
+
+
+def _gpu_check(spec: SweepSpec, doc: SpecDoc) -> tuple[list[str], list[str]]:
+    """(problems, notes) of the GPUs a local sweep lists: each must be one nvidia-smi lists, or
+    the trials would say cuda:N while running on the CPU. (Docker checks its engine's GPUs.)"""
+    res = spec.resources
+    if spec.launcher.type != "local" or not isinstance(res.gpus, list) or not res.gpus:
+        return [], []
+    found = detect_gpus()
+    missing = [g for g in res.gpus if g not in found]
+    if not missing:
+        return [], []
+    seen = f"nvidia-smi lists {', '.join(map(str, found))}" if found else \
+        "nvidia-smi finds no usable GPU here"
+    listed = ", ".join(map(str, missing))
+    if res.cpu_fallback:
+        left = [g for g in res.gpus if g in found]
+        where = (f"GPU(s) {', '.join(map(str, left))}" if left
+                 else f"the CPU ({res.cpu_slots} slot(s))")
+        return [], [f"resources.gpus: GPU(s) {listed} not usable ({seen}); "
+                    f"resources.cpu_fallback is true, so the trials run on {where}"]
+    return [doc.error(("resources", "gpus"), f"GPU(s) {listed} asked for, but {seen}; list "
+                      "only GPUs this machine has, set `resources.gpus: null` to run on the "
+                      "CPU, or `resources.cpu_fallback: true` to use the CPU when the listed "
+                      "GPUs are missing")], []
+
+
+def _data_file_problem(doc: SpecDoc, validator: Validator, path: Any,
+                       where: tuple[Any, ...] | str) -> list[str]:
+    """The program's cheap look at the titles file every trial reads (exists, is a file, has a
+    known suffix, is not empty): one paragraph instead of one per grid point."""
+    try:
+        verdict = validator.check([{"data.path": path}])[0]
+    except ContractError:
+        return []  # a base the program cannot read: reported with the points
+    text = str(verdict.get("error", ""))
+    if verdict.get("ok") or not text.startswith("data.path"):
+        return []  # only the file's own problems; the rest is the points' business
+    return [doc.error(where, text) if isinstance(where, tuple) else f"{where}: {text}"]
+
+
+def _online_key_problem(doc: SpecDoc, base: Path,
+                        fixed_src: dict[str, tuple[Any, tuple[Any, ...] | str]]) -> list[str]:
+    """W&B online mode with no API key would fail every trial at its start: refuse it now."""
+    mode, where = fixed_src.get("tracking.mode", (None, ("base",)))
+    if "tracking.mode" not in fixed_src:
+        try:
+            tree = read_yaml(base.read_text(encoding="utf-8"))
+            mode = tree["tracking"]["mode"]
+        except (OSError, ValueError, TypeError, KeyError, yaml.YAMLError):
+            return []  # unreadable bases are the validator's to report
+    if mode != "online" or api_key():
+        return []
+    text = ("W&B online mode, but no W&B API key is available here (WANDB_API_KEY is unset "
+            "and no netrc entry holds one), so every trial would fail at its start; run "
+            "`wandb login` or export WANDB_API_KEY, or use mode `offline` (sync later with "
+            "`wandb sync`) or `disabled`")
+    if where == ("base",):
+        return [doc.error(where, f"{base} sets tracking.mode: online: {text}")]
+    return [doc.error(where, text) if isinstance(where, tuple) else f"{where}: {text}"]
 
 
 def _static_checks(spec: SweepSpec, doc: SpecDoc, spec_path: Path, problems: list[str],
@@ -202,8 +273,6 @@ def _static_checks(spec: SweepSpec, doc: SpecDoc, spec_path: Path, problems: lis
         fixed_src[key] = (value, f"--set {text}")
     if data is not None:
         fixed_src["data.path"] = (str(data.resolve()), f"--data {data}")
-        if not data.is_file():
-            problems.append(f"--data {data}: no such file")
 
     for key, (value, where) in fixed_src.items():
         fields = resolve(key, schema)
@@ -219,6 +288,9 @@ def _static_checks(spec: SweepSpec, doc: SpecDoc, spec_path: Path, problems: lis
             problems.append(doc.error(loc, err))
             flagged.add(loc)
     problems += [text for loc, text in wandb_params if loc not in flagged]
+    problems += _online_key_problem(doc, base, fixed_src)
+    if "data.path" in fixed_src and fixed_src["data.path"][0] is not None and base.is_file():
+        problems += _data_file_problem(doc, validator, *fixed_src["data.path"])
     if problems:
         raise SpecError(problems)
 

@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from orchestrator.contract import EXIT_BAD_INPUT, EventTail, Outcome, finite, judge, train_argv
+from orchestrator.dataprep import data_settings, prepare_on_host
 from orchestrator.estimate import points_to_run
-from orchestrator.launcher import Adopter, Launch, Launcher, LocalLauncher, Run
-from orchestrator.ledger import INTERRUPTED, Ledger, Trial
+from orchestrator.launcher import Adopter, DataPreparer, Launch, Launcher, LocalLauncher, Run
+from orchestrator.ledger import INTERRUPTED, Ledger, Trial, alive
 from orchestrator.plan import Plan
 from orchestrator.progress import Progress
 from orchestrator.rejections import group, no_new_point, one_line
@@ -105,6 +106,7 @@ class Scheduler:
                                 + (" (engine, image)…" if spec.launcher.type == "docker" else "…"))
         try:
             launcher.prepare([s.device for s in self.slots])
+            self._prepare_data(launcher)
         except BaseException:
             launcher.close()
             raise
@@ -142,6 +144,24 @@ class Scheduler:
             return 143 if self._signal == signal.SIGTERM else 130
         trials = self.ledger.trials(self.name)
         return 0 if any(t.state == "finished" for t in trials) or state == "paused" else 1
+
+    def _prepare_data(self, launcher: Launcher) -> None:
+        """Each distinct data setting once, before anything launches (dataprep.py)."""
+        settings = data_settings(self.plan)
+        if not settings:
+            return
+        row = self.ledger.sweep(self.name) or {}
+        if alive(row.get("owner_pid"), row.get("owner_start")):  # busy: say so before the work
+            raise SweepBusy(f"sweep {self.name} is running under pid {row['owner_pid']}; "
+                            f"`orch stop {self.name}` stops it")
+        self.progress.note(f"checking the data and filling its cache ({len(settings)} "
+                           "setting(s)) before the first trial")
+        if isinstance(launcher, DataPreparer):
+            launcher.prepare_data(self.plan.doc.path, self.plan.base, settings)
+        else:
+            cache = Path(os.environ.get("ORCH_CACHE_DIR") or self.home / "cache")
+            prepare_on_host(self.plan.doc.path, self.plan.program, self.plan.base, settings,
+                            cache)
 
     def _loop(self, launcher: Launcher) -> str:
         engine = Engine(self.plan.search)

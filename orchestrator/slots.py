@@ -40,6 +40,9 @@ def make_slots(res: Resources, gpus_found: list[int] | None = None) -> list[Slot
         gpus = detect_gpus() if gpus_found is None else gpus_found
     else:
         gpus = list(res.gpus or [])
+        if gpus and res.cpu_fallback:  # only the usable ones; none left: the CPU
+            found = detect_gpus() if gpus_found is None else gpus_found
+            gpus = [g for g in gpus if g in found]
     if gpus:
         slots = [Slot(i, f"cuda:{g}", {"CUDA_VISIBLE_DEVICES": str(g)})
                  for i, g in enumerate(g for _ in range(res.jobs_per_gpu) for g in gpus)]

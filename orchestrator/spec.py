@@ -49,6 +49,10 @@ class Resources(_Strict):
 
     gpus: Literal["all"] | list[int] | None = Field(
         "all", description="GPU indices, `all` (auto-detected with nvidia-smi), or null for CPU.")
+    cpu_fallback: bool = Field(
+        False, description="Local launcher: when the listed GPUs are not usable here "
+        "(nvidia-smi does not list them), run on those that are, else on the CPU (cpu_slots), "
+        "and say so; false: such a sweep is refused before anything runs.")
     jobs_per_gpu: int = Field(1, ge=1, description="Trials sharing one GPU.")
     cpu_slots: int = Field(1, ge=1, description="Parallel trials when there is no GPU.")
     timeout: float | None = Field(None, gt=0, description="Per-trial limit: seconds, 30m, 2h.")
@@ -59,6 +63,16 @@ class Resources(_Strict):
     @classmethod
     def _no_gpus(cls, v: Any) -> Any:
         return None if isinstance(v, str) and v.lower() in ("none", "cpu", "") else v
+
+    @field_validator("gpus")
+    @classmethod
+    def _each_gpu_once(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            twice = sorted({g for g in v if v.count(g) > 1})
+            if twice:
+                raise ValueError(f"GPU {', '.join(map(str, twice))} listed more than once; list "
+                                 "each GPU once (jobs_per_gpu runs several trials on one GPU)")
+        return v
 
     @field_validator("timeout", "kill_grace", mode="before")
     @classmethod
@@ -262,15 +276,34 @@ def _line_map(node: yaml.Node, path: tuple[Any, ...], out: dict[tuple[Any, ...],
             _line_map(item, path + (i,), out)
 
 
+class YamlLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader, except that `1e-3` and `1.0e6` read as floats (YAML 1.2), not as
+    the strings YAML 1.1 makes of them (the trainer reads its configs the same way)."""
+
+
+YamlLoader.add_implicit_resolver(  # copies SafeLoader's table first: SafeLoader is unchanged
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
+def read_yaml(text: str) -> Any:
+    """Parse YAML text with `YamlLoader`."""
+    return yaml.load(text, Loader=YamlLoader)
+
+
 def read_spec(path: Path) -> SpecDoc:
     """Parse a spec file, keeping the line of every key."""
     try:
         text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise SpecError([f"{path}: not UTF-8 text (byte {err.start}: {err.reason}); a spec is a "
+                         "YAML file"]) from None
     except OSError as err:
         raise SpecError([f"{path}: cannot read the spec: {err.strerror or err}"]) from None
     try:
-        data = yaml.safe_load(text)
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = read_yaml(text)
+        root = yaml.compose(text, Loader=YamlLoader)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         at = f", line {mark.line + 1}" if mark else ""
@@ -361,9 +394,7 @@ def parse_set(text: str) -> tuple[str, Any]:
     if not sep or not key.strip():
         raise SpecError([f"--set {text}: not of the form key.path=value"])
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = read_yaml(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
-    if isinstance(value, str) and re.fullmatch(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+", value):
-        value = float(value)  # YAML 1.1 reads 3e-4 as a string; everyone means the float
     return key.strip(), value

@@ -26,7 +26,7 @@ import yaml
 
 from orchestrator.contract import format_value
 from orchestrator.launcher import Launch
-from orchestrator.spec import Launcher
+from orchestrator.spec import Launcher, read_yaml
 
 RUN, CACHE, CONFIG, DATA, SECRETS = ("/orch/run", "/orch/cache", "/orch/config", "/orch/data",
                                      "/orch/secrets")
@@ -121,8 +121,8 @@ class Layout:
     def _base(self, base: Path) -> dict[str, Any]:
         if base not in self._bases:
             try:
-                tree = yaml.safe_load(base.read_text()) or {}
-            except (OSError, yaml.YAMLError):
+                tree = read_yaml(base.read_text()) or {}
+            except (OSError, ValueError, yaml.YAMLError):
                 tree = {}
             self._bases[base] = tree if isinstance(tree, dict) else {}
         return self._bases[base]

@@ -2,6 +2,8 @@
 
     python tests/fake_trainer.py schema                       -> the real trainer's schema
     python tests/fake_trainer.py validate --config F --batch  -> the real trainer's validation
+    python tests/fake_trainer.py prepare --config F k=v ...   -> the real trainer's prepare, for a
+                                                                data.path (nothing for the hub)
     python tests/fake_trainer.py --config F --out D k=v ...   -> a scripted "training run"
 
 What a run does is scripted by the environment variable FAKE_SCRIPT (JSON), keyed by the value
@@ -153,10 +155,19 @@ def main(argv: list[str]) -> int:
         # A copy of the real schema, saved once per test session: skips a torch import.
         sys.stdout.write(Path(os.environ["FAKE_SCHEMA_FILE"]).read_text())
         return 0
-    if argv[:1] in (["schema"], ["validate"]):
+    if argv[:1] in (["schema"], ["validate"], ["prepare"]):
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
         from trainer.__main__ import main as trainer_main
+        from trainer.config import ConfigError, load_config
 
+        if argv[:1] == ["prepare"]:  # the real one for a titles file; the hub needs a network
+            config = argv[argv.index("--config") + 1]
+            try:
+                if load_config(Path(config), [a for a in argv if "=" in a]).data.path is None:
+                    print("{}")
+                    return 0
+            except ConfigError:
+                pass  # the real prepare reports it
         return trainer_main(argv)
     if argv[:1] == ["probe"]:
         return probe()

@@ -22,7 +22,7 @@ import re
 import sys
 from pathlib import Path
 
-from trainer.config import (ConfigError, build_config, config_reference, json_schema,
+from trainer.config import (Config, ConfigError, build_config, config_reference, json_schema,
                             load_config, set_dotted)
 from trainer.exitcodes import BAD_INPUT
 
@@ -73,6 +73,7 @@ def _validate(argv: list[str]) -> int:
     args = p.parse_args(argv)
     base = load_config(args.config, args.overrides)
     if not args.batch:
+        check_data_file(base)
         print(f"ok {base.hash()}")
         return 0
     tree = base.model_dump(mode="json")
@@ -85,12 +86,26 @@ def _validate(argv: list[str]) -> int:
             for key, value in point.items():
                 set_dotted(trial, key, value)
             cfg = build_config(trial, f"{args.config} at {json.dumps(point, sort_keys=True)}")
+            check_data_file(cfg)
             print(json.dumps({"ok": True, "config_hash": cfg.hash(),
                               "cost_key": cfg.cost_key(),
                               "flops_per_token": cfg.flops_per_token()}), flush=True)
         except ConfigError as err:
             print(json.dumps({"ok": False, "error": str(err)}), flush=True)
     return 0
+
+
+def check_data_file(cfg: Config) -> None:
+    """What `validate` can tell of data.path without reading it: exists, a known suffix, not
+    empty (a run or `prepare` reads it)."""
+    if cfg.data.path is None:
+        return
+    from trainer.data import DataError, check_file
+
+    try:
+        check_file(cfg.data.path)
+    except DataError as err:
+        raise ConfigError(str(err)) from None
 
 
 def _prepare(argv: list[str]) -> int:
@@ -101,10 +116,13 @@ def _prepare(argv: list[str]) -> int:
     p.add_argument("overrides", nargs="*", metavar="key.path=value")
     args = p.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
-    from trainer.data import DataError, prepare_data
+    from trainer.data import DataError, batches_per_epoch, prepare_data
 
     try:
         data = prepare_data(cfg.data, cfg.tokenizer, args.cache_dir or default_cache_dir())
+        # What a run checks right after this: a file too small for one batch fails here too.
+        batches_per_epoch(len(data.train_ids), cfg.train.batch_size, cfg.train.context_length,
+                          data.info["source"])
     except DataError as err:
         raise ConfigError(str(err)) from None
     print(json.dumps({k: data.info[k] for k in ("cache_key", "cache_hit", "train_tokens",

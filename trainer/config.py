@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -250,18 +251,28 @@ class ConfigError(Exception):
     """A config that cannot run; its message is one paragraph naming the file and the fields."""
 
 
+class YamlLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader, except that `1e-3` and `1.0e6` read as floats (YAML 1.2), not as
+    the strings YAML 1.1 makes of them."""
+
+
+YamlLoader.add_implicit_resolver(  # copies SafeLoader's table first: SafeLoader is unchanged
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
+def read_yaml(text: str) -> Any:
+    """Parse YAML text with `YamlLoader`."""
+    return yaml.load(text, Loader=YamlLoader)
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """Split `key.path=value`; the value parses as a YAML scalar (`3e-4` is a float)."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"override '{text}' is not of the form key.path=value")
-    value = yaml.safe_load(raw) if raw.strip() else None
-    # YAML 1.1 reads `3e-4` (no dot) as a string; accept it as the float everyone means.
-    if isinstance(value, str):
-        try:
-            value = float(value) if any(c in value for c in "eE") else value
-        except ValueError:
-            pass
+    value = read_yaml(raw) if raw.strip() else None
     return key.strip(), value
 
 
@@ -306,20 +317,41 @@ def load_config(path: Path | None, overrides: list[str] = ()) -> Config:
     tree: dict[str, Any] = {}
     source = str(path) if path else "<defaults>"
     if path is not None:
-        try:
-            tree = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist") from None
-        except yaml.YAMLError as err:
-            raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
-        if not isinstance(tree, dict):
-            raise ConfigError(f"config file {path} must be a mapping of sections")
+        tree = _read_config_file(Path(path))
     for text in overrides:
         key, value = parse_override(text)
         set_dotted(tree, key, value)
     if overrides:
         source += " with overrides " + " ".join(overrides)
     return build_config(tree, source)
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    """The sections of a config file; every way it can be unusable is one ConfigError."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory; --config names a YAML file")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {err.start}: "
+                          f"{err.reason}); a trainer config is a YAML file") from None
+    except OSError as err:
+        raise ConfigError(f"config file {path} cannot be read: {err.strerror or err}") from None
+    try:
+        tree = read_yaml(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+    if tree is None:
+        # An empty file would silently train the full-size defaults, which nobody means.
+        raise ConfigError(f"config file {path} is empty; write the sections to change "
+                          "(data, model, optim, train, ...), e.g. `train: {max_steps: 100}`; "
+                          "`python -m trainer docs` lists every field and its default")
+    if not isinstance(tree, dict):
+        raise ConfigError(f"config file {path} must be a mapping of sections (data, model, "
+                          f"optim, train, ...), not a {type(tree).__name__}")
+    return tree
 
 
 def json_schema() -> dict[str, Any]:

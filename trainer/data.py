@@ -54,17 +54,38 @@ class Dataset:
 # ---------------------------------------------------------------- titles
 
 
-def _read_rows(path: Path) -> list[str]:
-    """Every record's raw title, in file order (empty ones included: they are rows of the shuffle)."""
+def check_file(path: Path) -> None:
+    """The checks that need no reading: the file exists, has a known suffix and is not empty."""
+    if path.is_dir():
+        raise DataError(f"data.path {path} is a directory; point it at a titles file "
+                        f"({', '.join(SUFFIXES)}).")
     if not path.is_file():
         raise DataError(f"data.path {path} does not exist or is not a file; "
                         f"point it at a titles file ({', '.join(SUFFIXES)}).")
-    suffix = path.suffix.lower()
-    if suffix not in SUFFIXES:
+    if path.suffix.lower() not in SUFFIXES:
         raise DataError(f"data.path {path} has suffix '{path.suffix}', which is not a known titles "
                         f"format; allowed: {', '.join(SUFFIXES)}.")
     if path.stat().st_size == 0:
         raise DataError(f"data.path {path} is empty; it must hold at least two titles.")
+
+
+def batches_per_epoch(train_tokens: int, batch_size: int, context_length: int,
+                      source: str) -> int:
+    """Whole batches in the training tokens (from `source`, named in the error); none is a
+    DataError (nothing could train)."""
+    batches = train_tokens // (batch_size * context_length)
+    if batches == 0:
+        raise DataError(f"{train_tokens} training tokens from {source} do not fill one batch of "
+                        f"train.batch_size x train.context_length = {batch_size} x "
+                        f"{context_length}; raise data.num_titles, use a larger file, or lower "
+                        "train.batch_size or train.context_length.")
+    return batches
+
+
+def _read_rows(path: Path) -> list[str]:
+    """Every record's raw title, in file order (empty ones included: they are rows of the shuffle)."""
+    check_file(path)
+    suffix = path.suffix.lower()
     if suffix == ".parquet":
         return _read_parquet(path)
     try:  # utf-8-sig: tolerate a BOM from spreadsheet tools

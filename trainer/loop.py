@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from trainer import exitcodes
 from trainer.config import CHALLENGE_EVAL_TOKENS, Config, ConfigError
-from trainer.data import DataError, prepare_data
+from trainer.data import DataError, batches_per_epoch, prepare_data
 from trainer.events import EventLog, write_json_atomic
 from trainer.metrics import evaluate
 from trainer.model import GPT
@@ -158,10 +158,7 @@ def train(cfg: Config, out_dir: Path, cache_dir: Path, events: EventLog, console
         warn(emulated)
     data = prepare_data(cfg.data, cfg.tokenizer, cache_dir)
     T, B = cfg.train.context_length, cfg.train.batch_size
-    batches = len(data.train_ids) // (T * B)
-    if batches == 0:
-        raise DataError(f"{data.info['train_tokens']} training tokens do not fill one batch of "
-                        f"train.batch_size x train.context_length = {B} x {T}")
+    batches = batches_per_epoch(len(data.train_ids), B, T, data.info["source"])
     max_steps = cfg.train.epochs * batches
     if cfg.train.max_steps:
         max_steps = min(max_steps, cfg.train.max_steps)
