@@ -1,14 +1,16 @@
 """`orch`: run sweeps on this machine and look at them.
 
 Exit codes: 0 done; 1 a sweep where no trial finished, or a sweep busy elsewhere, or a launcher
-that cannot run here (no Docker engine, no GPU runtime, a failed build; nothing launched); 2 an
-invalid spec (nothing launched); 130 stopped by Ctrl-C or `orch stop`; 143 stopped by SIGTERM.
+that cannot run here (no Docker engine, no GPU runtime, a failed build; nothing launched), or a
+full or read-only disk under the ledger; 2 an invalid spec (nothing launched), or a corrupt or
+lost ledger to repair first; 130 stopped by Ctrl-C or `orch stop`; 143 stopped by SIGTERM.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -17,17 +19,18 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from orchestrator import cli_wandb, gates
+from orchestrator import cli_ledger, cli_wandb, gates
 from orchestrator import results as results_mod
 from orchestrator import tables
 from orchestrator.launcher import LauncherError
 from orchestrator.ledger import Ledger, alive, iter_states, orch_home
+from orchestrator.ledger_file import LedgerError, describe
 from orchestrator.plan import Plan, build_plan
 from orchestrator.progress import Progress
 from orchestrator.scheduler import Scheduler, SweepBusy
 from orchestrator.slots import make_slots
 from orchestrator.spec import SpecError, SweepSpec
-from orchestrator.terminal import err, interrupt_choice, out, spec_errors
+from orchestrator.terminal import err, fail, interrupt_choice, out, spec_errors
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Sweep orchestrator: validate, run, resume and compare trainer sweeps.")
@@ -49,8 +52,8 @@ def _plan(spec: Path, sets: list[str] | None, data: Path | None,
         raise typer.Exit(2) from None
 
 
-def _ledger() -> Ledger:
-    return Ledger(orch_home())
+def _ledger(readonly: bool = False) -> Ledger:
+    return Ledger(orch_home(), readonly)
 
 
 def _known_sweep(ledger: Ledger, name: str) -> dict:
@@ -89,8 +92,9 @@ def sweep(spec: Path = typer.Argument(..., help="Sweep spec YAML."),
         for point, reason in plan.invalid:
             err.print(f"[yellow]skipped invalid grid point[/] {json.dumps(point)}: {reason}",
                       highlight=False, soft_wrap=True)
-        ledger = _ledger()
-        if (backend or plan.spec.tracking.backend) == "wandb":
+        on_wandb = (backend or plan.spec.tracking.backend) == "wandb"
+        ledger = _ledger(readonly=dry_run and not on_wandb)
+        if on_wandb:
             cli_wandb.sweep_on_wandb(plan, ledger, dry_run, max_trials)
             return
         if dry_run:
@@ -176,7 +180,7 @@ def validate(spec: Path = typer.Argument(..., help="Sweep spec YAML."),
 @app.command("ls")
 def ls() -> None:
     """The sweeps in the ledger, with their state and trial counts."""
-    ledger = _ledger()
+    ledger = _ledger(readonly=True)
     table = Table(title=f"sweeps in {ledger.path}", title_justify="left")
     for col in ("sweep", "state", "trials", "spec"):
         table.add_column(col)
@@ -192,7 +196,7 @@ def ls() -> None:
 @app.command()
 def status(name: str = typer.Argument(..., help="Sweep name.")) -> None:
     """The sweep's trials: state, step, last and best metric, attempts, run dir."""
-    ledger = _ledger()
+    ledger = _ledger(readonly=True)
     row = _known_sweep(ledger, name)
     trials = ledger.trials(name)
     summary = ", ".join(f"{n} {s}" for s, n in iter_states(trials))
@@ -243,7 +247,7 @@ def results(
     if (max_regression is not None and compare is None) or (compare and len(names) > 1):
         err.print("error: --max-regression needs --compare, and --compare one SWEEP")
         raise typer.Exit(2)
-    ledger = _ledger()
+    ledger = _ledger(readonly=backend != "wandb")
     if backend == "wandb":
         names = [cli_wandb.import_wandb(ledger, n) for n in names]
     keys = None if group_by in (None, "none") else [
@@ -290,7 +294,7 @@ def plot(name: str = typer.Argument(..., help="Sweep name."),
     """PNG plots: learning curves, the metric against each parameter, a grid heatmap."""
     from orchestrator import plots  # matplotlib is slow to import; only this command needs it
 
-    ledger = _ledger()
+    ledger = _ledger(readonly=True)
     _known_sweep(ledger, name)
     for path in plots.plot_sweep(ledger, name, out_dir or ledger.home / "runs" / name / "plots"):
         out.print(str(path), highlight=False)
@@ -383,3 +387,19 @@ def _num(v: float | None) -> str:
 # lists the local workflow first.
 app.command()(cli_wandb.agent)
 app.command("sync")(cli_wandb.sync_cmd)
+app.add_typer(cli_ledger.app, name="ledger")
+
+
+def main() -> None:
+    """`orch`: the app, with a fault of the ledger file as one line instead of a traceback."""
+    try:
+        app(prog_name="orch")
+    except LedgerError as e:
+        fail(str(e))
+        sys.exit(e.code)
+    except sqlite3.DatabaseError as e:  # a corrupt page met while reading rows
+        fault = describe(e, orch_home() / "ledger.sqlite", writing=False)
+        if fault is None:
+            raise
+        fail(str(fault))
+        sys.exit(fault.code)
