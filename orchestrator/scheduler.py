@@ -128,7 +128,7 @@ class Scheduler:
             fault = e if isinstance(e, LedgerError) else storage_fault(e)
             if fault is None:
                 raise
-            self._stop_after_fault(launcher, str(fault))
+            self._stop_after_fault(launcher)
             raise fault from None
         finally:
             launcher.close()
@@ -158,11 +158,11 @@ class Scheduler:
                         metric=spec.metric.name, goal=spec.metric.goal)
         return owner
 
-    def _stop_after_fault(self, launcher: Launcher, why: str) -> None:
+    def _stop_after_fault(self, launcher: Launcher) -> None:
         """The ledger or the disk failed mid-sweep: stop every trial (SIGTERM, SIGKILL after the
         grace period) without relying on the ledger, then record what still can be recorded.
         Whatever stays `running` belongs to a dead owner, so `orch sweep` re-runs it."""
-        self.progress.note(f"stopping {len(self._live)} trial(s): {why}")
+        self.progress.note(f"stopping {len(self._live)} trial(s): the ledger or its disk failed")
         codes: dict[int, int] = {}
         for live in self._live.values():
             launcher.terminate(live.run, INTERRUPTED)

@@ -165,7 +165,7 @@ def test_rebuild_restores_attempts_history_and_what_is_left_to_run(orch_home: Pa
     spec_path = write_spec(tmp_path / "s.yaml", parameters={"train.seed": {"values": SEEDS}},
                            resources={"retries": 1})
     env = orch_env(orch_home, script)
-    first = run_orch(["sweep", str(spec_path), "--max-trials", "3"], env)
+    first = run_orch(["sweep", str(spec_path), "--max-trials", "4"], env)  # 3 trials, 4 runs
     assert first.returncode == 0, first.stdout + first.stderr
     good = _snapshot(orch_home)
     assert [g[4] for g in good] == [1, 2, 1]  # the crash was retried once: two run dirs
