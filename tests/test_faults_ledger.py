@@ -221,7 +221,7 @@ def test_read_only_ledger_reads_work_and_writes_say_one_line(orch_home: Path,
 def test_disk_full_mid_sweep_stops_trials_and_resumes(orch_home: Path, tmp_path: Path) -> None:
     spec_path = write_spec(tmp_path / "s.yaml", parameters={"train.seed": {"values": SEEDS}},
                            resources={"cpu_slots": 2})
-    with mounted(["-t", "tmpfs", "-o", "size=4m"], orch_home):
+    with mounted(["-t", "tmpfs", "-o", "size=4m", "tmpfs"], orch_home):
         # The ledger fills its disk; the run dirs live elsewhere, so the trials themselves run
         # on until orch stops them (had they shared the disk, they would fail on their own).
         (tmp_path / "runs").mkdir()
