@@ -72,8 +72,8 @@ def describe(err: BaseException, path: Path, *, writing: bool = True) -> LedgerE
                                                                              errno.EPERM)
     if read_only and writing:
         return LedgerError(f"{path} is read-only ({err}): this command needs to write it; make "
-                           f"ORCH_HOME writable or point ORCH_HOME elsewhere (orch ls, status "
-                           f"and results still read it)")
+                           f"it and ORCH_HOME writable, or point ORCH_HOME elsewhere (orch ls, "
+                           f"status and results still read it)")
     if read_only:
         return LedgerError(f"cannot read {path} ({err}): check its permissions")
     if name.startswith(IOERR) or isinstance(err, OSError):
@@ -95,7 +95,7 @@ class GuardedConnection(sqlite3.Connection):
     ledger_path: Path = Path("ledger.sqlite")
     writing: bool = True
 
-    def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:  # type: ignore[override]
+    def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
         """Connection.execute, faults translated."""
         try:
             return super().execute(sql, parameters)

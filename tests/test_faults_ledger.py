@@ -195,15 +195,34 @@ def test_backup_after_each_sweep_and_restore(orch_home: Path, tmp_path: Path) ->
     _resume_runs_nothing(orch_home, spec_path)
 
 
-def test_read_only_ledger_reads_work_and_writes_say_one_line(orch_home: Path,
-                                                             tmp_path: Path) -> None:
+@contextlib.contextmanager
+def immutable(home: Path) -> Iterator[Path]:
+    """The ledger file made immutable (`chattr +i`: root cannot write it either)."""
+    ledger = home / "ledger.sqlite"
+    proc = subprocess.run(["chattr", "+i", str(ledger)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        why = f"cannot make the ledger immutable here (chattr: {proc.stderr.strip()})"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{why}; CI runs these tests as root")
+        pytest.skip(why)
+    try:
+        yield home
+    finally:
+        subprocess.run(["chattr", "-i", str(ledger)], check=False)
+
+
+@pytest.mark.parametrize("how", ["read-only mount", "immutable file"])
+def test_read_only_ledger_reads_work_and_writes_say_one_line(orch_home: Path, tmp_path: Path,
+                                                             how: str) -> None:
     spec_path = _finished_sweep(orch_home, tmp_path)
     good = _snapshot(orch_home)
     digest = _digest(orch_home / "ledger.sqlite")
-    with read_only_view(orch_home, tmp_path / "ro") as ro:
+    view = read_only_view(orch_home, tmp_path / "ro") if how == "read-only mount" \
+        else immutable(orch_home)
+    with view as ro:
         with pytest.raises(OSError) as denied:  # really read-only, even for root
             open(ro / "ledger.sqlite", "ab").close()
-        assert denied.value.errno == errno.EROFS
+        assert denied.value.errno in (errno.EROFS, errno.EPERM)
         env = orch_env(ro, FAKE_LOG=str(tmp_path / "starts.log"))
         for args, shows in ((["ls"], "4 finished"), (["status", "t"], "finished"),
                             (["results", "t"], "1.5000")):
