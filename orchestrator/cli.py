@@ -24,7 +24,7 @@ from orchestrator import results as results_mod
 from orchestrator import tables
 from orchestrator.launcher import LauncherError
 from orchestrator.ledger import Ledger, alive, iter_states, orch_home
-from orchestrator.ledger_file import LedgerError, describe
+from orchestrator.ledger_file import LedgerError, describe, storage_fault
 from orchestrator.plan import Plan, build_plan
 from orchestrator.progress import Progress
 from orchestrator.scheduler import Scheduler, SweepBusy
@@ -397,8 +397,9 @@ def main() -> None:
     except LedgerError as e:
         fail(str(e))
         sys.exit(e.code)
-    except sqlite3.DatabaseError as e:  # a corrupt page met while reading rows
-        fault = describe(e, orch_home() / "ledger.sqlite", writing=False)
+    except (sqlite3.DatabaseError, OSError) as e:  # a corrupt page met reading rows, a full disk
+        fault = storage_fault(e) if isinstance(e, OSError) else \
+            describe(e, orch_home() / "ledger.sqlite", writing=False)
         if fault is None:
             raise
         fail(str(fault))
