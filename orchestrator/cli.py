@@ -1,9 +1,10 @@
 """`orch`: run sweeps on this machine and look at them.
 
 Exit codes: 0 done; 1 a sweep where no trial finished, or a sweep busy elsewhere, or a launcher
-that cannot run here (no Docker engine, no GPU runtime, a failed build; nothing launched), or a
-full or read-only disk under the ledger; 2 an invalid spec (nothing launched), or a corrupt or
-lost ledger to repair first; 130 stopped by Ctrl-C or `orch stop`; 143 stopped by SIGTERM.
+that cannot run here (no Docker engine, no GPU runtime, a failed build, a pinned image missing;
+nothing launched), or a full or read-only disk under the ledger; 2 an invalid spec (nothing
+launched), or a corrupt or lost ledger to repair first; 130 stopped by Ctrl-C or `orch stop`;
+143 stopped by SIGTERM.
 """
 
 from __future__ import annotations
@@ -21,16 +22,19 @@ from rich.table import Table
 
 from orchestrator import cli_ledger, cli_wandb, gates
 from orchestrator import results as results_mod
+from orchestrator import status as status_mod
 from orchestrator import tables
 from orchestrator.launcher import LauncherError
-from orchestrator.ledger import Ledger, alive, iter_states, orch_home
+from orchestrator.ledger import Ledger, alive, orch_home
 from orchestrator.ledger_file import LedgerError, describe, storage_fault
 from orchestrator.plan import Plan, build_plan
-from orchestrator.progress import Progress
+from orchestrator.estimate import estimate, points_to_run
+from orchestrator.progress import Progress, stage_line
+from orchestrator.rejections import skipped
 from orchestrator.scheduler import Scheduler, SweepBusy
-from orchestrator.slots import make_slots
+from orchestrator.slots import Slot, sweep_slots
 from orchestrator.spec import SpecError, SweepSpec
-from orchestrator.terminal import err, fail, interrupt_choice, out, spec_errors
+from orchestrator.terminal import err, fail, interrupt_choice, out, say, show, spec_errors
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Sweep orchestrator: validate, run, resume and compare trainer sweeps.")
@@ -68,7 +72,10 @@ def _known_sweep(ledger: Ledger, name: str) -> dict:
 @app.command()
 def sweep(spec: Path = typer.Argument(..., help="Sweep spec YAML."),
           dry_run: bool = typer.Option(False, "--dry-run",
-                                       help="Validate and list the trials; run nothing."),
+                                       help="Validate and list the trials, estimate their time "
+                                            "(probing uncached shapes); run nothing."),
+          no_probe: bool = typer.Option(False, "--no-probe", help="Dry run: estimate from the "
+                                        "ledger and cached probes only (fast, offline)."),
           max_trials: Optional[int] = typer.Option(None, "--max-trials", min=1,
                                                    help="Start at most N trials this time."),
           data: Optional[Path] = DataOpt, set_: Optional[list[str]] = SetOpt,
@@ -85,24 +92,31 @@ def sweep(spec: Path = typer.Argument(..., help="Sweep spec YAML."),
     if yes and detach:
         err.print("error: --yes cancels the jobs on Ctrl-C, --detach leaves them: pick one")
         raise typer.Exit(2)
+    stage_line(err, f"validating {spec}…")
     plan = _plan(spec, set_, data, max_trials, name)
     try:
         for note in plan.notes:
             err.print(f"note: {note}", highlight=False)
-        for point, reason in plan.invalid:
-            err.print(f"[yellow]skipped invalid grid point[/] {json.dumps(point)}: {reason}",
-                      highlight=False, soft_wrap=True)
+        if plan.rejected and plan.rejected.count:
+            say(skipped(plan.rejected))
         on_wandb = (backend or plan.spec.tracking.backend) == "wandb"
         ledger = _ledger(readonly=dry_run and not on_wandb)
         if on_wandb:
             cli_wandb.sweep_on_wandb(plan, ledger, dry_run, max_trials)
             return
         if dry_run:
-            _dry_run(plan, ledger)
+            _dry_run(plan, ledger, max_trials, not no_probe)
             return
-        progress = Progress(plan.spec.name, plan.varied, plan.spec.metric.name)
+        progress = Progress(plan.spec.name, plan.varied, plan.spec.metric.name, err=err)
+        slots = sweep_slots(plan.spec)
+        # Ledger history and cached probes only: no probe delays a real sweep, whose first
+        # finished trial measures the time anyway (the live ETA then uses it).
+        guess = estimate(plan, ledger, slots, max_trials, probe=False)
+        for text in filter(None, (guess.line(), guess.warning())):
+            progress.stage(text)
+        progress.estimate = guess.per_trial()
         sched = Scheduler(plan, ledger, progress, ledger.home, max_trials=max_trials,
-                          on_interrupt=interrupt_choice(progress, yes, detach))
+                          slots=slots, on_interrupt=interrupt_choice(progress, yes, detach))
         started = time.time()
         try:
             code = sched.run()
@@ -113,7 +127,7 @@ def sweep(spec: Path = typer.Argument(..., help="Sweep spec YAML."),
             err.print(f"error: {e}", highlight=False, markup=False, soft_wrap=True)
             raise typer.Exit(1) from None
         report = results_mod.load(ledger, [plan.spec.name], per_trial=True)
-        out.print(tables.rich_table(tables.report_grid(
+        show(tables.rich_table(tables.report_grid(
             report, title=f"sweep {plan.spec.name} ({time.time() - started:.0f} s this run)")))
         again = f"orch sweep {spec}" + (f" --name {name}" if name else "")
         if code in (130, 143) and (ledger.sweep(plan.spec.name) or {}).get("state") == "detached":
@@ -126,9 +140,9 @@ def sweep(spec: Path = typer.Argument(..., help="Sweep spec YAML."),
         plan.close()
 
 
-def _dry_run(plan: Plan, ledger: Ledger) -> None:
+def _dry_run(plan: Plan, ledger: Ledger, max_trials: int | None, probe: bool) -> None:
     spec: SweepSpec = plan.spec
-    slots = make_slots(spec.resources)
+    slots = sweep_slots(spec)
     out.print(f"sweep {spec.name}: {spec.method} search on {plan.base}, "
               f"{len(slots)} slot(s) ({', '.join(s.device for s in slots)})", highlight=False)
     if plan.fixed:
@@ -140,25 +154,33 @@ def _dry_run(plan: Plan, ledger: Ledger) -> None:
         out.print(f"{spec.method}: up to {cap or 'max-trials'} trials drawn from "
                   f"{', '.join(plan.varied) or 'the parameters'}; {len(done)} already in the "
                   f"ledger", highlight=False)
+        _print_estimate(plan, ledger, slots, max_trials, probe)
         return
     table = Table(title=f"{len(plan.grid)} grid trials ({len(plan.invalid)} invalid skipped)",
                   title_justify="left")
     table.add_column("#", justify="right")
     for n in plan.varied:
-        table.add_column(n)
-    table.add_column("config")
+        table.add_column(n, overflow="fold")
+    table.add_column("config", overflow="fold")
     table.add_column("ledger")
-    todo = 0
     for i, (point, h) in enumerate(plan.grid, 1):
         t = done.get(h)
         state = t.state if t else "new"
-        todo += state != "finished"
         table.add_row(str(i), *[tables.fmt_param(point.get(n), [p.get(n) for p, _ in plan.grid])
                                 for n in plan.varied], h, state)
-    out.print(table)
-    if spec.run_cap is not None:
-        todo = min(todo, max(0, spec.run_cap - len(done)))
+    show(table)
+    todo = len(points_to_run(plan, list(done.values()), max_trials))
     out.print(f"{todo} trial(s) would run", highlight=False)
+    _print_estimate(plan, ledger, slots, max_trials, probe)
+
+
+def _print_estimate(plan: Plan, ledger: Ledger, slots: list[Slot], max_trials: int | None,
+                    probe: bool) -> None:
+    """The dry run's estimate line (probing uncached shapes), and the >1 day warning."""
+    guess = estimate(plan, ledger, slots, max_trials, probe, lambda t: stage_line(err, t))
+    out.print(guess.line(), highlight=False, soft_wrap=True)
+    if warning := guess.warning():
+        err.print(warning, highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command()
@@ -167,11 +189,13 @@ def validate(spec: Path = typer.Argument(..., help="Sweep spec YAML."),
     """Check a spec without running anything: exit 0 when valid, 2 with the problems."""
     plan = _plan(spec, set_, data)
     try:
-        for point, reason in plan.invalid:
-            err.print(f"[yellow]invalid grid point[/] {json.dumps(point)}: {reason}",
-                      highlight=False, soft_wrap=True)
+        rejected = plan.rejected
+        if rejected and rejected.count:
+            say(skipped(rejected))
         count = f"{len(plan.grid)} grid trials" if plan.grid is not None else \
             f"{plan.spec.method} search, run_cap {plan.spec.run_cap}"
+        if rejected and (rejected.count or plan.grid is None):
+            count += f"; {rejected.count} of {rejected.checked} {rejected.what} invalid"
         out.print(f"{spec}: valid ({count})", highlight=False)
     finally:
         plan.close()
@@ -183,35 +207,42 @@ def ls() -> None:
     ledger = _ledger(readonly=True)
     table = Table(title=f"sweeps in {ledger.path}", title_justify="left")
     for col in ("sweep", "state", "trials", "spec"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     for s in ledger.sweeps():
         state = s["state"]
         if state == "running" and not s["owner_alive"]:
             state = "interrupted"  # its orchestrator died: `orch sweep` resumes it
         counts = ", ".join(f"{n} {st}" for st, n in s["counts"].items()) or "none"
         table.add_row(s["name"], state, counts, s["spec_path"] or "")
-    out.print(table)
+    show(table)
 
 
 @app.command()
-def status(name: str = typer.Argument(..., help="Sweep name.")) -> None:
-    """The sweep's trials: state, step, last and best metric, attempts, run dir."""
+def status(name: Optional[str] = typer.Argument(
+               None, help="Sweep name (default: the sweep created or run last)."),
+           form: str = typer.Option("table", "--format", help="table, or json for scripts: "
+                                    "each trial with its state, device, attempts and the "
+                                    "validation history of the attempt that counts.")) -> None:
+    """The sweep's trials: state, device, step, last and best metric, attempts, run dir."""
+    if form not in status_mod.FORMATS:
+        err.print(f"error: --format {form}: choose one of {', '.join(status_mod.FORMATS)}")
+        raise typer.Exit(2)
     ledger = _ledger(readonly=True)
-    row = _known_sweep(ledger, name)
-    trials = ledger.trials(name)
-    summary = ", ".join(f"{n} {s}" for s, n in iter_states(trials))
-    table = Table(title=f"sweep {name} ({row['state']}): {summary}", title_justify="left")
-    for col in ("trial", *row["varied"], "state", "step", f"last {row['metric']}",
-                f"best {row['metric']}", "attempts", "exit", "run dir"):
-        table.add_column(col)
-    for t in trials:
-        step = "—" if t.step is None else f"{t.step}/{t.max_steps or '?'}"
-        params = [tables.fmt_param(t.params.get(n), [u.params.get(n) for u in trials])
-                  for n in row["varied"]]
-        table.add_row(str(t.number), *params,
-                      t.state, step, _num(t.last_metric), _num(t.best_metric), str(t.attempts),
-                      "—" if t.exit_code is None else str(t.exit_code), t.run_dir or "—")
-    out.print(table)
+    if name is None:
+        name = status_mod.latest_sweep(ledger)
+        if name is None:
+            err.print(f"no sweeps in {ledger.path} yet; `orch sweep SPEC` starts one",
+                      highlight=False)
+            return
+        others = [s["name"] for s in ledger.sweeps() if s["name"] != name]
+        if others:
+            err.print(f"the latest sweep; also: {', '.join(others)} (`orch status NAME`)",
+                      highlight=False)
+    _known_sweep(ledger, name)
+    if form == "json":
+        sys.stdout.write(status_mod.status_json(ledger, name))
+    else:
+        show(status_mod.status_table(ledger, name))
 
 
 @app.command()
@@ -272,7 +303,7 @@ def results(
         out_file.write_text(tables.render(grid, form), encoding="utf-8")
         err.print(f"wrote {out_file}", highlight=False)
     elif form == "table":
-        out.print(tables.rich_table(grid))
+        show(tables.rich_table(grid))
     else:
         sys.stdout.write(tables.render(grid, form))
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
@@ -377,10 +408,6 @@ def docs() -> None:
     from orchestrator.specdoc import spec_reference
 
     sys.stdout.write(spec_reference() + "\n")
-
-
-def _num(v: float | None) -> str:
-    return "—" if v is None else f"{v:.4f}"
 
 
 # The W&B cloud path's commands live in their own module; registered last so `orch --help`

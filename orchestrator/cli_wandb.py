@@ -17,7 +17,7 @@ from orchestrator.ledger import Ledger, orch_home
 from orchestrator.plan import Plan
 from orchestrator.slots import make_slots
 from orchestrator.spec import SpecError
-from orchestrator.terminal import err, out, spec_errors
+from orchestrator.terminal import err, out, show, spec_errors
 from orchestrator.terminal import say as _say
 
 if TYPE_CHECKING:
@@ -78,7 +78,7 @@ def import_wandb(ledger: Ledger, sweep_ref: str) -> str:
 def show_wandb_results(ledger: Ledger, sweep_ref: str) -> str:
     name = import_wandb(ledger, sweep_ref)
     report = results_mod.load(ledger, [name], per_trial=True)
-    out.print(tables.rich_table(tables.report_grid(report, title=f"W&B sweep {sweep_ref}")))
+    show(tables.rich_table(tables.report_grid(report, title=f"W&B sweep {sweep_ref}")))
     return name
 
 

@@ -6,7 +6,9 @@ A program honours the contract (DESIGN.md) when it accepts
     PROGRAM schema                                                 JSON Schema of its config
     PROGRAM validate --config BASE --batch                         one verdict per stdin line
 
-writes `RUN_DIR/events.jsonl` and `RUN_DIR/result.json`, and exits with the codes below.
+writes `RUN_DIR/events.jsonl` and `RUN_DIR/result.json`, and exits with the codes below. Of
+the events the orchestrator reads `validation_step` (the metrics), `step`/`max_steps` of any
+event (progress) and `device_info`'s `device` (where the program says it runs: `cpu`, `cuda`).
 """
 
 from __future__ import annotations
@@ -161,6 +163,7 @@ class EventTail:
     offset: int = 0
     step: int | None = None
     max_steps: int | None = None
+    device: str | None = None  # what the program reports it runs on (device_info), not the slot
     validations: list[dict[str, Any]] = field(default_factory=list)
 
     def poll(self) -> list[dict[str, Any]]:
@@ -190,6 +193,8 @@ class EventTail:
                 self.max_steps = event["max_steps"]
             if event.get("event") == "validation_step":
                 new.append(event)
+            elif event.get("event") == "device_info" and isinstance(event.get("device"), str):
+                self.device = event["device"]
         self.validations.extend(new)
         return new
 

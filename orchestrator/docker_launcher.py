@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from orchestrator.image import connect, default_context, engine_address, ensure_image
+from orchestrator.image import (connect, default_context, engine_address, ensure_image,
+                                pinned_image)
 from orchestrator.launcher import Launch, LauncherError, Run
 from orchestrator.plan import Plan
 from orchestrator.spec import Launcher
@@ -110,10 +111,12 @@ class DockerLauncher:
                                 "hand another user the run dirs; drop launcher.user to run as you")
         self.client = connect()
         s = self.settings
-        context = (self.spec_dir / s.context).resolve() if s.context else default_context()
-        self.image, _ = ensure_image(self.client, context=context, tag=s.image,
-                                     base_image=s.base_image, network=s.build_network,
-                                     build=s.build, echo=self.say)
+        if s.image:
+            self.image = pinned_image(self.client, s.image)
+        else:
+            context = (self.spec_dir / s.context).resolve() if s.context else default_context()
+            self.image, _ = ensure_image(self.client, context=context, base_image=s.base_image,
+                                         network=s.build_network, build=s.build, echo=self.say)
         gpus = sorted({d.split(":", 1)[1] for d in devices if d.startswith("cuda:")})
         if gpus:
             self._check_gpu_runtime(gpus)

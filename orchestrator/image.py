@@ -1,8 +1,10 @@
-"""The trainer image: reaching the Docker engine, and building the repository's Dockerfile.
+"""The trainer image: reaching the Docker engine, building the repository's Dockerfile, and
+checking for an image the spec pins.
 
 The default tag is `orch-trainer:<hash>`, where the hash covers every file the build context
 sends (after `.dockerignore`) plus the build arguments. An unchanged tree therefore names an image
 that already exists, and `ensure_image` returns at once instead of asking the engine to build.
+An image the spec names (`launcher.image`) is used as it is, never built.
 """
 
 from __future__ import annotations
@@ -129,6 +131,24 @@ def ensure_image(client: Any, *, context: Path | None = None, tag: str | None = 
          + (f" on {base_image}" if base_image else ""))
     build_image(client, context, tag, base_image, network, echo)
     return tag, True
+
+
+def pinned_image(client: Any, tag: str) -> str:
+    """The image `launcher.image` pins, used as it is (never built: it may come from another
+    base or a registry); LauncherError (one line, how to build it) when the engine lacks it."""
+    import docker.errors
+
+    try:
+        client.images.get(tag)
+    except docker.errors.ImageNotFound:
+        raise LauncherError(f"image {tag} (launcher.image) is not on the engine at "
+                            f"{engine_address()}; build it with `orch build --tag {tag}` (and "
+                            "--base-image for another base), or drop launcher.image to build "
+                            "the repository's Dockerfile") from None
+    except docker.errors.APIError as err:
+        raise LauncherError(f"the Docker engine failed to look up image {tag}: "
+                            f"{err.explanation or err}") from None
+    return tag
 
 
 def build_image(client: Any, context: Path, tag: str, base_image: str | None,

@@ -121,6 +121,15 @@ class Trial:
             job=d.get("job"))
 
 
+@dataclass
+class Validation:
+    """One validation point of an attempt: its step, unix time and metrics."""
+
+    step: int | None
+    time: float | None
+    metrics: dict[str, Any]
+
+
 class Ledger:
     """All reads and writes of the ledger file."""
 
@@ -245,6 +254,17 @@ class Ledger:
         rows = self.db.execute("SELECT * FROM trials WHERE sweep=? ORDER BY number", (sweep,))
         return [Trial.from_row(r) for r in rows]
 
+    def finished_walls(self) -> list[dict[str, Any]]:
+        """Every finished trial with its measured wall time, in any sweep: program (the sweep
+        spec's), config (result.json's), device, program_wall; what run-time estimates use."""
+        rows = self.db.execute(
+            "SELECT s.spec_json, t.config_json, t.device, t.program_wall FROM trials t "
+            "JOIN sweeps s ON s.name = t.sweep WHERE t.state = 'finished' "
+            "AND t.config_json IS NOT NULL AND t.program_wall > 0")
+        return [{"program": json.loads(r["spec_json"] or "{}").get("program"),
+                 "config": json.loads(r["config_json"]), "device": r["device"],
+                 "program_wall": r["program_wall"]} for r in rows]
+
     def trial(self, trial_id: int) -> Trial:
         """One trial by id."""
         row = self.db.execute("SELECT * FROM trials WHERE id=?", (trial_id,)).fetchone()
@@ -265,14 +285,18 @@ class Ledger:
         return self.trial(int(cur.lastrowid or 0))
 
     def mark_running(self, trial_id: int, *, pid: int | None, pgid: int | None, run_dir: str,
-                     slot: int | None, device: str | None, started_at: float,
-                     job: str | None = None) -> None:
-        """The trial's process (or job) has started: one more attempt."""
+                     slot: int | None, started_at: float, job: str | None = None) -> None:
+        """The trial's process (or job) has started: one more attempt. Its device stays unknown
+        until the program reports one (`set_device`)."""
         self.db.execute(
             "UPDATE trials SET state='running', reason=NULL, exit_code=NULL, pid=?, pgid=?,"
-            " run_dir=?, slot=?, device=?, started_at=?, ended_at=NULL, step=NULL,"
+            " run_dir=?, slot=?, device=NULL, started_at=?, ended_at=NULL, step=NULL,"
             " max_steps=NULL, last_metric=NULL, best_metric=NULL, attempts=attempts+1, job=?"
-            " WHERE id=?", (pid, pgid, run_dir, slot, device, started_at, job, trial_id))
+            " WHERE id=?", (pid, pgid, run_dir, slot, started_at, job, trial_id))
+
+    def set_device(self, trial_id: int, device: str) -> None:
+        """The device the running attempt's program says it runs on (its device_info event)."""
+        self.db.execute("UPDATE trials SET device=? WHERE id=?", (device, trial_id))
 
     def record_progress(self, trial_id: int, attempt: int, step: int | None,
                         max_steps: int | None, validations: list[dict[str, Any]],
@@ -294,18 +318,15 @@ class Ledger:
                 f" THEN ? ELSE {pick}(best_metric, ?) END WHERE id=?",
                 (step, max_steps, last, last, last, last, trial_id))
 
-    def history(self, trial_id: int, attempt: int) -> list[dict[str, Any]]:
-        """The validation metrics of one attempt, in order."""
-        rows = self.db.execute("SELECT values_json FROM metrics WHERE trial_id=? AND attempt=?"
-                               " ORDER BY rowid", (trial_id, attempt))
-        return [json.loads(r["values_json"]) for r in rows]
+    def history(self, trial: Trial) -> list[Validation]:
+        """The validation points of the attempt that counts (the trial's latest), in order.
 
-    def curve(self, trial_id: int, attempt: int) -> list[tuple[int | None, float | None,
-                                                               dict[str, Any]]]:
-        """(step, unix time, metrics) of each validation of one attempt, in order (for plots)."""
+        Every reader of metric history (status, plots, hyperband, adoption) reads it here, so
+        none sees the rows of an earlier attempt or of one an interruption cut short.
+        """
         rows = self.db.execute("SELECT step, time, values_json FROM metrics WHERE trial_id=?"
-                               " AND attempt=? ORDER BY rowid", (trial_id, attempt))
-        return [(r["step"], r["time"], json.loads(r["values_json"])) for r in rows]
+                               " AND attempt=? ORDER BY rowid", (trial.id, trial.attempts))
+        return [Validation(r["step"], r["time"], json.loads(r["values_json"])) for r in rows]
 
     def finish(self, trial_id: int, *, state: str, reason: str | None, exit_code: int | None,
                ended_at: float, final: dict[str, Any] | None, best: dict[str, Any] | None,
@@ -349,10 +370,21 @@ class Ledger:
         return self.trial(trial_id)
 
     def requeue(self, trial_id: int, reason: str, refund_attempt: bool) -> None:
-        """Back to pending: a retry, or an attempt an interruption cut short (refunded)."""
-        self.db.execute(
-            "UPDATE trials SET state='pending', reason=?, pid=NULL,"
-            " attempts=attempts - ? WHERE id=?", (reason, 1 if refund_attempt else 0, trial_id))
+        """Back to pending: a retry, or an attempt an interruption cut short (refunded).
+
+        A refunded attempt's number is run again, so its metric rows and progress go with it:
+        the re-run's history starts empty instead of after the cut-short one's points.
+        """
+        with self._tx():
+            if refund_attempt:
+                self.db.execute("DELETE FROM metrics WHERE trial_id=? AND attempt=(SELECT"
+                                " attempts FROM trials WHERE id=?)", (trial_id, trial_id))
+                self.db.execute("UPDATE trials SET device=NULL, step=NULL, max_steps=NULL,"
+                                " last_metric=NULL, best_metric=NULL WHERE id=?", (trial_id,))
+            self.db.execute(
+                "UPDATE trials SET state='pending', reason=?, pid=NULL,"
+                " attempts=attempts - ? WHERE id=?",
+                (reason, 1 if refund_attempt else 0, trial_id))
 
     def recover(self, sweep: str, keep: set[int] | frozenset[int] = frozenset()) -> list[Trial]:
         """Trials to run again on resume: left `running` by a dead owner, or stopped by the user.

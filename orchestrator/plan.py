@@ -2,8 +2,9 @@
 
 Order of checks: the spec's own model; the search section against the JSON schema that ships in
 W&B's `sweeps` package; every parameter and override name and value against the program's JSON
-Schema; then every grid point (or, for random and bayes, the fixed part) against the program's
-own validation (`validate --batch`, one process). Problems are collected, not raised one by one.
+Schema; then every grid point (for random and bayes, the fixed part and a seeded sample of
+proposals) against the program's own validation (`validate --batch`, one process). Problems are
+collected, not raised one by one.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 from orchestrator.contract import METRICS, ContractError, Validator, fetch_schema, program_argv
 from orchestrator.paramcheck import distribution_error, resolve, value_error
+from orchestrator.rejections import Rejections, group, render
 from orchestrator.search import Engine, param_names, varied
 from orchestrator.spec import (SpecDoc, SpecError, SweepSpec, flatten, load_spec, parse_set,
                                read_spec)
@@ -34,7 +36,9 @@ class Plan:
     varied: list[str]
     validator: Validator
     grid: list[tuple[dict[str, Any], str]] | None = None  # (point, config hash), valid only
-    invalid: list[tuple[dict[str, Any], str]] = field(default_factory=list)
+    invalid: list[tuple[dict[str, Any], str]] = field(default_factory=list)  # (point, error)
+    # Grid points, or sampled random/bayes proposals, the program rejected, grouped by reason.
+    rejected: Rejections | None = None
     notes: list[str] = field(default_factory=list)
 
     def resolved(self, point: dict[str, Any]) -> dict[str, Any]:
@@ -188,34 +192,64 @@ def _static_checks(spec: SweepSpec, doc: SpecDoc, spec_path: Path, problems: lis
                 validator=validator)
 
 
+# Random/bayes proposals drawn to check a search space: a 5% invalid region shows up with
+# near certainty, for about a second of sampling and validation.
+SAMPLE = 200
+
+
 def _check_points(plan: Plan) -> None:
-    """Validate the trial configs with the program itself; fills plan.grid and plan.invalid."""
+    """Validate the trial configs with the program itself; fills plan.grid, plan.invalid and
+    plan.rejected. Any invalid point fails the spec unless it sets `skip_invalid`; a space where
+    every point is invalid fails it regardless, since nothing could run."""
     doc = plan.doc
     try:
         if plan.spec.method == "grid":
             points = Engine(plan.search).grid()
             verdicts = plan.validator.check([plan.resolved(p) for p in points])
         else:
-            points, verdicts = [], plan.validator.check([plan.fixed])
+            fixed = plan.validator.check([plan.fixed])[0]
+            if not fixed.get("ok"):  # the base with the overrides: no point can be valid
+                raise SpecError([doc.error(("base",), fixed.get("error", "invalid"))])
+            points = Engine(plan.search).sample(SAMPLE)
+            verdicts = plan.validator.check([plan.resolved(p) for p in points])
     except ContractError as err:
         raise SpecError([doc.error(("base",), str(err))]) from None
     except ValueError as err:  # the engine refuses a space (e.g. a distribution in a grid)
         raise SpecError([doc.error(("parameters",), str(err))]) from None
-    if plan.spec.method != "grid":
-        if not verdicts[0].get("ok"):
-            raise SpecError([doc.error(("base",), verdicts[0].get("error", "invalid"))])
+    bad = [(p, str(v.get("error"))) for p, v in zip(points, verdicts) if not v.get("ok")]
+    what = "grid points" if plan.spec.method == "grid" else "sampled proposals"
+    plan.rejected = group([(p, e, plan.resolved(p)) for p, e in bad], len(points), what,
+                          plan.varied)
+    if plan.spec.method == "grid":
+        plan.invalid = bad
+        _fill_grid(plan, points, verdicts)
+    if not bad or (plan.spec.skip_invalid and len(bad) < len(points)):
         return
+    if len(bad) == len(points):
+        lead = (f"all {len(points)} grid points are invalid for the trainer; nothing could run"
+                if plan.spec.method == "grid" else f"all {len(points)} sampled proposals are "
+                f"invalid for the trainer: the {plan.spec.method} search would find nothing to "
+                "run")
+    elif plan.spec.method == "grid":
+        lead = (f"{plan.rejected.share()}. Change the parameters so that every combination "
+                f"is valid, or set `skip_invalid: true` to run the other "
+                f"{len(points) - len(bad)}")
+    else:
+        lead = (f"{plan.rejected.share()}. Narrow the parameters, or set `skip_invalid: true` "
+                "to let the search skip such proposals (they do not count towards run_cap)")
+    raise SpecError([render(plan.rejected, doc.error(("parameters",), lead + ". Reasons:"),
+                            first=len("error: "))])
+
+
+def _fill_grid(plan: Plan, points: list[dict[str, Any]], verdicts: list[dict[str, Any]]) -> None:
+    """The valid grid points in order, each distinct config once."""
     plan.grid, seen = [], set()
     for point, verdict in zip(points, verdicts):
         if not verdict.get("ok"):
-            plan.invalid.append((point, str(verdict.get("error"))))
-        elif verdict["config_hash"] in seen:
+            continue
+        if verdict["config_hash"] in seen:
             plan.notes.append(f"grid point {json.dumps(point)} resolves to the same config as an "
                               "earlier point; it runs once")
         else:
             seen.add(verdict["config_hash"])
             plan.grid.append((point, verdict["config_hash"]))
-    if not plan.grid:
-        reasons = "; ".join(f"{json.dumps(p)}: {e}" for p, e in plan.invalid[:5])
-        raise SpecError([doc.error(("parameters",), f"all {len(plan.invalid)} grid points are "
-                                   f"invalid for the trainer: {reasons}")])

@@ -108,7 +108,7 @@ def curves(ledger: Ledger, name: str, trials: list[Trial], keys: list[str], repo
     ax = fig.add_subplot()
     drawn, labelled = 0, set()
     for t in trials:
-        points = [(s, tm, v.get(metric)) for s, tm, v in ledger.curve(t.id, t.attempts)]
+        points = [(p.step, p.time, p.metrics.get(metric)) for p in ledger.history(t)]
         xs, ys = [], []
         for step, when, value in points:
             x = step if axis == "step" else (when - t.started_at

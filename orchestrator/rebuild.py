@@ -175,7 +175,7 @@ def _rebuild_trial(ledger: Ledger, sweep: str, number: int,
         result = read_result(run_dir)
         started = outcome.get("started_at") or (run_dir / "trial.json").stat().st_mtime
         ledger.mark_running(trial.id, pid=None, pgid=None, run_dir=str(run_dir), slot=None,
-                            device=None, started_at=started)
+                            started_at=started)
         tail = EventTail(run_dir / "events.jsonl")
         validations = tail.poll()
         if validations or tail.step is not None:

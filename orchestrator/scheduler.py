@@ -9,6 +9,7 @@ loop, in order, and an interrupted sweep leaves a consistent ledger.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -18,14 +19,16 @@ from pathlib import Path
 from typing import Any, Callable
 
 from orchestrator.contract import EXIT_BAD_INPUT, EventTail, Outcome, finite, judge, train_argv
+from orchestrator.estimate import points_to_run
 from orchestrator.launcher import Adopter, Launch, Launcher, LocalLauncher, Run
 from orchestrator.ledger import INTERRUPTED, Ledger, Trial
 from orchestrator.ledger_file import LedgerError, storage_fault
 from orchestrator.plan import Plan
 from orchestrator.progress import Progress
 from orchestrator.rebuild import write_outcome, write_sweep
+from orchestrator.rejections import group, no_new_point, one_line
 from orchestrator.search import Engine
-from orchestrator.slots import Slot, make_slots, queue_slots
+from orchestrator.slots import Slot, make_slots, queue_slots, ran_on, sweep_slots
 
 TICK = 0.25  # seconds between looks at events.jsonl while trials run
 RETRYABLE = {"failed", "oom", "killed"}
@@ -58,6 +61,7 @@ class Live:
     slot: Slot
     tail: EventTail
     attempt: int
+    device: str | None = None  # recorded from the program's device_info event
 
 
 @dataclass
@@ -98,8 +102,10 @@ class Scheduler:
         # Before the ledger is touched: an engine that is down or a failed build launches nothing.
         launcher = make_launcher(self.plan, self.home, self.progress.note)
         if self.slots is None:
-            self.slots = (queue_slots(spec.launcher.max_concurrent)
-                          if spec.launcher.type == "slurm" else make_slots(spec.resources))
+            self.slots = sweep_slots(spec)
+        if spec.launcher.type != "local":
+            self.progress.stage(f"preparing the {spec.launcher.type} launcher"
+                                + (" (engine, image)…" if spec.launcher.type == "docker" else "…"))
         try:
             launcher.prepare([s.device for s in self.slots])
             owner = self._claim()
@@ -119,7 +125,10 @@ class Scheduler:
             self.progress.note(f"ended {leftovers} leftover trial(s) of a dead orchestrator")
         for t in self.ledger.trials(self.name):
             if t.attempts:
-                self._histories[t.id] = self.ledger.history(t.id, t.attempts)
+                self._histories[t.id] = [p.metrics for p in self.ledger.history(t)]
+        todo = len(points_to_run(self.plan, self.ledger.trials(self.name), self.max_trials))
+        self.progress.stage(f"launching {todo} trial(s) on {len(self.slots)} slot(s)")
+        self.progress.set_eta(todo, len(self.slots))
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         self.progress.start()
         try:
@@ -237,10 +246,11 @@ class Scheduler:
                 continue
             slot = next(slots, None) or Slot(len(self.slots or []) + len(self._live), "slurm", {})
             tail = EventTail(run.run_dir / "events.jsonl")
-            fresh = tail.poll()[len(self.ledger.history(t.id, t.attempts)):]
+            fresh = tail.poll()[len(self.ledger.history(t)):]
             self.ledger.record_progress(t.id, t.attempts, tail.step, tail.max_steps, fresh,
                                         spec.metric.name, spec.metric.goal)
             self._live[t.id] = Live(run, t, slot, tail, t.attempts)
+            self._record_device(self._live[t.id])
         return set(runs)
 
     def _detach(self, launcher: Launcher) -> bool:
@@ -294,11 +304,14 @@ class Scheduler:
         # Invalid grid points count as tried, so the engine moves past them.
         extra = [engine.point_run(p, "failed") for p, _ in self.plan.invalid]
         tries = 20 if self.plan.grid is None else len(self.plan.grid) + len(self.plan.invalid) + 1
+        rejected: list[tuple[dict[str, Any], str, dict[str, Any]]] = []
+        proposed = 0
         for _ in range(tries):
             runs = [engine.sweep_run(t) for t in self.ledger.trials(self.name)] + extra
             points = engine.suggest(runs, n)
             if points is None:
                 return True
+            proposed += len(points)
             if self.plan.grid is not None:
                 # A grid point missing from the map resolved to the same config as another.
                 verdicts = [{"ok": True, "config_hash": grid.get(json.dumps(p, sort_keys=True))}
@@ -317,16 +330,18 @@ class Scheduler:
                     # moves on and bayes looks elsewhere.
                     extra.append(engine.point_run(point, "pending"))
                 else:
+                    error = str(verdict.get("error"))
+                    rejected.append((point, error, self.plan.resolved(point)))
                     key = "invalid-" + json.dumps(point, sort_keys=True)
                     if key not in known:
-                        t = self.ledger.add_trial(self.name, key, point, "invalid",
-                                                  str(verdict.get("error")))
+                        t = self.ledger.add_trial(self.name, key, point, "invalid", error)
                         known.add(key)
-                        self.progress.note(f"trial {t.number}: invalid point skipped: "
-                                           f"{verdict.get('error')}")
+                        self.progress.note(f"trial {t.number}: invalid, skipped: " + one_line(
+                            point, error, self.plan.resolved(point), self.plan.varied))
             if added:
                 return False
-        self.progress.note("the engine keeps proposing configs already tried; ending the sweep")
+        self.progress.note(no_new_point(group(rejected, proposed, "proposals",
+                                              self.plan.varied)))
         return True
 
     def _start(self, launcher: Launcher, trial: Trial, slot: Slot) -> None:
@@ -339,6 +354,10 @@ class Scheduler:
         env = {**os.environ, **slot.env, "PYTHONUNBUFFERED": "1",
                "ORCH_CACHE_DIR": os.environ.get("ORCH_CACHE_DIR") or str(self.home / "cache"),
                "WANDB_DIR": str(run_dir)}
+        aside = set_aside(run_dir)
+        if aside is not None:
+            self.progress.note(f"trial {trial.number}: the interrupted run's files moved to "
+                               f"{aside}")
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "trial.json").write_text(json.dumps(
             {"sweep": self.name, "trial": trial.number, "attempt": attempt,
@@ -348,12 +367,12 @@ class Scheduler:
             env=env, timeout=self.plan.spec.resources.timeout, marker=self._marker(trial.id),
             base=self.plan.base, point=self.plan.resolved(trial.params), device=slot.device))
         self.ledger.mark_running(trial.id, pid=run.pid, pgid=run.pgid, run_dir=str(run_dir),
-                                 slot=slot.index, device=slot.device, started_at=run.started,
-                                 job=run.job)
+                                 slot=slot.index, started_at=run.started, job=run.job)
         self._histories[trial.id] = []
         self._live[trial.id] = Live(run, self.ledger.trial(trial.id), slot,
                                     EventTail(run_dir / "events.jsonl"), attempt)
-        self.progress.note(f"trial {trial.number} started on {slot.device}: "
+        # The slot is where orch put it; where it runs is what the program reports later.
+        self.progress.note(f"trial {trial.number} started in slot {slot.device}: "
                            f"{_show(trial.params)}")
 
     # -- watching -------------------------------------------------------------------------------
@@ -371,10 +390,25 @@ class Scheduler:
                                             spec.metric.goal)
                 self._histories[trial_id].extend(new)
                 fresh = fresh or bool(new)
+            self._record_device(live)
+            trials = self.ledger.trials(self.name) if new else []
+            for event in new:
+                self.progress.validation(live.trial, event.get("step"), live.tail.max_steps,
+                                         finite(event.get(spec.metric.name)), trials)
             if code is not None:
                 self._finish(live, code)
                 del self._live[trial_id]
         return fresh
+
+    def _record_device(self, live: Live) -> None:
+        """Record the device the program reported, once; say so when it is not its slot's."""
+        if live.tail.device is None or live.device is not None:
+            return
+        live.device = ran_on(live.tail.device, live.slot)
+        self.ledger.set_device(live.trial.id, live.device)
+        if live.device != live.slot.device and live.slot.device != "slurm":
+            self.progress.note(f"trial {live.trial.number} runs on {live.device}, not on its "
+                               f"slot's {live.slot.device} (its program says so)")
 
     def _finish(self, live: Live, code: int) -> None:
         run, ended = live.run, time.time()
@@ -423,5 +457,21 @@ class Scheduler:
                 self.progress.note(f"trial {live.trial.number}: {EARLY_STOP}")
 
 
+def set_aside(run_dir: Path) -> Path | None:
+    """Move what an interrupted launch left in run_dir to runs/SWEEP/interrupted/; where it went.
+
+    The re-run of the attempt then starts with no events of the cut-short one (the trainer
+    appends), and `orch sync` (runs/SWEEP/*/wandb) does not upload its partial W&B run.
+    """
+    if not run_dir.exists():
+        return None
+    aside = run_dir.parent / "interrupted"
+    aside.mkdir(exist_ok=True)
+    target = next(aside / f"{run_dir.name}.{n}" for n in itertools.count(1)
+                  if not (aside / f"{run_dir.name}.{n}").exists())
+    return run_dir.rename(target)
+
+
 def _show(params: dict[str, Any]) -> str:
     return " ".join(f"{k}={v}" for k, v in params.items()) or "(base config)"
+

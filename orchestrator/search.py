@@ -8,6 +8,7 @@ both become dotted trainer keys.
 
 from __future__ import annotations
 
+import random
 import warnings
 from typing import Any
 
@@ -117,6 +118,22 @@ class Engine:
                     return points
                 runs.append(run)
                 points.append(flat_point(run.config, self.parameters))
+
+    def sample(self, n: int, seed: int = 0) -> list[dict[str, Any]]:
+        """`n` points drawn from the parameters' distributions as W&B's random search draws
+        them (its inverse CDFs), from a seeded generator so a check gives the same answer twice.
+        Bayes starts from the same distributions, so this is a sample of what either proposes."""
+        _sweeps()  # quiets the import's warning
+        from sweeps.params import HyperParameterSet
+
+        params = HyperParameterSet.from_config(self.parameters)
+        rng = random.Random(seed)
+        points = []
+        for _ in range(n):
+            for param in params:
+                param.value = param.ppf(rng.uniform(0.0, 1.0))
+            points.append(flat_point(params.to_config(), self.parameters))
+        return points
 
     def suggest(self, runs: list[Any], n: int) -> list[dict[str, Any]] | None:
         """Up to `n` new points given every known run; None when a grid is exhausted."""

@@ -6,7 +6,7 @@ import os
 import subprocess
 from dataclasses import dataclass
 
-from orchestrator.spec import Resources
+from orchestrator.spec import Resources, SweepSpec
 
 
 @dataclass
@@ -55,3 +55,18 @@ def make_slots(res: Resources, gpus_found: list[int] | None = None) -> list[Slot
 def queue_slots(n: int) -> list[Slot]:
     """Slots of a batch queue (Slurm): n jobs in flight; the queue, not orch, picks devices."""
     return [Slot(i, "slurm", {}) for i in range(n)]
+
+
+def ran_on(reported: str, slot: Slot) -> str:
+    """Where a trial runs, as its program reports it (`cpu`, `cuda`, `cuda:0`). A CUDA device
+    under a GPU slot is named by the slot's GPU: the only one CUDA_VISIBLE_DEVICES let it see."""
+    if reported.split(":")[0] == "cuda" and slot.device.startswith("cuda:"):
+        return slot.device
+    return reported
+
+
+def sweep_slots(spec: SweepSpec) -> list[Slot]:
+    """The slots a sweep gets: the queue's for Slurm, else this machine's."""
+    if spec.launcher.type == "slurm":
+        return queue_slots(spec.launcher.max_concurrent)
+    return make_slots(spec.resources)

@@ -77,12 +77,14 @@ class Launcher(_Strict):
         "local", description="`local`: a process on this machine; `docker`: a container each; "
         "`slurm`: a Slurm batch job each (on a login node; run dirs on a shared filesystem).")
     image: str | None = Field(
-        None, description="Docker: the image to run; default `orch-trainer:<hash of the build "
+        None, description="Docker: pin the image to run, used as it is (never built; e.g. one "
+        "`orch build --base-image X --tag TAG` made); default `orch-trainer:<hash of the build "
         "context>`, built from the repository's Dockerfile.")
     base_image: str | None = Field(
         None, description="Docker: the Dockerfile's BASE_IMAGE (default its CUDA PyTorch image).")
-    build: bool = Field(True, description="Docker: build the image (an unchanged context is "
-                        "reused, not rebuilt) before the first trial; false: it must exist.")
+    build: bool = Field(True, description="Docker: build the default image (an unchanged "
+                        "context is reused, not rebuilt) before the first trial; false: it must "
+                        "exist.")
     build_network: str | None = Field(
         None, description="Docker: network of the build's RUN steps (`none` for an offline "
         "build, `host`); default the engine's.")
@@ -199,6 +201,10 @@ class SweepSpec(_Strict):
         "one iteration is one validation_step.")
     run_cap: int | None = Field(None, gt=0, description="Most trials the sweep runs (random "
                                 "and bayes need it, or --max-trials).")
+    skip_invalid: bool = Field(
+        False, description="Run the points the trainer accepts and skip the rest. Without it, "
+        "a grid with any invalid point (or a random/bayes space where a sample of 200 "
+        "proposals has one) fails validation, so a combination is never dropped unnoticed.")
     resources: Resources = Field(default_factory=Resources)
     launcher: Launcher = Field(default_factory=Launcher)
     tracking: Tracking = Field(default_factory=Tracking)

@@ -262,11 +262,13 @@ def rich_table(grid: Grid) -> Table:
     return t
 
 
-def plain_text(grid: Grid, width: int = 200) -> str:
-    """The rich table as plain text (no colour), for --out with --format table."""
+def plain_text(grid: Grid) -> str:
+    """The rich table as plain text (no colour), for --out with --format table: at the full
+    width it needs, so no column is cut."""
+    table = rich_table(grid)
     buf = io.StringIO()
-    Console(file=buf, width=width, color_system=None, force_terminal=False).print(
-        rich_table(grid))
+    width = Console(file=buf, width=10_000).measure(table).maximum  # unclamped by a terminal
+    Console(file=buf, width=width, color_system=None, force_terminal=False).print(table)
     return buf.getvalue()
 
 

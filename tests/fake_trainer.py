@@ -13,7 +13,9 @@ of one override so that one sweep can hold crashing, hanging and healthy trials:
 `key` may also be a list of keys; a case is then their values joined by commas ("0.001,2").
 
 Behaviour fields: mode (finish | crash | hang | diverge | oom | noresult | badconfig),
-curve (val_loss per validation), step_time (seconds per validation), stubborn (ignore SIGTERM).
+curve (val_loss per validation), step_time (seconds per validation), stubborn (ignore SIGTERM),
+device (what its device_info event reports, default cpu), pause_after + pause_until (after that
+many validations, wait until the file pause_until exists: a fault test's chosen moment).
 With FAKE_LOG set, every start appends one line `<overrides as JSON>` to that file.
 """
 
@@ -96,6 +98,7 @@ def train(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, on_signal)
     print(f"fake run {overrides} mode={mode}", flush=True)
     log("hyperparameters_configured", **overrides)
+    log("device_info", device=how.get("device", "cpu"))
     if mode == "crash":
         print("Traceback: RuntimeError: scripted crash", file=sys.stderr)
         log("run_failed", status="failed", reason="scripted crash")
@@ -113,6 +116,9 @@ def train(argv: list[str]) -> int:
         if not best or value < best["val_loss"]:
             best = {**_metrics(value), "step": step}
         log("validation_step", step=step, max_steps=steps, epoch=0, elapsed=0.0, **_metrics(value))
+        if i + 1 == how.get("pause_after"):
+            while not Path(how["pause_until"]).exists():
+                time.sleep(0.02)
     if mode == "hang":
         while True:
             time.sleep(3600)

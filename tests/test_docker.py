@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -284,3 +285,51 @@ def test_build_streams_then_reuses_an_unchanged_context(tmp_path: Path, deps_ima
     (ctx / "trainer" / "model.py").write_text("# changed\n", encoding="utf-8")
     assert context_hash(ctx, {"BASE_IMAGE": deps_image}) != before
     assert context_hash(ctx, {"BASE_IMAGE": "other"}) != context_hash(ctx, {})
+
+
+def test_a_pinned_image_is_used_as_it_is(home: Path, tmp_path: Path, titles_csv: Path,
+                                         deps_image: str, docker_client: Any,  # noqa: F811
+                                         shared_cache: Path) -> None:
+    """`launcher.image: TAG` names an image `orch build --base-image X --tag TAG` made: the
+    sweep runs its trials in it, without building it again from the Dockerfile's default base
+    (a build that, with no network and no CUDA base here, would fail)."""
+    tag = f"orch-test/pinned:{uuid.uuid4().hex[:12]}"  # new to the engine
+    built = run_orch(["build", "--base-image", deps_image, "--network", "none", "--tag", tag],
+                     orch_env(tmp_path / "h"), timeout=600)
+    assert built.returncode == 0 and built.stdout.strip() == tag, built.stderr
+    image_id = docker_client.images.get(tag).id
+    try:
+        spec = _spec(tmp_path / "s.yaml", deps_image, titles_csv)
+        text = yaml.safe_load(spec.read_text())
+        text["launcher"] = {"type": "docker", "image": tag}  # no base image, network: default
+        spec.write_text(yaml.safe_dump(text))
+        since = int(time.time()) - 1
+        proc = run_orch(["sweep", str(spec)], _env(home, shared_cache), timeout=600)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "building image" not in proc.stderr and "Step 1/" not in proc.stderr
+        assert docker_client.images.get(tag).id == image_id  # not rebuilt, not retagged
+        assert [t.state for t in _trials(home).values()] == ["finished", "finished"]
+        created = docker_client.events(since=since, until=int(time.time()) + 1, decode=True,
+                                       filters={"type": "container", "event": "create",
+                                                "label": f"orch.home={home}"})
+        images = [e["Actor"]["Attributes"]["image"] for e in created]
+        assert images and set(images) == {tag}, images  # every container ran the pinned image
+    finally:
+        docker_client.images.remove(tag)
+
+
+def test_a_missing_pinned_image_is_one_line_naming_orch_build(
+        home: Path, tmp_path: Path, titles_csv: Path, deps_image: str,
+        docker_client: Any, shared_cache: Path) -> None:  # noqa: F811
+    tag = f"orch-test/absent:{uuid.uuid4().hex[:12]}"  # on no engine
+    spec = _spec(tmp_path / "s.yaml", deps_image, titles_csv, launcher={"image": tag})
+    proc = run_orch(["sweep", str(spec)], _env(home, shared_cache))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    lines = [x for x in proc.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert f"image {tag} (launcher.image) is not on the engine" in lines[0]
+    assert f"`orch build --tag {tag}`" in lines[0]
+    with pytest.raises(docker.errors.ImageNotFound):
+        docker_client.images.get(tag)  # nothing built in its name
+    assert not (home / "runs").exists() and Ledger(home).sweep("d") is None
+    assert _containers(docker_client, home) == []

@@ -53,13 +53,16 @@ def test_discriminated_union_members_and_nested_keys_resolve(orch_home: Path,
     # `window` exists only on the local member and `num_verts` only on sparse: both are names.
     spec = write_spec(tmp_path / "s.yaml", method="random", run_cap=2, parameters={
         "attention.type": {"value": "local"}, "attention.window": {"values": [8, 16]},
-        "attention.num_verts": {"value": 1},
         "model": {"parameters": {"n_head": {"values": [2, 4]}}}})
     plan = build_plan(spec)
     try:
         assert plan.varied == ["attention.window", "model.n_head"]
     finally:
         plan.close()
+    spec = write_spec(tmp_path / "s2.yaml", parameters={
+        "attention.type": {"value": "sparse"}, "attention.num_verts": {"values": [1, 2]},
+        "attention.local_attn_ctx": {"value": 32}, "attention.block": {"value": 16}})
+    build_plan(spec).close()
 
 
 def test_values_and_distributions_checked_against_bounds(orch_home: Path, tmp_path: Path) -> None:
@@ -97,18 +100,24 @@ def test_yaml_syntax_error_names_line(orch_home: Path, tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr
 
 
-def test_grid_points_invalid_for_trainer_are_skipped_or_fatal(orch_home: Path,
-                                                              tmp_path: Path) -> None:
+def test_grid_points_invalid_for_trainer_are_fatal_unless_skipped(orch_home: Path,
+                                                                  tmp_path: Path) -> None:
     # base_tiny has d_model 64: n_head 3 does not divide it, 4 and 8 do.
-    spec = write_spec(tmp_path / "s.yaml", parameters={"model.n_head": {"values": [3, 4, 8]}})
-    plan = build_plan(spec)
+    params = {"model.n_head": {"values": [3, 4, 8]}}
+    errs = [" ".join(e.split()) for e in _errors(write_spec(tmp_path / "s.yaml",
+                                                             parameters=params))]
+    assert len(errs) == 1 and "1 of 3 grid points is invalid" in errs[0]
+    assert "skip_invalid: true" in errs[0] and "e.g. model.n_head=3" in errs[0]
+    plan = build_plan(write_spec(tmp_path / "s1.yaml", parameters=params, skip_invalid=True))
     try:
         assert [p for p, _ in plan.grid] == [{"model.n_head": 4}, {"model.n_head": 8}]
         assert len(plan.invalid) == 1 and "multiple of n_head (3)" in plan.invalid[0][1]
+        assert plan.rejected.count == 1 and plan.rejected.checked == 3
     finally:
         plan.close()
-    spec = write_spec(tmp_path / "s2.yaml", parameters={"model.n_head": {"values": [3, 5]}})
-    errs = _errors(spec)
+    spec = write_spec(tmp_path / "s2.yaml", skip_invalid=True,
+                      parameters={"model.n_head": {"values": [3, 5]}})
+    errs = [" ".join(e.split()) for e in _errors(spec)]
     assert len(errs) == 1 and "all 2 grid points are invalid" in errs[0]
     assert f"{spec}, line" in errs[0]
 
@@ -124,11 +133,12 @@ def test_set_and_data_options_are_checked(orch_home: Path, tmp_path: Path) -> No
 
 def test_dry_run_lists_trials_and_launches_nothing(orch_home: Path, tmp_path: Path) -> None:
     spec = write_spec(tmp_path / "s.yaml", parameters={"train.seed": {"values": [1, 2]},
-                                                       "model.n_head": {"values": [2, 3, 4]}})
+                                                       "model.n_head": {"values": [2, 3, 4]}},
+                      skip_invalid=True)
     proc = run_orch(["sweep", str(spec), "--dry-run"], orch_env(orch_home))
     assert proc.returncode == 0, proc.stderr
     assert "4 trial(s) would run" in proc.stdout
-    assert proc.stderr.count("skipped invalid grid point") == 2
+    assert "4 of 6 grid points remain" in proc.stderr and "- 2 grid points:" in proc.stderr
     assert not (orch_home / "runs").exists()
 
 

@@ -237,6 +237,54 @@ def test_fail_if_worse_than(home: Path) -> None:
     assert orch(home, "results", "nope").returncode == 2
 
 
+@pytest.mark.parametrize("columns", [None, "80"])
+def test_piped_tables_keep_every_column_and_cell(home: Path, tmp_path: Path,
+                                                 columns: str | None) -> None:
+    """A pipe or CI log (80 columns, or no COLUMNS at all) gets the whole table, not rich's
+    80-column squeeze that dropped val_bpb, best step and status."""
+    env = orch_env(home)
+    env.pop("COLUMNS")
+    if columns:
+        env["COLUMNS"] = columns
+    md = parse_markdown(orch(home, "results", "a", "b", "--format", "markdown").stdout)
+    text = run_orch(["results", "a", "b"], env).stdout
+    header = next(line for line in text.splitlines() if "val_loss" in line)
+    assert [c.strip() for c in header.strip("┃").split("┃")] == list(md[0])
+    body = [line for line in text.splitlines() if line.startswith("│")]
+    for row in md:
+        line = next(x for x in body if f" {row['optim.lr']} " in x and f" {row['sweep']} " in x)
+        cells = [c.strip() for c in line.strip("│").split("│")]
+        assert cells[:-1] == [v for k, v in row.items() if k != "note"]
+    out = tmp_path / "table.txt"  # --out at the width the table needs too
+    assert run_orch(["results", "a", "b", "--out", str(out)], env).returncode == 0
+    assert all(h in out.read_text() for h in md[0])
+    status = run_orch(["status", "a"], env).stdout
+    for head in ("trial", "optim.lr", "state", "best val_loss", "attempts", "exit", "run dir"):
+        assert f" {head} " in status
+    for t in Ledger(home).trials("a"):
+        assert t.run_dir and t.run_dir in status  # whole paths, not "/tmp/…"
+
+
+def test_a_terminal_too_narrow_gets_every_number_whole(home: Path) -> None:
+    """A 60-column terminal: the table keeps its columns and numbers whole (the terminal
+    wraps the long lines) instead of rich cropping them at the edge."""
+    from rich.console import Console
+
+    from orchestrator import results, tables
+    from orchestrator.terminal import show
+
+    grid = tables.report_grid(results.load(Ledger(home), ["a"], per_trial=True))
+    buf = io.StringIO()
+    show(tables.rich_table(grid), Console(file=buf, width=60, force_terminal=True,
+                                          color_system=None))
+    text = buf.getvalue()
+    assert max(len(line) for line in text.splitlines()) > 60
+    for cells in grid.cells:
+        for head, cell in zip(grid.headers, cells):
+            if head != "note":
+                assert cell in text, (head, cell)
+
+
 def test_github_step_summary_gets_the_markdown_table(home: Path, tmp_path: Path) -> None:
     summary = tmp_path / "summary.md"
     summary.write_text("# earlier step\n")

@@ -177,8 +177,8 @@ def test_resume_after_kill_9_adopts_the_running_jobs(cluster: None, orch_home: P
     recorded = _recorded(name, [1, 2, 3, 4])
     assert all(len(j) == 1 for j in recorded.values()), recorded  # sbatch never ran twice
     # Each validation is recorded once, though the resume re-read the events from the start.
-    history = Ledger(orch_home).history(t[2].id, 1)
-    assert [h["val_loss"] for h in history] == SLOW["curve"]
+    history = Ledger(orch_home).history(t[2])
+    assert [h.metrics["val_loss"] for h in history] == SLOW["curve"]
 
 
 def test_ctrl_c_detach_leaves_jobs_running_until_orch_stop(cluster: None, orch_home: Path,

@@ -222,7 +222,7 @@ def test_import_maps_wandb_runs_to_honest_trials(tmp_path: Path,
     assert good.state == "finished" and good.params == {"optim.lr": 0.003, "model.n_layer": 1}
     assert good.final["val_loss"] == pytest.approx(2.1013724948066153)
     assert good.best["step"] == 43 and good.step == good.max_steps == 43
-    hist = ledger.history(good.id, 1)
+    hist = [p.metrics for p in ledger.history(good)]
     assert len(hist) == 4 and hist[-1]["val_loss"] == pytest.approx(good.final["val_loss"])
     assert (bad.state, bad.reason) == ("diverged", "validation loss is nan at step 1")
     assert bad.final.get("val_loss") is None  # missing, never 0

@@ -270,6 +270,6 @@ def test_sweep_prepare_step_checks_input_names_the_sweep_and_keys_the_home(tmp_p
     sweep_step = next(s for s in steps(load(SWEEP)) if "orch sweep" in s.get("run", ""))
     assert 'args=("$SPEC" --name "$SWEEP")' in sweep_step["run"]
     proc = subprocess.run([sys.executable, "-m", "orchestrator", "sweep", "sweeps/smoke.yaml",
-                           "--name", "smoke-gh7", "--dry-run"], cwd=ROOT, capture_output=True,
+                           "--name", "smoke-gh7", "--dry-run", "--no-probe"], cwd=ROOT, capture_output=True,
                           text=True, timeout=120, env={**env, "ORCH_HOME": str(tmp_path / "h")})
     assert proc.returncode == 0 and "sweep smoke-gh7:" in proc.stdout, proc.stdout + proc.stderr

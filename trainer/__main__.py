@@ -5,10 +5,15 @@
     python -m trainer docs                                             Markdown config reference
     python -m trainer validate --config FILE [key=value ...] [--batch] check configs, train nothing
     python -m trainer prepare --config FILE [key=value ...]            build the data cache only
+    python -m trainer probe --config FILE [key=value ...]              time a few steps (JSON)
     python -m trainer attention-mask --config FILE --out mask.png      draw the attention pattern
 """
 
 from __future__ import annotations
+
+import time
+
+STARTED = time.time()  # before the heavy imports: `probe` counts a trial's start-up from here
 
 import argparse
 import json
@@ -80,7 +85,9 @@ def _validate(argv: list[str]) -> int:
             for key, value in point.items():
                 set_dotted(trial, key, value)
             cfg = build_config(trial, f"{args.config} at {json.dumps(point, sort_keys=True)}")
-            print(json.dumps({"ok": True, "config_hash": cfg.hash()}), flush=True)
+            print(json.dumps({"ok": True, "config_hash": cfg.hash(),
+                              "cost_key": cfg.cost_key(),
+                              "flops_per_token": cfg.flops_per_token()}), flush=True)
         except ConfigError as err:
             print(json.dumps({"ok": False, "error": str(err)}), flush=True)
     return 0
@@ -105,6 +112,28 @@ def _prepare(argv: list[str]) -> int:
     return 0
 
 
+def _probe(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m trainer probe",
+                                description="Time one warm-up step, then --steps steps and one "
+                                            "evaluation; print JSON with seconds_per_step, steps, "
+                                            "eval_seconds, evals and seconds_per_trial.")
+    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("--cache-dir", type=Path, default=None, help="data cache (ORCH_CACHE_DIR)")
+    p.add_argument("--steps", type=int, default=2, help="timed steps after the warm-up")
+    p.add_argument("overrides", nargs="*", metavar="key.path=value")
+    args = p.parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    from trainer.data import DataError
+    from trainer.probe import probe
+
+    try:
+        answer = probe(cfg, args.cache_dir or default_cache_dir(), max(1, args.steps), STARTED)
+    except DataError as err:
+        raise ConfigError(str(err)) from None
+    print(json.dumps(answer))
+    return 0
+
+
 def _attention_mask(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m trainer attention-mask")
     p.add_argument("--config", type=Path, required=True)
@@ -122,7 +151,8 @@ def _attention_mask(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Dispatch to a subcommand, or train; config errors exit 2 with one paragraph, no traceback."""
     argv = sys.argv[1:] if argv is None else argv
-    commands = {"validate": _validate, "prepare": _prepare, "attention-mask": _attention_mask}
+    commands = {"validate": _validate, "prepare": _prepare, "probe": _probe,
+                "attention-mask": _attention_mask}
     try:
         if argv[:1] == ["schema"]:
             print(json.dumps(json_schema(), indent=2))

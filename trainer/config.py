@@ -177,6 +177,18 @@ class TrackingConfig(Section):
     tags: list[str] = Field(default_factory=list)
 
 
+# Config fields that change what a run learns but not how long it takes (Config.cost_key).
+COST_FREE: dict[str, tuple[str, ...]] = {
+    "data": ("seed",),
+    "model": ("init", "init_std"),
+    "optim": ("lr", "betas", "momentum", "eps", "weight_decay", "grad_clip", "muon_lr",
+              "muon_momentum", "muon_nesterov", "muon_weight_decay", "muon_lr_adjust"),
+    "schedule": tuple(ScheduleConfig.model_fields),
+    "train": ("seed",),
+    "tracking": tuple(TrackingConfig.model_fields),
+}
+
+
 class Config(Section):
     """One training run."""
 
@@ -207,6 +219,27 @@ class Config(Section):
     def hash(self) -> str:
         """A short stable hash of the resolved config (what the run's numbers depend on)."""
         blob = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def flops_per_token(self) -> float:
+        """Training FLOPs per token, roughly (nanoGPT's 6N + 12 L T d, dense attention): only
+        for ratios, to scale one measured shape's time to a similar one's."""
+        m = self.model
+        mlp = (3 if m.activation == "swiglu" else 2) * m.d_model * int(m.mlp_ratio * m.d_model)
+        matmuls = m.n_layer * (4 * m.d_model ** 2 + mlp) + self.tokenizer.vocab_size * m.d_model
+        return 6.0 * matmuls + 12.0 * m.n_layer * self.train.context_length * m.d_model
+
+    def cost_key(self) -> str:
+        """A short hash of what sets a run's wall time: the step's size (model, attention,
+        batch, context, vocab, precision, device) and the number of steps and evaluations
+        (data, epochs, max_steps, evals). Runs that differ only in what is learned (lr, seeds,
+        schedule, init) share it, so one run's measured time estimates the others'."""
+        tree = self.model_dump(mode="json")
+        for section, keys in COST_FREE.items():
+            for key in keys:
+                tree[section].pop(key, None)
+        tree["train"]["ema"] = tree["train"]["ema"] is not None  # on/off costs, not the decay
+        blob = json.dumps(tree, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
