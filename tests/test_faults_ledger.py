@@ -12,6 +12,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import re
 import sqlite3
 import subprocess
 from pathlib import Path
@@ -23,6 +24,7 @@ from orch_helpers import orch_env, pid_alive, run_orch, start_orch, starts, wait
 from orchestrator.ledger import Ledger
 
 SEEDS = [1, 2, 3, 4]
+STAGE = re.compile(r"\d\d:\d\d:\d\d \S")  # a progress line: "12:00:00 validating s.yaml…"
 SLOW = {"default": {"step_time": 0.3, "curve": [3.0, 2.8, 2.6, 2.4, 2.2, 2.0, 1.9, 1.8, 1.7,
                                                 1.6, 1.5, 1.4, 1.3, 1.2, 1.1, 1.0]}}
 
@@ -60,8 +62,9 @@ def _digest(path: Path) -> str:
 
 
 def _one_line_error(proc: subprocess.CompletedProcess[str], *words: str) -> str:
-    """The command's error: exactly one line on stderr, no traceback, holding `words`."""
-    lines = [x for x in proc.stderr.splitlines() if x.strip()]
+    """The command's error: exactly one line on stderr (beside timestamped stage lines such as
+    "validating SPEC…"), no traceback, holding `words`."""
+    lines = [x for x in proc.stderr.splitlines() if x.strip() and not STAGE.match(x)]
     assert "Traceback" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
     assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
     for word in words:
