@@ -1,6 +1,6 @@
 """`python -m orchestrator` is `orch`."""
 
-from orchestrator.cli import app
+from orchestrator.cli import main
 
 if __name__ == "__main__":
-    app(prog_name="orch")
+    main()

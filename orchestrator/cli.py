@@ -2,7 +2,8 @@
 
 Exit codes: 0 done; 1 a sweep where no trial finished, or a sweep busy elsewhere, or a launcher
 that cannot run here (no Docker engine, no GPU runtime, a failed build, a pinned image missing;
-nothing launched); 2 an invalid spec (nothing launched); 130 stopped by Ctrl-C or `orch stop`;
+nothing launched), or a full or read-only disk under the ledger; 2 an invalid spec (nothing
+launched), or a corrupt or lost ledger to repair first; 130 stopped by Ctrl-C or `orch stop`;
 143 stopped by SIGTERM.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -18,12 +20,13 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from orchestrator import cli_wandb, gates
+from orchestrator import cli_ledger, cli_wandb, gates
 from orchestrator import results as results_mod
 from orchestrator import status as status_mod
 from orchestrator import tables
 from orchestrator.launcher import LauncherError
 from orchestrator.ledger import Ledger, alive, orch_home
+from orchestrator.ledger_file import LedgerError, describe, storage_fault
 from orchestrator.plan import Plan, build_plan
 from orchestrator.estimate import PROBE_BUDGET, estimate, points_to_run
 from orchestrator.progress import Progress, stage_line
@@ -31,7 +34,7 @@ from orchestrator.rejections import skipped
 from orchestrator.scheduler import Scheduler, SweepBusy
 from orchestrator.slots import Slot, sweep_slots
 from orchestrator.spec import SpecError, SweepSpec
-from orchestrator.terminal import err, interrupt_choice, out, say, show, spec_errors
+from orchestrator.terminal import err, fail, interrupt_choice, out, say, show, spec_errors
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Sweep orchestrator: validate, run, resume and compare trainer sweeps.")
@@ -53,8 +56,8 @@ def _plan(spec: Path, sets: list[str] | None, data: Path | None,
         raise typer.Exit(2) from None
 
 
-def _ledger() -> Ledger:
-    return Ledger(orch_home())
+def _ledger(readonly: bool = False) -> Ledger:
+    return Ledger(orch_home(), readonly)
 
 
 def _known_sweep(ledger: Ledger, name: str) -> dict:
@@ -100,8 +103,9 @@ def sweep(spec: Path = typer.Argument(..., help="Sweep spec YAML."),
             err.print(f"note: {note}", highlight=False)
         if plan.rejected and plan.rejected.count:
             say(skipped(plan.rejected))
-        ledger = _ledger()
-        if (backend or plan.spec.tracking.backend) == "wandb":
+        on_wandb = (backend or plan.spec.tracking.backend) == "wandb"
+        ledger = _ledger(readonly=dry_run and not on_wandb)
+        if on_wandb:
             cli_wandb.sweep_on_wandb(plan, ledger, dry_run, max_trials)
             return
         if dry_run:
@@ -214,7 +218,7 @@ def validate(spec: Path = typer.Argument(..., help="Sweep spec YAML."),
 @app.command("ls")
 def ls() -> None:
     """The sweeps in the ledger, with their state and trial counts."""
-    ledger = _ledger()
+    ledger = _ledger(readonly=True)
     table = Table(title=f"sweeps in {ledger.path}", title_justify="left")
     for col in ("sweep", "state", "trials", "spec"):
         table.add_column(col, overflow="fold")
@@ -237,7 +241,7 @@ def status(name: Optional[str] = typer.Argument(
     if form not in status_mod.FORMATS:
         err.print(f"error: --format {form}: choose one of {', '.join(status_mod.FORMATS)}")
         raise typer.Exit(2)
-    ledger = _ledger()
+    ledger = _ledger(readonly=True)
     if name is None:
         name = status_mod.latest_sweep(ledger)
         if name is None:
@@ -288,7 +292,7 @@ def results(
     if (max_regression is not None and compare is None) or (compare and len(names) > 1):
         err.print("error: --max-regression needs --compare, and --compare one SWEEP")
         raise typer.Exit(2)
-    ledger = _ledger()
+    ledger = _ledger(readonly=backend != "wandb")
     if backend == "wandb":
         names = [cli_wandb.import_wandb(ledger, n) for n in names]
     keys = None if group_by in (None, "none") else [
@@ -335,7 +339,7 @@ def plot(name: str = typer.Argument(..., help="Sweep name."),
     """PNG plots: learning curves, the metric against each parameter, a grid heatmap."""
     from orchestrator import plots  # matplotlib is slow to import; only this command needs it
 
-    ledger = _ledger()
+    ledger = _ledger(readonly=True)
     _known_sweep(ledger, name)
     for path in plots.plot_sweep(ledger, name, out_dir or ledger.home / "runs" / name / "plots"):
         out.print(str(path), highlight=False)
@@ -424,3 +428,20 @@ def docs() -> None:
 # lists the local workflow first.
 app.command()(cli_wandb.agent)
 app.command("sync")(cli_wandb.sync_cmd)
+app.add_typer(cli_ledger.app, name="ledger")
+
+
+def main() -> None:
+    """`orch`: the app, with a fault of the ledger file as one line instead of a traceback."""
+    try:
+        app(prog_name="orch")
+    except LedgerError as e:
+        fail(str(e))
+        sys.exit(e.code)
+    except (sqlite3.DatabaseError, OSError) as e:  # a corrupt page met reading rows, a full disk
+        fault = storage_fault(e) if isinstance(e, OSError) else \
+            describe(e, orch_home() / "ledger.sqlite", writing=False)
+        if fault is None:
+            raise
+        fail(str(fault))
+        sys.exit(fault.code)

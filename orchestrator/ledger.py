@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from orchestrator import ledger_file
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sweeps (
     name TEXT PRIMARY KEY,
@@ -131,13 +133,24 @@ class Validation:
 class Ledger:
     """All reads and writes of the ledger file."""
 
-    def __init__(self, home: Path) -> None:
-        home.mkdir(parents=True, exist_ok=True)
+    def __init__(self, home: Path, readonly: bool = False) -> None:
+        """Open (or create) ORCH_HOME/ledger.sqlite; `readonly` never writes it (read commands).
+        Faults of the file (read-only, corrupt, full, lost beside run dirs) raise LedgerError."""
         self.home = home
         self.path = home / "ledger.sqlite"
+        if not readonly:
+            try:
+                home.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise (ledger_file.describe(e, self.path) or e) from None
         # Autocommit; multi-statement changes use explicit BEGIN IMMEDIATE.
-        self.db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+        self.db = ledger_file.connect(self.path, readonly)
         self.db.row_factory = sqlite3.Row
+        ledger_file.check_intact(self.db)  # a malformed page found now, not mid-sweep
+        if readonly:
+            if not self.path.exists():  # nothing recorded yet: an empty ledger in memory
+                self.db.executescript(SCHEMA)
+            return
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL survives a process kill
         self.db.execute("PRAGMA busy_timeout=30000")
@@ -153,6 +166,10 @@ class Ledger:
     def close(self) -> None:
         """Close the connection."""
         self.db.close()
+
+    def backup(self) -> Path:
+        """Copy the ledger to ledger.sqlite.bak (SQLite's online backup); its path."""
+        return ledger_file.backup(self.db, self.path)
 
     def _tx(self) -> _Transaction:
         return _Transaction(self.db)
@@ -254,19 +271,21 @@ class Ledger:
         return Trial.from_row(row)
 
     def add_trial(self, sweep: str, config_hash: str, params: dict[str, Any],
-                  state: str = "pending", reason: str | None = None) -> Trial:
-        """Insert a trial (numbered 1, 2, ... within its sweep) and return it."""
+                  state: str = "pending", reason: str | None = None,
+                  number: int | None = None) -> Trial:
+        """Insert a trial (numbered 1, 2, ... within its sweep, unless `number` is given: a
+        rebuild keeps the numbers of the run dirs) and return it."""
         with self._tx():
-            n = self.db.execute("SELECT COALESCE(MAX(number), 0) + 1 FROM trials WHERE sweep=?",
-                                (sweep,)).fetchone()[0]
+            n = number or self.db.execute("SELECT COALESCE(MAX(number), 0) + 1 FROM trials"
+                                          " WHERE sweep=?", (sweep,)).fetchone()[0]
             cur = self.db.execute(
                 "INSERT INTO trials (sweep, number, config_hash, params_json, state, reason,"
                 " created_at) VALUES (?,?,?,?,?,?,?)",
                 (sweep, n, config_hash, json.dumps(params), state, reason, time.time()))
         return self.trial(int(cur.lastrowid or 0))
 
-    def mark_running(self, trial_id: int, *, pid: int, pgid: int, run_dir: str, slot: int,
-                     started_at: float, job: str | None = None) -> None:
+    def mark_running(self, trial_id: int, *, pid: int | None, pgid: int | None, run_dir: str,
+                     slot: int | None, started_at: float, job: str | None = None) -> None:
         """The trial's process (or job) has started: one more attempt. Its device stays unknown
         until the program reports one (`set_device`)."""
         self.db.execute(
@@ -394,6 +413,8 @@ class _Transaction:
         self.db.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, kind: Any, *_: Any) -> None:
+        if kind and not self.db.in_transaction:
+            return  # SQLite already rolled back (a full disk does): nothing to undo
         self.db.execute("ROLLBACK" if kind else "COMMIT")
 
 

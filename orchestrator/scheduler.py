@@ -8,6 +8,7 @@ loop, in order, and an interrupted sweep leaves a consistent ledger.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -22,8 +23,10 @@ from orchestrator.dataprep import data_settings, prepare_on_host
 from orchestrator.estimate import points_to_run
 from orchestrator.launcher import Adopter, DataPreparer, Launch, Launcher, LocalLauncher, Run
 from orchestrator.ledger import INTERRUPTED, Ledger, Trial, alive
+from orchestrator.ledger_file import LedgerError, storage_fault
 from orchestrator.plan import Plan
 from orchestrator.progress import Progress
+from orchestrator.rebuild import write_outcome, write_sweep
 from orchestrator.rejections import group, no_new_point, one_line
 from orchestrator.search import Engine
 from orchestrator.slots import Slot, make_slots, queue_slots, ran_on, sweep_slots
@@ -107,12 +110,10 @@ class Scheduler:
         try:
             launcher.prepare([s.device for s in self.slots])
             self._prepare_data(launcher)
+            owner = self._claim()
         except BaseException:
             launcher.close()
             raise
-        self.ledger.upsert_sweep(self.name, str(self.plan.doc.path), spec.model_dump(mode="json"),
-                                 self.plan.varied, spec.metric.name, spec.metric.goal)
-        owner = self.ledger.claim(self.name)
         if owner:
             launcher.close()
             raise SweepBusy(f"sweep {self.name} is running under pid {owner['owner_pid']}; "
@@ -134,12 +135,22 @@ class Scheduler:
         self.progress.start()
         try:
             state = self._loop(launcher)
+        except (LedgerError, OSError) as e:
+            fault = e if isinstance(e, LedgerError) else storage_fault(e)
+            if fault is None:
+                raise
+            self._stop_after_fault(launcher)
+            raise fault from None
         finally:
             launcher.close()
             self.progress.stop()
             for s, handler in old.items():
                 signal.signal(s, handler)
         self.ledger.release(self.name, state)
+        try:
+            self.ledger.backup()
+        except LedgerError as e:  # the sweep itself is recorded; only the spare copy is missing
+            self.progress.note(f"warning: no backup of the ledger this time: {e}")
         if state in ("stopped", "detached"):
             return 143 if self._signal == signal.SIGTERM else 130
         trials = self.ledger.trials(self.name)
@@ -162,6 +173,42 @@ class Scheduler:
             cache = Path(os.environ.get("ORCH_CACHE_DIR") or self.home / "cache")
             prepare_on_host(self.plan.doc.path, self.plan.program, self.plan.base, settings,
                             cache)
+
+    def _claim(self) -> dict[str, Any] | None:
+        """Record the sweep (and its spec beside its run dirs, for `orch ledger rebuild`) and
+        become its owner; the live other owner's row if there is one."""
+        spec = self.plan.spec
+        self.ledger.upsert_sweep(self.name, str(self.plan.doc.path), spec.model_dump(mode="json"),
+                                 self.plan.varied, spec.metric.name, spec.metric.goal)
+        owner = self.ledger.claim(self.name)
+        if owner is None:
+            write_sweep(self.home, self.name, spec_path=str(self.plan.doc.path),
+                        spec=spec.model_dump(mode="json"), varied=self.plan.varied,
+                        metric=spec.metric.name, goal=spec.metric.goal)
+        return owner
+
+    def _stop_after_fault(self, launcher: Launcher) -> None:
+        """The ledger or the disk failed mid-sweep: stop every trial (SIGTERM, SIGKILL after the
+        grace period) without relying on the ledger, then record what still can be recorded.
+        Whatever stays `running` belongs to a dead owner, so `orch sweep` re-runs it."""
+        self.progress.note(f"stopping {len(self._live)} trial(s): the ledger or its disk failed")
+        codes: dict[int, int] = {}
+        for live in self._live.values():
+            launcher.terminate(live.run, INTERRUPTED)
+        while len(codes) < len(self._live):
+            for trial_id, live in self._live.items():
+                launcher.enforce(live.run, time.time())
+                if trial_id not in codes:
+                    code = launcher.reap(live.run)
+                    if code is not None:
+                        codes[trial_id] = code
+            launcher.wait_any(TICK)
+        with contextlib.suppress(LedgerError):
+            for trial_id, code in codes.items():
+                self.ledger.finish(trial_id, state="stopped", reason=INTERRUPTED, exit_code=code,
+                                   ended_at=time.time(), final=None, best=None,
+                                   program_wall=time.time() - self._live[trial_id].run.started)
+            self.ledger.release(self.name, "stopped")
 
     def _loop(self, launcher: Launcher) -> str:
         engine = Engine(self.plan.search)
@@ -334,7 +381,7 @@ class Scheduler:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "trial.json").write_text(json.dumps(
             {"sweep": self.name, "trial": trial.number, "attempt": attempt,
-             "params": trial.params, "argv": argv}, indent=2))
+             "config_hash": trial.config_hash, "params": trial.params, "argv": argv}, indent=2))
         run = launcher.start(Launch(
             trial_id=trial.id, number=trial.number, attempt=attempt, argv=argv, run_dir=run_dir,
             env=env, timeout=self.plan.spec.resources.timeout, marker=self._marker(trial.id),
@@ -403,6 +450,8 @@ class Scheduler:
                            program_wall=ended - run.started,
                            config=result.get("config") if isinstance(result.get("config"),
                                                                      dict) else None)
+        write_outcome(run.run_dir, state=out.state, reason=out.reason, exit_code=code,
+                      started_at=run.started, ended_at=ended, program_wall=ended - run.started)
         metric = finite((final or {}).get(self.plan.spec.metric.name))
         shown = f" {self.plan.spec.metric.name}={metric:.4f}" if metric is not None else ""
         self.progress.note(f"trial {live.trial.number} {out.state}{shown}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -15,6 +16,13 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 FAKE = REPO / "tests" / "fake_trainer.py"
 BASE_TINY = REPO / "sweeps" / "base_tiny.yaml"
+STAGE = re.compile(r"\d\d:\d\d:\d\d \S")  # a progress line: "12:00:00 validating s.yaml…"
+
+
+def message_lines(stderr: str) -> list[str]:
+    """What a command said on stderr about its outcome: its lines less blank ones and the
+    timestamped progress lines (validating, preparing, launching) it prints from the start."""
+    return [x for x in stderr.splitlines() if x.strip() and not STAGE.match(x)]
 
 
 def write_spec(path: Path, **fields: Any) -> Path:

@@ -19,7 +19,8 @@ import pytest
 import yaml
 from docker_fixtures import (base_image, deps_image, docker_client, shared_cache,  # noqa: F401
                              trainer_image)
-from orch_helpers import BASE_TINY, REPO, orch_env, run_orch, start_orch, wait_for
+from orch_helpers import (BASE_TINY, REPO, message_lines, orch_env, run_orch, start_orch,
+                          wait_for)
 
 from orchestrator.image import context_hash, default_tag
 from orchestrator.ledger import Ledger
@@ -234,7 +235,7 @@ def test_gpu_requested_without_nvidia_runtime_is_one_clear_line(
     spec = _spec(tmp_path / "s.yaml", deps_image, titles_csv, resources={"gpus": [0]})
     proc = run_orch(["sweep", str(spec)], _env(home, shared_cache))
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    lines = [x for x in proc.stderr.splitlines() if x.strip()]
+    lines = message_lines(proc.stderr)
     assert len(lines) == 1 and "GPU(s) 0 requested" in lines[0], proc.stderr
     assert "NVIDIA Container Toolkit" in lines[0]
     assert Ledger(home).sweep("d") is None  # nothing launched, nothing recorded
@@ -248,7 +249,7 @@ def test_unreachable_engine_is_one_clear_line(tmp_path: Path, titles_csv: Path) 
     sock = f"unix://{tmp_path}/no-docker.sock"
     proc = run_orch(["sweep", str(spec)], orch_env(home, DOCKER_HOST=sock))
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    lines = [x for x in proc.stderr.splitlines() if x.strip()]
+    lines = message_lines(proc.stderr)
     assert len(lines) == 1, proc.stderr
     assert f"cannot reach the Docker engine at {sock}" in lines[0]
     assert "DOCKER_HOST" in lines[0] and "start" in lines[0]
@@ -325,7 +326,7 @@ def test_a_missing_pinned_image_is_one_line_naming_orch_build(
     spec = _spec(tmp_path / "s.yaml", deps_image, titles_csv, launcher={"image": tag})
     proc = run_orch(["sweep", str(spec)], _env(home, shared_cache))
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    lines = [x for x in proc.stderr.splitlines() if x.strip()]
+    lines = message_lines(proc.stderr)
     assert len(lines) == 1, proc.stderr
     assert f"image {tag} (launcher.image) is not on the engine" in lines[0]
     assert f"`orch build --tag {tag}`" in lines[0]

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from docker_fixtures import (base_image, deps_image, docker_client, shared_cache,  # noqa: F401
                              trainer_image)
-from orch_helpers import BASE_TINY, REPO, orch_env, run_orch, starts, write_spec
+from orch_helpers import BASE_TINY, REPO, message_lines, orch_env, run_orch, starts, write_spec
 
 from orchestrator.dataprep import data_settings
 from orchestrator.ledger import Ledger
@@ -33,8 +33,7 @@ def _refused(proc: subprocess.CompletedProcess[str], home: Path | None, *names: 
     with `home`, also that nothing started and the ledger holds no sweep."""
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
-    lines = [x for x in proc.stderr.splitlines() if x.strip() and not x.startswith("note:")
-             and "checking the data" not in x]
+    lines = [x for x in message_lines(proc.stderr) if not x.startswith("note:")]
     assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
     for name in names:
         assert name in lines[0], (name, lines[0])
