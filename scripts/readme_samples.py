@@ -40,6 +40,7 @@ VOLATILE_TEXT = [  # (pattern, stable form) for the same in running text
     (r"\d+ s this run", "… s this run"),
     (r"time=\d+(\.\d+)?s", "time=…s"),
     (r"\b\d\d:\d\d:\d\d\b", "HH:MM:SS"),
+    (r"sweep ETA (?:~[^;\n]*\d+ ?[a-z]+|unknown)", "sweep ETA …"),  # follows the durations
 ]
 
 
