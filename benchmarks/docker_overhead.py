@@ -95,7 +95,7 @@ def build_figures(base_image: str) -> dict[str, float]:
     """Seconds for a warm (unchanged), a one-file-change and a cold (no cache) build."""
     import docker
 
-    from orchestrator.image import ensure_image
+    from orchestrator.launch.docker.image import ensure_image
 
     client = docker.from_env(timeout=600)
     quiet = lambda _line: None  # noqa: E731

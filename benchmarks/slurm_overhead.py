@@ -80,7 +80,7 @@ def measure(workdir: Path, launcher: dict, trials: int) -> dict[str, float]:
 
 
 def main() -> None:
-    from orchestrator import slurm
+    from orchestrator.launch.slurm import commands as slurm
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=6)

@@ -125,7 +125,7 @@ def deps_image(docker_client: Any, base_image: str) -> str:
 @pytest.fixture(scope="session")
 def trainer_image(docker_client: Any, deps_image: str) -> str:
     """The repository's Dockerfile built on the deps image, with no network (tag by context)."""
-    from orchestrator.image import ensure_image
+    from orchestrator.launch.docker.image import ensure_image
 
     tag, _ = ensure_image(docker_client, context=REPO, base_image=deps_image, network="none",
                           echo=lambda _line: None)

@@ -21,10 +21,10 @@ import yaml
 from docker_fixtures import base_image, deps_image, docker_client, trainer_image  # noqa: F401
 from orch_helpers import BASE_TINY, orch_env, run_orch, wait_for
 
-from orchestrator import wandb_backend
+from orchestrator.wandb import backend as wandb_backend
 from orchestrator.ledger import Ledger
-from orchestrator.plan import build_plan
-from orchestrator.wandb_cloud import SweepRef
+from orchestrator.spec.plan import build_plan
+from orchestrator.wandb.cloud import SweepRef
 
 FAKE_KEY = "fakekey-0123456789abcdef0123456789abcdef01234567"
 SWEEP = "ent/mainrun/abc123"

@@ -22,7 +22,7 @@ from docker_fixtures import (base_image, deps_image, docker_client, shared_cache
 from orch_helpers import (BASE_TINY, REPO, message_lines, orch_env, run_orch, start_orch,
                           wait_for)
 
-from orchestrator.image import context_hash, default_tag
+from orchestrator.launch.docker.image import context_hash, default_tag
 from orchestrator.ledger import Ledger
 
 FAKE_KEY = "fakekey-0123456789abcdef0123456789abcdef01234567"

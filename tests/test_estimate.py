@@ -10,7 +10,7 @@ from pathlib import Path
 
 from orch_helpers import BASE_TINY, FAKE, orch_env, run_orch, write_spec
 from orchestrator.contract import program_argv
-from orchestrator.estimate import DAY, LOWER_BOUND, WARM_UP_ONLY, ProbeCache, duration
+from orchestrator.run.estimate import DAY, LOWER_BOUND, WARM_UP_ONLY, ProbeCache, duration
 from orchestrator.ledger import Ledger
 from trainer.config import load_config
 

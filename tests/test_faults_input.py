@@ -20,11 +20,11 @@ from docker_fixtures import (base_image, deps_image, docker_client, shared_cache
                              trainer_image)
 from orch_helpers import BASE_TINY, REPO, message_lines, orch_env, run_orch, starts, write_spec
 
-from orchestrator.dataprep import data_settings
+from orchestrator.launch.dataprep import data_settings
 from orchestrator.ledger import Ledger
-from orchestrator.plan import build_plan
-from orchestrator.slots import detect_gpus, make_slots
-from orchestrator.spec import SpecError
+from orchestrator.spec.plan import build_plan
+from orchestrator.run.slots import detect_gpus, make_slots
+from orchestrator.spec.model import SpecError
 from trainer.config import load_config
 
 
@@ -235,7 +235,7 @@ def test_docker_sweep_with_a_bad_titles_file_launches_nothing(
 
 def test_slurm_sweep_with_a_bad_titles_file_submits_nothing(orch_home: Path, tmp_path: Path,
                                                            tiny_titles: Path) -> None:
-    from orchestrator import slurm
+    from orchestrator.launch.slurm import commands as slurm
 
     why = slurm.unavailable()
     if why:

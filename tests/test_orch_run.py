@@ -8,7 +8,7 @@ from pathlib import Path
 
 from orch_helpers import orch_env, pid_alive, run_orch, start_orch, starts, wait_for, write_spec
 
-from orchestrator.launcher import find_marked
+from orchestrator.launch.local import find_marked
 from orchestrator.ledger import Ledger
 
 SLOW = {"default": {"step_time": 0.4, "curve": [3, 2.5, 2, 1.8, 1.7, 1.6, 1.5, 1.4, 1.3, 1.2]}}

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from orch_helpers import orch_env, run_orch, write_spec
 
-from orchestrator.plan import build_plan
-from orchestrator.spec import SpecError, parse_duration
+from orchestrator.spec.plan import build_plan
+from orchestrator.spec.model import SpecError, parse_duration
 
 
 def _errors(spec: Path) -> list[str]:
@@ -97,7 +97,7 @@ def test_w_and_b_schema_errors_have_lines(orch_home: Path, tmp_path: Path) -> No
 def test_wandb_checks_match_wandb_without_its_scipy_import(params: dict) -> None:
     from sweeps import schema_violations_from_proposed_config
 
-    from orchestrator.plan import _sweeps_violations
+    from orchestrator.spec.plan import _sweeps_violations
     search = {"method": "grid", "metric": {"name": "val_loss", "goal": "minimize"},
               "parameters": params}
     assert _sweeps_violations(search) == schema_violations_from_proposed_config(search)
@@ -181,7 +181,7 @@ def test_sweeps_validator_is_wandbs(search: dict) -> None:
     # Built from the package's schema file so `orch validate` need not import the package.
     from sweeps.config.schema import validator
 
-    from orchestrator.plan import sweeps_validator
+    from orchestrator.spec.plan import sweeps_validator
     assert [(list(e.absolute_path), e.message) for e in sweeps_validator().iter_errors(search)] \
         == [(list(e.absolute_path), e.message) for e in validator.iter_errors(search)]
     assert list(validator.iter_errors(search))  # each case has errors

@@ -11,10 +11,10 @@ from orch_helpers import orch_env, run_orch, write_spec
 from rich.console import Console
 
 from orchestrator.ledger import Ledger
-from orchestrator.plan import build_plan
-from orchestrator.progress import Progress
-from orchestrator.scheduler import Scheduler
-from orchestrator.slots import Slot, ran_on
+from orchestrator.spec.plan import build_plan
+from orchestrator.run.progress import Progress
+from orchestrator.run.loop import Scheduler
+from orchestrator.run.slots import Slot, ran_on
 
 
 def _sweep(ledger: Ledger, name: str) -> None:

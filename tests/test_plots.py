@@ -72,7 +72,7 @@ def test_plot_of_a_seed_sweep_has_curves_and_no_seed_plots(orch_home: Path,
 def test_no_other_curve_takes_the_best_ones_red() -> None:
     from matplotlib.colors import to_hex
 
-    from orchestrator.plots import BEST, _color
+    from orchestrator.report.plots import BEST, _color
 
     for count in (1, 4, 9, 12):
         shades = [to_hex(_color(i, count)) for i in range(count)]

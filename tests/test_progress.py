@@ -8,9 +8,9 @@ from pathlib import Path
 from rich.console import Console
 
 from orch_helpers import orch_env, start_orch, write_spec
-from orchestrator.estimate import duration
+from orchestrator.run.estimate import duration
 from orchestrator.ledger import Trial
-from orchestrator.progress import Progress
+from orchestrator.run.progress import Progress
 
 
 def _trial(number: int, state: str, started: float, step: int | None = None,

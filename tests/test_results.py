@@ -270,8 +270,9 @@ def test_a_terminal_too_narrow_gets_every_number_whole(home: Path) -> None:
     wraps the long lines) instead of rich cropping them at the edge."""
     from rich.console import Console
 
-    from orchestrator import results, tables
-    from orchestrator.terminal import show
+    from orchestrator.report import results
+from orchestrator.report import tables
+    from orchestrator.cli.terminal import show
 
     grid = tables.report_grid(results.load(Ledger(home), ["a"], per_trial=True))
     buf = io.StringIO()
@@ -301,7 +302,7 @@ def test_github_step_summary_gets_the_markdown_table(home: Path, tmp_path: Path)
 
 
 def test_whole_section_values_show_only_what_differs() -> None:
-    from orchestrator.tables import fmt_param
+    from orchestrator.report.tables import fmt_param
 
     recipe = {"d_model": 128, "norm": "rmsnorm", "positions": "rotary", "bias": False}
     values = [recipe, {**recipe, "norm": "layernorm"}, {**recipe, "positions": "learned"}]

@@ -20,10 +20,10 @@ import pytest
 from orch_helpers import BASE_TINY, orch_env, run_orch, start_orch, starts, wait_for, write_spec
 from pydantic import ValidationError
 
-from orchestrator import slurm
+from orchestrator.launch.slurm import commands as slurm
 from orchestrator.ledger import INTERRUPTED, Ledger, Trial
-from orchestrator.slurm_launcher import batch_script, slurm_time, verdict
-from orchestrator.spec import SweepSpec
+from orchestrator.launch.slurm.launcher import batch_script, slurm_time, verdict
+from orchestrator.spec.model import SweepSpec
 
 # A trial that trains until it is stopped (or for 10 s), one that ends at once.
 SLOW = {"step_time": 0.5, "curve": [3.0 - 0.1 * i for i in range(20)]}
@@ -290,7 +290,7 @@ def test_slurm_states_map_to_trial_states(state: str, expected: str | None) -> N
     got = verdict(slurm.JobState("7", state, "by 0" if state == "CANCELLED" else ""))
     assert (got and got[0]) == expected
     if expected == "killed":  # `killed` is retryable: preemption is retried within the budget
-        from orchestrator.scheduler import RETRYABLE
+        from orchestrator.run.loop import RETRYABLE
 
         assert expected in RETRYABLE and "retried" in got[1]  # type: ignore[index]
 

@@ -1,7 +1,7 @@
 """The W&B cloud backend, tested for real up to the cloud: the sweep config against W&B's schema
 and engine, the trainer started by wandb's own agent code in offline mode, the results import on
 stored public-API run objects, and `orch agent` / `orch sync` on a stand-in `wandb` executable.
-Only the calls in orchestrator/wandb_cloud.py marked (cloud) are not run: W&B is unreachable."""
+Only the calls in orchestrator/wandb/cloud.py marked (cloud) are not run: W&B is unreachable."""
 
 from __future__ import annotations
 
@@ -20,13 +20,13 @@ import yaml
 from orch_helpers import orch_env, pid_alive, run_orch, wait_for
 from wandb_records import offline_run, read_records
 
-from orchestrator import results as results_mod
-from orchestrator import wandb_backend
+from orchestrator.report import results as results_mod
+from orchestrator.wandb import backend as wandb_backend
 from orchestrator.ledger import Ledger
-from orchestrator.plan import build_plan
-from orchestrator.spec import SpecError
-from orchestrator.wandb_cloud import CloudError, RemoteSweep, SweepRef
-from orchestrator.wandb_sweep import sweep_config
+from orchestrator.spec.plan import build_plan
+from orchestrator.spec.model import SpecError
+from orchestrator.wandb.cloud import CloudError, RemoteSweep, SweepRef
+from orchestrator.wandb.sweep_config import sweep_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "tests" / "data" / "wandb_runs_sample.json"
