@@ -7,7 +7,7 @@ program (it notes its own start time, writes one validation event and result.jso
 runs as a one-slot sweep of N trials under `launcher: local` and `launcher: slurm`
 (max_concurrent 1, so nothing queues behind a busy CPU).
 
-- Submission-to-start latency: from the moment the scheduler hands the trial to the launcher
+- Submission-to-start latency: from the moment the run loop hands the trial to the launcher
   (the mtime of RUN_DIR/trial.json, written just before) to the program's first line: fork/exec
   for local; sbatch, slurmctld's scheduling, slurmd's launch and the batch shell for Slurm.
 - Per-trial cycle: from one trial's start to the next's in the ledger: start, run, notice the

@@ -16,7 +16,7 @@ from orchestrator.ledger import Ledger
 from orchestrator.spec.plan import SAMPLE, build_plan
 from orchestrator.run.progress import Progress
 from orchestrator.spec.rejections import WIDTH, group
-from orchestrator.run.loop import Scheduler
+from orchestrator.run.loop import RunLoop
 from orchestrator.spec.model import SpecError
 
 # base_tiny: d_model 64, context 64. n_head 3 does not divide d_model; qk_dim 96 exceeds it
@@ -131,7 +131,7 @@ def test_a_run_whose_proposals_are_all_invalid_ends_saying_so(
     plan = build_plan(spec)
     plan.search = {**plan.search, "parameters": {"model.n_head": {"values": [3, 5]}}}
     try:
-        code = Scheduler(plan, Ledger(orch_home), Progress("t", plan.varied, "val_loss",
+        code = RunLoop(plan, Ledger(orch_home), Progress("t", plan.varied, "val_loss",
                                                            live=False), orch_home).run()
     finally:
         plan.close()

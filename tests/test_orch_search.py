@@ -9,8 +9,7 @@ from orch_helpers import orch_env, run_orch, starts, write_spec
 from orchestrator.ledger import Ledger, Trial
 import pytest
 
-from orchestrator.search import (Engine, flat_point, nested_config, param_names, plain_grid,
-                                 varied)
+from orchestrator.search import Engine, flat_point, nested_config, param_names, plain_grid, varied
 
 
 def _trial(i: int, params: dict, state: str = "finished", best: float | None = 1.0) -> Trial:

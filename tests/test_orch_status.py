@@ -13,7 +13,7 @@ from rich.console import Console
 from orchestrator.ledger import Ledger
 from orchestrator.spec.plan import build_plan
 from orchestrator.run.progress import Progress
-from orchestrator.run.loop import Scheduler
+from orchestrator.run.loop import RunLoop
 from orchestrator.run.slots import Slot, ran_on
 
 
@@ -97,7 +97,7 @@ def test_the_device_shown_is_the_one_the_trial_reports(orch_home: Path, tmp_path
              Slot(1, "cuda:3", {"CUDA_VISIBLE_DEVICES": ""})]
     try:
         ledger = Ledger(orch_home)
-        code = Scheduler(plan, ledger, Progress("t", plan.varied, "val_loss", live=False),
+        code = RunLoop(plan, ledger, Progress("t", plan.varied, "val_loss", live=False),
                          orch_home, slots=slots).run()
     finally:
         plan.close()

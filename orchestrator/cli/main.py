@@ -33,7 +33,7 @@ from orchestrator.spec.plan import Plan, build_plan
 from orchestrator.run.estimate import PROBE_BUDGET, estimate, points_to_run
 from orchestrator.run.progress import Progress, stage_line
 from orchestrator.spec.rejections import skipped
-from orchestrator.run.loop import Scheduler, SweepBusy
+from orchestrator.run.loop import RunLoop, SweepBusy
 from orchestrator.run.slots import Slot, sweep_slots
 from orchestrator.spec.model import SpecError, SweepSpec
 from orchestrator.cli.terminal import err, fail, interrupt_choice, out, say, show, spec_errors
@@ -121,11 +121,11 @@ def sweep(spec: Path = typer.Argument(..., help="Sweep spec YAML."),
         for text in filter(None, (guess.line(), guess.warning())):
             progress.stage(text)
         progress.estimate = guess.per_trial()
-        sched = Scheduler(plan, ledger, progress, ledger.home, max_trials=max_trials,
-                          slots=slots, on_interrupt=interrupt_choice(progress, yes, detach))
+        loop = RunLoop(plan, ledger, progress, ledger.home, max_trials=max_trials,
+                       slots=slots, on_interrupt=interrupt_choice(progress, yes, detach))
         started = time.time()
         try:
-            code = sched.run()
+            code = loop.run()
         except SweepBusy as e:
             err.print(f"error: {e}")
             raise typer.Exit(1) from None
@@ -339,7 +339,7 @@ def plot(name: str = typer.Argument(..., help="Sweep name."),
              None, "--out", help="Folder for the PNGs (default: ORCH_HOME/runs/SWEEP/plots).")
          ) -> None:
     """PNG plots: learning curves, the metric against each parameter, a grid heatmap."""
-    from orchestrator.report import plots# matplotlib is slow to import; only this command needs it
+    from orchestrator.report import plots  # matplotlib is slow to import; only this command needs it
 
     ledger = _ledger(readonly=True)
     _known_sweep(ledger, name)

@@ -86,7 +86,7 @@ class Run:
 
 
 class Launcher(Protocol):
-    """What the scheduler needs from a launcher; one instance serves one sweep run."""
+    """What the run loop needs from a launcher; one instance serves one sweep run."""
 
     def prepare(self, devices: list[str]) -> None:
         """Check the machine and make what trials need (an image); raise LauncherError."""

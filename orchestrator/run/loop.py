@@ -67,7 +67,7 @@ class Live:
 
 
 @dataclass
-class Scheduler:
+class RunLoop:
     """Runs one sweep of a Plan against the ledger."""
 
     plan: Plan

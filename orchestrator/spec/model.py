@@ -80,7 +80,7 @@ class Resources(_Strict):
         return parse_duration(v) if isinstance(v, str) else v
 
 
-class Launcher(_Strict):
+class LauncherSettings(_Strict):
     """How a trial is started: a local process, one Docker container or one Slurm job per trial.
 
     One flat section: each field names the launcher it is for (Docker:, Slurm:), so `orch docs`
@@ -163,7 +163,7 @@ class Launcher(_Strict):
         return text
 
     @model_validator(mode="after")
-    def _slurm_fields_need_slurm(self) -> Launcher:
+    def _slurm_fields_need_slurm(self) -> LauncherSettings:
         slurm_only = {"partition", "account", "qos", "time", "cpus_per_trial", "gpus_per_trial",
                       "mem", "max_concurrent", "setup", "container_prefix", "sbatch_args",
                       "poll"}
@@ -220,7 +220,7 @@ class SweepSpec(_Strict):
         "a grid with any invalid point (or a random/bayes space where a sample of 200 "
         "proposals has one) fails validation, so a combination is never dropped unnoticed.")
     resources: Resources = Field(default_factory=Resources)
-    launcher: Launcher = Field(default_factory=Launcher)
+    launcher: LauncherSettings = Field(default_factory=LauncherSettings)
     tracking: Tracking = Field(default_factory=Tracking)
 
     def search_config(self) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from orchestrator.spec.rejections import Rejections, group, render
 from orchestrator.search import Engine, param_names, plain_parameter, varied
 from orchestrator.run.slots import detect_gpus
 from orchestrator.spec.model import (SpecDoc, SpecError, SweepSpec, flatten, load_spec, parse_set,
-                               read_spec, read_yaml)
+                                     read_spec, read_yaml)
 from orchestrator.launch.docker.container import api_key
 
 

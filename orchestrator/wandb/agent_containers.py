@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 from orchestrator.launch.docker.launcher import ContainerRun, DockerLauncher, remove_containers
 from orchestrator.launch.protocol import Launch, LauncherError
 from orchestrator.ledger import Ledger
-from orchestrator.spec.model import Launcher
+from orchestrator.spec.model import LauncherSettings
 from orchestrator.launch.docker.container import CACHE, WANDB_HOST_ONLY, WATCHDOG, KeyFile
 from orchestrator.wandb.cloud import SweepRef
 
@@ -44,25 +44,25 @@ def netrc_entry(key: str) -> str:
     return f"machine {urlsplit(url).netloc or 'api.wandb.ai'}\n  login user\n  password {key}\n"
 
 
-def recorded_launcher(ledger: Ledger, ref: SweepRef) -> tuple[Launcher, str, Path]:
+def recorded_launcher(ledger: Ledger, ref: SweepRef) -> tuple[LauncherSettings, str, Path]:
     """(launcher section, ledger name, spec dir) of the spec this W&B sweep was created from;
     defaults (type local, the sweep path, the current directory) when it is not in the ledger."""
     for row in ledger.sweeps():
         spec = row.get("spec") or {}
         if (spec.get("wandb") or {}).get("path") == ref.path:
             where = Path(row["spec_path"]).resolve().parent if row.get("spec_path") else Path.cwd()
-            defaults = Launcher().model_dump(mode="json")  # the ledger keeps every field
+            defaults = LauncherSettings().model_dump(mode="json")  # the ledger keeps every field
             given = {k: v for k, v in (spec.get("launcher") or {}).items() if defaults.get(k) != v}
-            return Launcher.model_validate(given), row["name"], where
-    return Launcher(), ref.path, Path.cwd()
+            return LauncherSettings.model_validate(given), row["name"], where
+    return LauncherSettings(), ref.path, Path.cwd()
 
 
 class AgentContainers(DockerLauncher):
     """The launcher AgentPool drives to run each agent in its own container (engine calls,
     stop, kill after grace and reaping are the Docker launcher's)."""
 
-    def __init__(self, settings: Launcher, ref: SweepRef, name: str, home: Path, spec_dir: Path,
-                 kill_grace: float, say: Callable[[str], None]) -> None:
+    def __init__(self, settings: LauncherSettings, ref: SweepRef, name: str, home: Path,
+                 spec_dir: Path, kill_grace: float, say: Callable[[str], None]) -> None:
         self._setup(settings, name, home, spec_dir, kill_grace, say)
         self.ref = ref
         self.root = Path.cwd().resolve()

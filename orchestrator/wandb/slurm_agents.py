@@ -20,7 +20,7 @@ from pathlib import Path
 from orchestrator.launch.slurm import commands as slurm
 from orchestrator.ledger import Ledger
 from orchestrator.launch.slurm.launcher import batch_script, directives, home_tag, slurm_time
-from orchestrator.spec.model import Launcher as Settings
+from orchestrator.spec.model import LauncherSettings
 from orchestrator.wandb.cloud import SweepRef, agent_argv
 
 
@@ -40,17 +40,17 @@ class AgentArray:
                 f"`squeue -j {self.job_id}` follows them, `scancel {self.job_id}` stops them")
 
 
-def recorded_settings(ledger: Ledger, ref: SweepRef) -> Settings:
+def recorded_settings(ledger: Ledger, ref: SweepRef) -> LauncherSettings:
     """The Slurm launcher section of the spec this W&B sweep was created from, else defaults."""
     for row in ledger.sweeps():
         spec = row.get("spec") or {}
         launcher = spec.get("launcher") or {}
         if (spec.get("wandb") or {}).get("path") == ref.path and launcher.get("type") == "slurm":
-            return Settings.model_validate(launcher)
-    return Settings(type="slurm")
+            return LauncherSettings.model_validate(launcher)
+    return LauncherSettings(type="slurm")
 
 
-def submit_agent_array(ref: SweepRef, count: int, settings: Settings, home: Path,
+def submit_agent_array(ref: SweepRef, count: int, settings: LauncherSettings, home: Path,
                        gpus: int = 1, time_limit: str | None = None,
                        wandb: str | None = None) -> AgentArray:
     """Submit `count` array tasks, each `wandb agent --count 1 SWEEP` with `gpus` GPUs.

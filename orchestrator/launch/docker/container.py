@@ -26,7 +26,7 @@ import yaml
 
 from orchestrator.contract import format_value
 from orchestrator.launch.protocol import Launch
-from orchestrator.spec.model import Launcher, read_yaml
+from orchestrator.spec.model import LauncherSettings, read_yaml
 
 RUN, CACHE, CONFIG, DATA, SECRETS = ("/orch/run", "/orch/cache", "/orch/config", "/orch/data",
                                      "/orch/secrets")
@@ -110,7 +110,7 @@ class KeyFile:
 class Layout:
     """Maps a trial's host paths and settings to what its container is given."""
 
-    def __init__(self, settings: Launcher, spec_dir: Path, cache_dir: Path,
+    def __init__(self, settings: LauncherSettings, spec_dir: Path, cache_dir: Path,
                  program: list[str]) -> None:
         self.settings = settings
         self.spec_dir = spec_dir

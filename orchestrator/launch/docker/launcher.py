@@ -26,11 +26,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from orchestrator.launch.dataprep import PREPARE_KEYS, refusal
-from orchestrator.launch.docker.image import (connect, default_context, engine_address, ensure_image,
-                                pinned_image)
+from orchestrator.launch.docker.image import (connect, default_context, engine_address,
+                                              ensure_image, pinned_image)
 from orchestrator.launch.protocol import Launch, LauncherError, Run
 from orchestrator.spec.plan import Plan
-from orchestrator.spec.model import Launcher
+from orchestrator.spec.model import LauncherSettings
 from orchestrator.launch.docker.container import CACHE, KEY_FILE, RUN, WATCHDOG, KeyFile, Layout
 
 OOM_TEXT = (b"CUDA out of memory", b"OutOfMemoryError", b"CUBLAS_STATUS_ALLOC_FAILED")
@@ -83,7 +83,7 @@ class DockerLauncher:
         self.layout = Layout(self.settings, self.spec_dir, self.cache_dir,
                              shlex.split(program) if isinstance(program, str) else list(program))
 
-    def _setup(self, settings: Launcher, sweep: str, home: Path, spec_dir: Path,
+    def _setup(self, settings: LauncherSettings, sweep: str, home: Path, spec_dir: Path,
                kill_grace: float, say: Callable[[str], None]) -> None:
         """The engine-side state (also of the W&B agent containers, agent_containers.py)."""
         self.settings = settings

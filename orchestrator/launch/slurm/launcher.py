@@ -37,7 +37,7 @@ from orchestrator.ledger import INTERRUPTED, Ledger
 if TYPE_CHECKING:
     from orchestrator.ledger import Trial
     from orchestrator.spec.plan import Plan
-    from orchestrator.spec.model import Launcher as Settings
+    from orchestrator.spec.model import LauncherSettings
 
 LOST_AFTER = 120.0  # seconds a job may be unknown to squeue, sacct and scontrol before it is lost
 QUICK_POLL = 0.5  # seconds between polls while a trial has written result.json (it is ending)
@@ -92,7 +92,7 @@ def verdict(state: slurm.JobState) -> tuple[str, str] | None:
     return None
 
 
-def directives(settings: Settings, time_limit: str | None, gpus: int) -> list[str]:
+def directives(settings: LauncherSettings, time_limit: str | None, gpus: int) -> list[str]:
     """The resource options every job of a spec's launcher section gets, as sbatch arguments."""
     opts = [f"--cpus-per-task={settings.cpus_per_trial}", "--ntasks=1"]
     if gpus:
@@ -336,7 +336,7 @@ class SlurmLauncher:
         return -9 if code is None else code
 
     def detach(self) -> None:
-        """Leave the live jobs running (the scheduler says so); a resume adopts them."""
+        """Leave the live jobs running (the run loop says so); a resume adopts them."""
         self._detached = True
 
     def close(self) -> None:
@@ -366,7 +366,7 @@ def cancel_sweep(ledger: Ledger, name: str, home: Path) -> int:
     return len(alive) + len(stray)
 
 
-def describe(settings: Settings) -> str:
+def describe(settings: LauncherSettings) -> str:
     """One line about where trials go, for the sweep's first note."""
     where = settings.partition or "the default partition"
     return (f"Slurm jobs on {where}, {settings.max_concurrent} in flight, "
