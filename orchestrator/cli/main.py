@@ -339,7 +339,7 @@ def plot(name: str = typer.Argument(..., help="Sweep name."),
              None, "--out", help="Folder for the PNGs (default: ORCH_HOME/runs/SWEEP/plots).")
          ) -> None:
     """PNG plots: learning curves, the metric against each parameter, a grid heatmap."""
-    from orchestrator.report import plots  # matplotlib is slow to import; only this command needs it
+    from orchestrator.report import plots  # matplotlib is slow to import: this command alone
 
     ledger = _ledger(readonly=True)
     _known_sweep(ledger, name)
