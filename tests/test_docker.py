@@ -17,9 +17,10 @@ from typing import Any
 import docker.errors
 import pytest
 import yaml
-from docker_fixtures import (base_image, deps_image, docker_client, shared_cache,
-                             # noqa: F401                              trainer_image)
-from orch_helpers import BASE_TINY, REPO, message_lines, orch_env, run_orch, start_orch, wait_for
+from docker_fixtures import (base_image, deps_image, docker_client, shared_cache,  # noqa: F401
+                             trainer_image)
+from orch_helpers import (BASE_TINY, REPO, message_lines, orch_env, run_orch, start_orch,
+                          wait_for)
 
 from orchestrator.launch.docker.image import context_hash, default_tag
 from orchestrator.ledger import Ledger

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 import yaml
-from docker_fixtures import (base_image, deps_image, docker_client, shared_cache,
-                             # noqa: F401                              trainer_image)
+from docker_fixtures import (base_image, deps_image, docker_client, shared_cache,  # noqa: F401
+                             trainer_image)
 from orch_helpers import BASE_TINY, REPO, message_lines, orch_env, run_orch, starts, write_spec
 
 from orchestrator.launch.dataprep import data_settings

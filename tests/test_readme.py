@@ -15,9 +15,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from readme_samples import (BAD_SPEC, ROOT, SAMPLES, Sample, embedded,
-                            # noqa: E402                             execute, normalised, printed,
-                            shown)
+from readme_samples import (BAD_SPEC, ROOT, SAMPLES, Sample, embedded,  # noqa: E402
+                            execute, normalised, printed, shown)
 
 README = (ROOT / "README.md").read_text()
 REGENERATE = "the README's sample is not what the command prints: run scripts/readme_samples.py"

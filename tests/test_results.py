@@ -270,8 +270,7 @@ def test_a_terminal_too_narrow_gets_every_number_whole(home: Path) -> None:
     wraps the long lines) instead of rich cropping them at the edge."""
     from rich.console import Console
 
-    from orchestrator.report import results
-from orchestrator.report import tables
+    from orchestrator.report import results, tables
     from orchestrator.cli.terminal import show
 
     grid = tables.report_grid(results.load(Ledger(home), ["a"], per_trial=True))
