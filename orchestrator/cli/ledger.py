@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from orchestrator import rebuild as rebuild_mod
+from orchestrator import ledger_rebuild
 from orchestrator.ledger import orch_home
 from orchestrator.ledger_file import LedgerError, describe
 from orchestrator.cli.terminal import out
@@ -26,7 +26,7 @@ def rebuild(force: bool = ForceOpt) -> None:
     """Rebuild ORCH_HOME/ledger.sqlite from the run dirs (each holds its trial, events, result
     and verdict); the old file is kept aside as ledger.sqlite.broken-TIME."""
     try:
-        done = rebuild_mod.rebuild(orch_home(), force)
+        done = ledger_rebuild.rebuild(orch_home(), force)
     except OSError as e:
         raise _fault(e) from None
     kept = f"; the old file is kept as {done.kept}" if done.kept else ""
@@ -42,7 +42,7 @@ def restore(force: bool = ForceOpt) -> None:
     """Put the automatic backup (ledger.sqlite.bak, taken when each sweep ends) back in place;
     trials run since then are missing from it (`orch ledger rebuild` has them)."""
     try:
-        kept = rebuild_mod.restore(orch_home(), force)
+        kept = ledger_rebuild.restore(orch_home(), force)
     except OSError as e:
         raise _fault(e) from None
     out.print(f"restored {orch_home() / 'ledger.sqlite'} from its backup"
