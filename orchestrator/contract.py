@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator import schemacache
+from orchestrator.states import TrialState
 
 # Exit codes of the contract (trainer/exitcodes.py), restated because the orchestrator knows the
 # trainer only through its command line.
@@ -222,7 +223,7 @@ class EventTail:
 class Outcome:
     """The honest end state of one trial attempt."""
 
-    state: str
+    state: TrialState
     reason: str
     result: dict[str, Any] | None
 
@@ -238,26 +239,27 @@ def judge(exit_code: int | None, run_dir: Path, *, timed_out: bool = False,
     said = result.get("status") if result else None
     why = (result or {}).get("reason") or ""
     if exit_code == EXIT_FINISHED and said == "finished":
-        return Outcome("finished", why, result)  # it finished before our signal landed
+        return Outcome(TrialState.FINISHED, why, result)  # it finished before our signal landed
     if timed_out:
-        return Outcome("timeout", "exceeded resources.timeout", result)
+        return Outcome(TrialState.TIMEOUT, "exceeded resources.timeout", result)
     if stop_reason is not None:
-        return Outcome("stopped", stop_reason, result)
+        return Outcome(TrialState.STOPPED, stop_reason, result)
     if exit_code is None:
-        return Outcome("killed", "no exit code", result)
+        return Outcome(TrialState.KILLED, "no exit code", result)
     if exit_code < 0:
-        return Outcome("killed", f"killed by signal {-exit_code}", result)
+        return Outcome(TrialState.KILLED, f"killed by signal {-exit_code}", result)
     if exit_code == EXIT_FINISHED:
         if said == "finished":
-            return Outcome("finished", why, result)
+            return Outcome(TrialState.FINISHED, why, result)
         shown = f"result.json says {said!r}" if result else "no result.json"
-        return Outcome("failed", f"exit 0 but {shown}", result)
+        return Outcome(TrialState.FAILED, f"exit 0 but {shown}", result)
     if exit_code == EXIT_DIVERGED or said == "diverged":
-        return Outcome("diverged", why or "non-finite loss", result)
+        return Outcome(TrialState.DIVERGED, why or "non-finite loss", result)
     if exit_code == EXIT_OOM:
-        return Outcome("oom", why or "out of memory", result)
+        return Outcome(TrialState.OOM, why or "out of memory", result)
     if exit_code == EXIT_BAD_INPUT:
-        return Outcome("failed", why or "bad config or data (exit 2)", result)
+        return Outcome(TrialState.FAILED, why or "bad config or data (exit 2)", result)
     if exit_code in (EXIT_SIGINT, EXIT_SIGTERM):
-        return Outcome("killed", f"stopped by a signal from outside (exit {exit_code})", result)
-    return Outcome("failed", why or f"exit {exit_code}", result)
+        why = f"stopped by a signal from outside (exit {exit_code})"
+        return Outcome(TrialState.KILLED, why, result)
+    return Outcome(TrialState.FAILED, why or f"exit {exit_code}", result)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from orchestrator import ledger_file
+from orchestrator.states import INTERRUPTED, SweepState, TrialState
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sweeps (
@@ -47,11 +48,6 @@ CREATE TABLE IF NOT EXISTS metrics (
 );
 CREATE INDEX IF NOT EXISTS metrics_trial ON metrics (trial_id, attempt);
 """
-
-# Terminal states: a resumed sweep leaves these alone (a stop by the user is not terminal).
-TERMINAL = {"finished", "failed", "diverged", "timeout", "oom", "killed", "stopped", "invalid"}
-INTERRUPTED = "interrupted"  # the reason of a `stopped` trial that a resume runs again
-
 
 def orch_home() -> Path:
     """ORCH_HOME, else ./.orch (like wandb/)."""
@@ -85,7 +81,7 @@ class Trial:
     number: int
     config_hash: str
     params: dict[str, Any]
-    state: str
+    state: TrialState
     reason: str | None
     exit_code: int | None
     attempts: int
@@ -111,7 +107,8 @@ class Trial:
         d = dict(row)
         return cls(
             id=d["id"], sweep=d["sweep"], number=d["number"], config_hash=d["config_hash"],
-            params=json.loads(d["params_json"]), state=d["state"], reason=d["reason"],
+            params=json.loads(d["params_json"]), state=TrialState(d["state"]),
+            reason=d["reason"],
             exit_code=d["exit_code"], attempts=d["attempts"], created_at=d["created_at"],
             started_at=d["started_at"], ended_at=d["ended_at"], run_dir=d["run_dir"],
             pid=d["pid"], pgid=d["pgid"], slot=d["slot"], device=d["device"], step=d["step"],
@@ -226,13 +223,13 @@ class Ledger:
             if row and row["owner_pid"] != me and alive(row["owner_pid"], row["owner_start"]):
                 return dict(row)
             self.db.execute(
-                "UPDATE sweeps SET owner_pid=?, owner_start=?, owner_host=?, state='running',"
+                "UPDATE sweeps SET owner_pid=?, owner_start=?, owner_host=?, state=?,"
                 " stop_requested=0, updated_at=? WHERE name=?",
-                (me, start, socket.gethostname(), time.time(), name))
+                (me, start, socket.gethostname(), SweepState.RUNNING, time.time(), name))
         return None
 
-    def release(self, name: str, state: str) -> None:
-        """Record the sweep's end state and drop ownership."""
+    def release(self, name: str, state: SweepState | str) -> None:
+        """Record the sweep's end state and drop ownership (a str: an imported W&B sweep's)."""
         self.db.execute("UPDATE sweeps SET state=?, owner_pid=NULL, owner_start=NULL,"
                         " updated_at=? WHERE name=?", (state, time.time(), name))
 
@@ -259,8 +256,8 @@ class Ledger:
         spec's), config (result.json's), device, program_wall; what run-time estimates use."""
         rows = self.db.execute(
             "SELECT s.spec_json, t.config_json, t.device, t.program_wall FROM trials t "
-            "JOIN sweeps s ON s.name = t.sweep WHERE t.state = 'finished' "
-            "AND t.config_json IS NOT NULL AND t.program_wall > 0")
+            "JOIN sweeps s ON s.name = t.sweep WHERE t.state = ? "
+            "AND t.config_json IS NOT NULL AND t.program_wall > 0", (TrialState.FINISHED,))
         return [{"program": json.loads(r["spec_json"] or "{}").get("program"),
                  "config": json.loads(r["config_json"]), "device": r["device"],
                  "program_wall": r["program_wall"]} for r in rows]
@@ -271,7 +268,7 @@ class Ledger:
         return Trial.from_row(row)
 
     def add_trial(self, sweep: str, config_hash: str, params: dict[str, Any],
-                  state: str = "pending", reason: str | None = None,
+                  state: TrialState = TrialState.PENDING, reason: str | None = None,
                   number: int | None = None) -> Trial:
         """Insert a trial (numbered 1, 2, ... within its sweep, unless `number` is given: a
         rebuild keeps the numbers of the run dirs) and return it."""
@@ -289,10 +286,11 @@ class Ledger:
         """The trial's process (or job) has started: one more attempt. Its device stays unknown
         until the program reports one (`set_device`)."""
         self.db.execute(
-            "UPDATE trials SET state='running', reason=NULL, exit_code=NULL, pid=?, pgid=?,"
+            "UPDATE trials SET state=?, reason=NULL, exit_code=NULL, pid=?, pgid=?,"
             " run_dir=?, slot=?, device=NULL, started_at=?, ended_at=NULL, step=NULL,"
             " max_steps=NULL, last_metric=NULL, best_metric=NULL, attempts=attempts+1, job=?"
-            " WHERE id=?", (pid, pgid, run_dir, slot, started_at, job, trial_id))
+            " WHERE id=?",
+            (TrialState.RUNNING, pid, pgid, run_dir, slot, started_at, job, trial_id))
 
     def set_device(self, trial_id: int, device: str) -> None:
         """The device the running attempt's program says it runs on (its device_info event)."""
@@ -328,7 +326,7 @@ class Ledger:
                                " AND attempt=? ORDER BY rowid", (trial.id, trial.attempts))
         return [Validation(r["step"], r["time"], json.loads(r["values_json"])) for r in rows]
 
-    def finish(self, trial_id: int, *, state: str, reason: str | None, exit_code: int | None,
+    def finish(self, trial_id: int, *, state: TrialState, reason: str | None, exit_code: int | None,
                ended_at: float, final: dict[str, Any] | None, best: dict[str, Any] | None,
                program_wall: float | None, config: dict[str, Any] | None = None) -> None:
         """The attempt ended: its honest state and what result.json said."""
@@ -382,9 +380,9 @@ class Ledger:
                 self.db.execute("UPDATE trials SET device=NULL, step=NULL, max_steps=NULL,"
                                 " last_metric=NULL, best_metric=NULL WHERE id=?", (trial_id,))
             self.db.execute(
-                "UPDATE trials SET state='pending', reason=?, pid=NULL,"
+                "UPDATE trials SET state=?, reason=?, pid=NULL,"
                 " attempts=attempts - ? WHERE id=?",
-                (reason, 1 if refund_attempt else 0, trial_id))
+                (TrialState.PENDING, reason, 1 if refund_attempt else 0, trial_id))
 
     def recover(self, sweep: str, keep: set[int] | frozenset[int] = frozenset()) -> list[Trial]:
         """Trials to run again on resume: left `running` by a dead owner, or stopped by the user.
@@ -394,10 +392,10 @@ class Ledger:
         """
         back = []
         for t in self.trials(sweep):
-            if t.state == "running" and t.id not in keep:
+            if t.state == TrialState.RUNNING and t.id not in keep:
                 self.requeue(t.id, "orchestrator died; re-run", refund_attempt=True)
                 back.append(t)
-            elif t.state == "stopped" and t.reason == INTERRUPTED:
+            elif t.state == TrialState.STOPPED and t.reason == INTERRUPTED:
                 self.requeue(t.id, "interrupted; re-run", refund_attempt=True)
                 back.append(t)
         return back
@@ -418,13 +416,11 @@ class _Transaction:
         self.db.execute("ROLLBACK" if kind else "COMMIT")
 
 
-def iter_states(trials: list[Trial]) -> Iterator[tuple[str, int]]:
-    """(state, count) pairs in a stable order, for summaries."""
-    order = ["pending", "running", "finished", "stopped", "diverged", "failed", "oom",
-             "timeout", "killed", "invalid"]
-    counts: dict[str, int] = {}
+def iter_states(trials: list[Trial]) -> Iterator[tuple[TrialState, int]]:
+    """(state, count) pairs in TrialState's order, for summaries."""
+    counts: dict[TrialState, int] = {}
     for t in trials:
         counts[t.state] = counts.get(t.state, 0) + 1
-    for state in order + sorted(set(counts) - set(order)):
+    for state in TrialState:
         if counts.get(state):
             yield state, counts[state]

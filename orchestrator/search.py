@@ -17,13 +17,16 @@ from typing import Any
 import yaml
 
 from orchestrator.ledger import Trial
+from orchestrator.states import TrialState
 
-# How the ledger's states read to W&B's engine. A trial stopped early by hyperband has a real,
-# partial metric history, so it counts as finished with that history (as on W&B); every other
-# unsuccessful end is a failure the bayes engine imputes the worst metric for.
-_ENGINE_STATE = {"pending": "pending", "running": "running", "finished": "finished",
-                 "stopped": "finished", "diverged": "failed", "failed": "failed",
-                 "oom": "failed", "timeout": "failed", "killed": "killed", "invalid": "failed"}
+# How the ledger's states read to W&B's engine (its RunState values). A trial stopped early by
+# hyperband has a real, partial metric history, so it counts as finished with that history (as
+# on W&B); every other unsuccessful end is a failure the bayes engine imputes the worst metric for.
+ENGINE_STATE = {TrialState.PENDING: "pending", TrialState.RUNNING: "running",
+                TrialState.FINISHED: "finished", TrialState.STOPPED: "finished",
+                TrialState.DIVERGED: "failed", TrialState.FAILED: "failed",
+                TrialState.OOM: "failed", TrialState.TIMEOUT: "failed",
+                TrialState.KILLED: "killed", TrialState.INVALID: "failed"}
 
 
 def _sweeps() -> Any:
@@ -138,13 +141,15 @@ class Engine:
         sweeps = _sweeps()
         metric = self.config["metric"]["name"]
         summary = {metric: trial.best_metric} if trial.best_metric is not None else {}
-        return sweeps.SweepRun(name=str(trial.id), state=_ENGINE_STATE.get(trial.state, "failed"),
+        return sweeps.SweepRun(name=str(trial.id), state=ENGINE_STATE[trial.state],
                                config=nested_config(trial.params, self.parameters),
                                history=history or [], summary_metrics=summary)
 
-    def point_run(self, point: dict[str, Any], state: str) -> Any:
-        """A SweepRun for a point that is not a ledger trial (an invalid or repeated point)."""
-        return _sweeps().SweepRun(state=state, config=nested_config(point, self.parameters))
+    def point_run(self, point: dict[str, Any], state: TrialState) -> Any:
+        """A SweepRun for a point that is not a ledger trial (an invalid or repeated point),
+        as if it were a trial in `state`."""
+        return _sweeps().SweepRun(state=ENGINE_STATE[state],
+                                  config=nested_config(point, self.parameters))
 
     def grid(self) -> list[dict[str, Any]]:
         """Every grid point, in W&B's order."""

@@ -21,9 +21,10 @@ from orch_helpers import BASE_TINY, orch_env, run_orch, start_orch, starts, wait
 from pydantic import ValidationError
 
 from orchestrator.launch.slurm import commands as slurm
-from orchestrator.ledger import INTERRUPTED, Ledger, Trial
+from orchestrator.ledger import Ledger, Trial
 from orchestrator.launch.slurm.launcher import batch_script, slurm_time, verdict
 from orchestrator.spec.model import SweepSpec
+from orchestrator.states import INTERRUPTED
 
 # A trial that trains until it is stopped (or for 10 s), one that ends at once.
 SLOW = {"step_time": 0.5, "curve": [3.0 - 0.1 * i for i in range(20)]}
@@ -290,7 +291,7 @@ def test_slurm_states_map_to_trial_states(state: str, expected: str | None) -> N
     got = verdict(slurm.JobState("7", state, "by 0" if state == "CANCELLED" else ""))
     assert (got and got[0]) == expected
     if expected == "killed":  # `killed` is retryable: preemption is retried within the budget
-        from orchestrator.run.loop import RETRYABLE
+        from orchestrator.states import RETRYABLE
 
         assert expected in RETRYABLE and "retried" in got[1]  # type: ignore[index]
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from orchestrator.ledger import Trial
+    from orchestrator.states import TrialState
 
 MARKER = "ORCH_TRIAL"  # in every trial's environment, so a dead orchestrator's trials can be found
 
@@ -56,7 +57,7 @@ class Run:
     oom: str | None = None  # why the launcher knows it ran out of memory (beyond the exit code)
     # (state, reason) only the launcher saw, e.g. Slurm's time limit or a node failure; it wins
     # over the exit code unless orch itself stopped the trial or it finished.
-    verdict: tuple[str, str] | None = None
+    verdict: tuple[TrialState, str] | None = None
     job: str | None = None  # an id outside this process (a Slurm job id), kept in the ledger
     extra: dict[str, object] = field(default_factory=dict)
 

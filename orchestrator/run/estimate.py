@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from orchestrator.contract import EXIT_BAD_INPUT, ContractError, format_value, program_argv
-from orchestrator.ledger import INTERRUPTED, TERMINAL, Ledger, Trial
+from orchestrator.ledger import Ledger, Trial
 from orchestrator.spec.plan import Plan
 from orchestrator.run.slots import Slot
+from orchestrator.states import INTERRUPTED, TERMINAL, TrialState
 
 DAY = 86400.0
 # Seconds all probes of one dry run may take together. The dry run is the inner loop, and a
@@ -138,7 +139,7 @@ def points_to_run(plan: Plan, trials: list[Trial], max_trials: int | None) -> li
         points: list[dict] = [{}] * count
     else:
         done = {t.config_hash for t in trials if t.state in TERMINAL
-                and not (t.state == "stopped" and t.reason == INTERRUPTED)}
+                and not (t.state == TrialState.STOPPED and t.reason == INTERRUPTED)}
         points = [p for p, h in plan.grid if h not in done]
         if spec.run_cap is not None:
             points = points[:max(0, spec.run_cap - len(trials))]

@@ -23,17 +23,17 @@ from orchestrator.launch.dataprep import data_settings, prepare_on_host
 from orchestrator.run.estimate import points_to_run
 from orchestrator.launch.protocol import Adopter, DataPreparer, Launch, Launcher, Run
 from orchestrator.launch.local import LocalLauncher
-from orchestrator.ledger import INTERRUPTED, Ledger, Trial, alive
+from orchestrator.ledger import Ledger, Trial, alive
 from orchestrator.ledger_file import LedgerError, storage_fault
 from orchestrator.spec.plan import Plan
 from orchestrator.run.progress import Progress
 from orchestrator.ledger_rebuild import write_outcome, write_sweep
 from orchestrator.spec.rejections import group, no_new_point, one_line
 from orchestrator.search import Engine
+from orchestrator.states import INTERRUPTED, RETRYABLE, SweepState, TrialState
 from orchestrator.run.slots import Slot, make_slots, queue_slots, ran_on, sweep_slots
 
 TICK = 0.25  # seconds between looks at events.jsonl while trials run
-RETRYABLE = {"failed", "oom", "killed"}
 EARLY_STOP = "early-terminated by hyperband"
 
 
@@ -122,7 +122,8 @@ class RunLoop:
         adopted = self._adopt(launcher)
         leftovers = launcher.reap_orphans(self._marker())
         for t in self.ledger.recover(self.name, keep=adopted):
-            why = "left running by a dead orchestrator" if t.state == "running" else "interrupted"
+            why = ("left running by a dead orchestrator" if t.state == TrialState.RUNNING
+                   else "interrupted")
             self.progress.note(f"trial {t.number}: re-run ({why})")
         if leftovers:
             self.progress.note(f"ended {leftovers} leftover trial(s) of a dead orchestrator")
@@ -152,10 +153,11 @@ class RunLoop:
             self.ledger.backup()
         except LedgerError as e:  # the sweep itself is recorded; only the spare copy is missing
             self.progress.note(f"warning: no backup of the ledger this time: {e}")
-        if state in ("stopped", "detached"):
+        if state in (SweepState.STOPPED, SweepState.DETACHED):
             return 143 if self._signal == signal.SIGTERM else 130
         trials = self.ledger.trials(self.name)
-        return 0 if any(t.state == "finished" for t in trials) or state == "paused" else 1
+        ok = any(t.state == TrialState.FINISHED for t in trials) or state == SweepState.PAUSED
+        return 0 if ok else 1
 
     def _prepare_data(self, launcher: Launcher) -> None:
         """Each distinct data setting once, before anything launches (dataprep.py)."""
@@ -206,12 +208,12 @@ class RunLoop:
             launcher.wait_any(TICK)
         with contextlib.suppress(LedgerError):
             for trial_id, code in codes.items():
-                self.ledger.finish(trial_id, state="stopped", reason=INTERRUPTED, exit_code=code,
-                                   ended_at=time.time(), final=None, best=None,
+                self.ledger.finish(trial_id, state=TrialState.STOPPED, reason=INTERRUPTED,
+                                   exit_code=code, ended_at=time.time(), final=None, best=None,
                                    program_wall=time.time() - self._live[trial_id].run.started)
-            self.ledger.release(self.name, "stopped")
+            self.ledger.release(self.name, SweepState.STOPPED)
 
-    def _loop(self, launcher: Launcher) -> str:
+    def _loop(self, launcher: Launcher) -> SweepState:
         engine = Engine(self.plan.search)
         slots = self.slots or make_slots(self.plan.spec.resources)
         launched, exhausted, stopping = 0, False, False
@@ -225,7 +227,7 @@ class RunLoop:
             if self._signal is not None and not stopping:
                 stopping = True
                 if self._detach(launcher):
-                    return "detached"
+                    return SweepState.DETACHED
                 self.progress.note("stopping: SIGTERM to running trials")
                 for live in self._live.values():
                     launcher.terminate(live.run, INTERRUPTED)
@@ -243,13 +245,14 @@ class RunLoop:
             self.progress.refresh(self.ledger.trials(self.name), self._live)
             if not self._live:
                 if stopping:
-                    return "stopped"
-                pending = [t for t in self.ledger.trials(self.name) if t.state == "pending"]
+                    return SweepState.STOPPED
+                pending = [t for t in self.ledger.trials(self.name)
+                           if t.state == TrialState.PENDING]
                 at_budget = self.max_trials is not None and launched >= self.max_trials
                 if at_budget and (pending or not exhausted):
-                    return "paused"
+                    return SweepState.PAUSED
                 if not pending and (exhausted or self._capped()):
-                    return "finished"
+                    return SweepState.FINISHED
             launcher.wait_any(TICK if self._live else 0.0)
 
     def _adopt(self, launcher: Launcher) -> set[int]:
@@ -257,7 +260,7 @@ class RunLoop:
         their trial ids. Validations the ledger already holds are not recorded twice."""
         if not isinstance(launcher, Adopter):
             return set()
-        running = [t for t in self.ledger.trials(self.name) if t.state == "running"]
+        running = [t for t in self.ledger.trials(self.name) if t.state == TrialState.RUNNING]
         runs = launcher.adopt(running)
         slots = iter(self.slots or [])
         spec = self.plan.spec
@@ -287,7 +290,7 @@ class RunLoop:
 
     def _capped(self) -> bool:
         cap = self.plan.spec.run_cap
-        counted = [t for t in self.ledger.trials(self.name) if t.state != "invalid"]
+        counted = [t for t in self.ledger.trials(self.name) if t.state != TrialState.INVALID]
         return cap is not None and len(counted) >= cap
 
     # -- launching --------------------------------------------------------------------------------
@@ -312,18 +315,18 @@ class RunLoop:
     def _next_pending(self) -> Trial | None:
         running = set(self._live)
         return next((t for t in self.ledger.trials(self.name)
-                     if t.state == "pending" and t.id not in running), None)
+                     if t.state == TrialState.PENDING and t.id not in running), None)
 
     def _suggest(self, engine: Engine, n: int) -> bool:
         """Add up to n pending trials from the engine; True when the search space is exhausted."""
         trials = self.ledger.trials(self.name)
         cap = self.plan.spec.run_cap
         if cap is not None:
-            n = min(n, cap - len([t for t in trials if t.state != "invalid"]))
+            n = min(n, cap - len([t for t in trials if t.state != TrialState.INVALID]))
         known = {t.config_hash for t in trials}
         grid = {json.dumps(p, sort_keys=True): h for p, h in self.plan.grid or []}
         # Invalid grid points count as tried, so the engine moves past them.
-        extra = [engine.point_run(p, "failed") for p, _ in self.plan.invalid]
+        extra = [engine.point_run(p, TrialState.INVALID) for p, _ in self.plan.invalid]
         tries = 20 if self.plan.grid is None else len(self.plan.grid) + len(self.plan.invalid) + 1
         rejected: list[tuple[dict[str, Any], str, dict[str, Any]]] = []
         proposed = 0
@@ -349,13 +352,13 @@ class RunLoop:
                 elif verdict.get("ok"):
                     # A config already tried: shown to the engine as taken (pending), so grid
                     # moves on and bayes looks elsewhere.
-                    extra.append(engine.point_run(point, "pending"))
+                    extra.append(engine.point_run(point, TrialState.PENDING))
                 else:
                     error = str(verdict.get("error"))
                     rejected.append((point, error, self.plan.resolved(point)))
                     key = "invalid-" + json.dumps(point, sort_keys=True)
                     if key not in known:
-                        t = self.ledger.add_trial(self.name, key, point, "invalid", error)
+                        t = self.ledger.add_trial(self.name, key, point, TrialState.INVALID, error)
                         known.add(key)
                         self.progress.note(f"trial {t.number}: invalid, skipped: " + one_line(
                             point, error, self.plan.resolved(point), self.plan.varied))
@@ -434,11 +437,12 @@ class RunLoop:
     def _finish(self, live: Live, code: int) -> None:
         run, ended = live.run, time.time()
         out = judge(code, run.run_dir, timed_out=run.timed_out, stop_reason=run.stop_reason)
-        if run.verdict and out.state != "finished" and not run.timed_out \
+        if run.verdict and out.state != TrialState.FINISHED and not run.timed_out \
                 and run.stop_reason is None:  # what only the launcher saw (Slurm's time limit)
             out = Outcome(*run.verdict, out.result)
-        if run.oom and out.state in ("failed", "killed"):  # the launcher saw the OOM happen
-            out = Outcome("oom", run.oom, out.result)
+        # The launcher saw the OOM happen.
+        if run.oom and out.state in (TrialState.FAILED, TrialState.KILLED):
+            out = Outcome(TrialState.OOM, run.oom, out.result)
         result = out.result or {}
         final = result.get("final") if isinstance(result.get("final"), dict) else None
         best = result.get("best") if isinstance(result.get("best"), dict) else None

@@ -18,6 +18,7 @@ from rich.text import Text
 from orchestrator.run.estimate import duration
 from orchestrator.ledger import Trial, iter_states
 from orchestrator.report.tables import fmt_param
+from orchestrator.states import TrialState
 
 
 def _fmt(value: float | None) -> str:
@@ -27,7 +28,7 @@ def _fmt(value: float | None) -> str:
 def _elapsed(t: Trial, now: float) -> str:
     if t.started_at is None:
         return "—"
-    secs = int((t.ended_at if t.state != "running" and t.ended_at else now) - t.started_at)
+    secs = int((t.ended_at if t.state != TrialState.RUNNING and t.ended_at else now) - t.started_at)
     return f"{secs // 60}:{secs % 60:02d}"
 
 
@@ -75,12 +76,14 @@ class Progress:
     def eta(self, trials: list[Trial], now: float) -> str:
         """`ETA ~2.1 h`: trials still to run x the mean time of this sweep's finished trials
         (else the estimate), over the slots; `ETA unknown` until one of them is known."""
-        walls = [t.program_wall for t in trials if t.state == "finished" and t.program_wall]
+        walls = [t.program_wall for t in trials
+                 if t.state == TrialState.FINISHED and t.program_wall]
         per = sum(walls) / len(walls) if walls else self.estimate
         if per is None or self._todo is None:
             return "ETA unknown"
-        running = [t for t in trials if t.state == "running"]
-        ended = sum(1 for t in trials if t.state not in ("pending", "running", "invalid")
+        running = [t for t in trials if t.state == TrialState.RUNNING]
+        unended = (TrialState.PENDING, TrialState.RUNNING, TrialState.INVALID)
+        ended = sum(1 for t in trials if t.state not in unended
                     and (t.started_at or 0) >= self._since)
         waiting = max(0, self._todo - ended - len(running))
         left = [per * (1 - t.step / t.max_steps) if t.step and t.max_steps
@@ -140,9 +143,9 @@ class Progress:
                     "elapsed"):
             table.add_column(col, justify="right" if col != "state" else "left",
                              no_wrap=True, min_width=8 if col == "state" else None)
-        shown = [t for t in trials if t.state != "invalid"]
+        shown = [t for t in trials if t.state != TrialState.INVALID]
         # Running first, then the most recent, so the table stays short on long sweeps.
-        shown.sort(key=lambda t: (t.state != "running", -(t.number)))
+        shown.sort(key=lambda t: (t.state != TrialState.RUNNING, -(t.number)))
         for t in shown[:30]:
             step = "—" if t.step is None else f"{t.step}/{t.max_steps or '?'}"
             params = [fmt_param(t.params.get(n), [u.params.get(n) for u in trials])

@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING, Callable
 from orchestrator.launch.slurm import commands as slurm
 from orchestrator.contract import train_argv
 from orchestrator.launch.protocol import MARKER, Launch, LauncherError, Run
-from orchestrator.ledger import INTERRUPTED, Ledger
+from orchestrator.ledger import Ledger
+from orchestrator.states import INTERRUPTED, TrialState
 
 if TYPE_CHECKING:
     from orchestrator.ledger import Trial
@@ -77,18 +78,18 @@ def slurm_time(text: str | None, timeout: float | None, grace: float) -> str | N
     return str(math.ceil((timeout + grace) / 60) + 1)
 
 
-def verdict(state: slurm.JobState) -> tuple[str, str] | None:
+def verdict(state: slurm.JobState) -> tuple[TrialState, str] | None:
     """What Slurm alone knows about a job's end, as (trial state, reason); None when the exit
     code and result.json tell (COMPLETED, FAILED: the contract decides, e.g. diverged)."""
     how = f"Slurm: {state.state}" + (f" {state.detail}" if state.detail else "")
     if state.state in ("TIMEOUT", "DEADLINE"):
-        return "timeout", f"{how} (the job's time limit, launcher.time)"
+        return TrialState.TIMEOUT, f"{how} (the job's time limit, launcher.time)"
     if state.state == "OUT_OF_MEMORY":
-        return "oom", f"{how} (the job's memory limit, launcher.mem)"
+        return TrialState.OOM, f"{how} (the job's memory limit, launcher.mem)"
     if state.state == "CANCELLED":
-        return "stopped", f"{how}: cancelled outside orch (scancel)"
+        return TrialState.STOPPED, f"{how}: cancelled outside orch (scancel)"
     if state.state in ("PREEMPTED", "NODE_FAIL", "BOOT_FAIL", "REVOKED", "LOST"):
-        return "killed", f"{how} (retried within resources.retries)"
+        return TrialState.KILLED, f"{how} (retried within resources.retries)"
     return None
 
 
@@ -354,15 +355,15 @@ def cancel_sweep(ledger: Ledger, name: str, home: Path) -> int:
     """`orch stop` with no orchestrator alive: cancel the sweep's queued and running jobs and
     mark their trials stopped (interrupted, so a resume runs them again). Jobs that already
     ended stay `running` in the ledger: a resume adopts them and collects their results."""
-    trials = {t.job: t for t in ledger.trials(name) if t.state == "running" and t.job}
+    trials = {t.job: t for t in ledger.trials(name) if t.state == TrialState.RUNNING and t.job}
     alive = {j for j, s in slurm.queue(list(trials)).items() if not s.ended}
     stray = [j for j, n, comment, _ in slurm.my_jobs()
              if is_ours(n, comment, name, home) and j not in trials]
     slurm.cancel(sorted(alive) + stray)
     now = time.time()
     for job_id in alive:
-        ledger.finish(trials[job_id].id, state="stopped", reason=INTERRUPTED, exit_code=None,
-                      ended_at=now, final=None, best=None, program_wall=None)
+        ledger.finish(trials[job_id].id, state=TrialState.STOPPED, reason=INTERRUPTED,
+                      exit_code=None, ended_at=now, final=None, best=None, program_wall=None)
     return len(alive) + len(stray)
 
 
