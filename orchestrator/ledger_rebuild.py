@@ -22,6 +22,7 @@ from typing import Any
 from orchestrator.contract import EventTail, judge, read_result
 from orchestrator.ledger import Ledger
 from orchestrator.ledger_file import LedgerError, backup_path, run_dirs
+from orchestrator.states import SweepState, TrialState
 
 NO_VERDICT = "rebuilt: the attempt left no result; re-run"
 
@@ -152,7 +153,7 @@ def _rebuild_sweep(ledger: Ledger, sweep_dir: Path, report: Rebuilt) -> None:
             report.rerun += 1
         report.trials += 1
         report.attempts += len(runs)
-    ledger.release(name, "rebuilt")
+    ledger.release(name, SweepState.REBUILT)
     report.sweeps.append(name)
 
 
@@ -181,8 +182,9 @@ def _rebuild_trial(ledger: Ledger, sweep: str, number: int,
         if validations or tail.step is not None:
             ledger.record_progress(trial.id, attempt, tail.step, tail.max_steps, validations,
                                    metric, goal)
-        if outcome.get("state"):
-            state, reason, code = outcome["state"], outcome.get("reason"), outcome.get("exit_code")
+        if outcome.get("state") in {s.value for s in TrialState}:
+            state = TrialState(outcome["state"])
+            reason, code = outcome.get("reason"), outcome.get("exit_code")
         elif result is not None:
             code = result.get("exit_code") if isinstance(result.get("exit_code"), int) else None
             verdict = judge(code, run_dir)
@@ -191,7 +193,7 @@ def _rebuild_trial(ledger: Ledger, sweep: str, number: int,
             ledger.requeue(trial.id, NO_VERDICT, refund_attempt=True)
             return True
         else:
-            state, reason, code = "killed", "no result (rebuilt from the run dir)", None
+            state, reason, code = TrialState.KILLED, "no result (rebuilt from the run dir)", None
         result = result or {}
         ended = outcome.get("ended_at") or ((run_dir / "result.json").stat().st_mtime
                                             if (run_dir / "result.json").exists() else started)

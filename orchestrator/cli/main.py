@@ -37,6 +37,7 @@ from orchestrator.run.loop import RunLoop, SweepBusy
 from orchestrator.run.slots import Slot, sweep_slots
 from orchestrator.spec.model import SpecError, SweepSpec
 from orchestrator.cli.terminal import err, fail, interrupt_choice, out, say, show, spec_errors
+from orchestrator.states import SweepState
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Sweep orchestrator: validate, run, resume and compare trainer sweeps.")
@@ -139,7 +140,8 @@ def sweep(spec: Path = typer.Argument(..., help="Sweep spec YAML."),
         show(tables.rich_table(tables.report_grid(
             report, title=f"sweep {plan.spec.name} ({time.time() - started:.0f} s this run)")))
         again = f"orch sweep {spec}" + (f" --name {name}" if name else "")
-        if code in (130, 143) and (ledger.sweep(plan.spec.name) or {}).get("state") == "detached":
+        ended = (ledger.sweep(plan.spec.name) or {}).get("state")
+        if code in (130, 143) and ended == SweepState.DETACHED:
             out.print(f"detached: its Slurm jobs run on; `{again}` adopts them, "
                       f"`orch stop {plan.spec.name}` cancels them")
         elif code in (130, 143):
@@ -225,9 +227,7 @@ def ls() -> None:
     for col in ("sweep", "state", "trials", "spec"):
         table.add_column(col, overflow="fold")
     for s in ledger.sweeps():
-        state = s["state"]
-        if state == "running" and not s["owner_alive"]:
-            state = "interrupted"  # its orchestrator died: `orch sweep` resumes it
+        state = status_mod.sweep_state(s)  # `interrupted` if its orchestrator died
         counts = ", ".join(f"{n} {st}" for st, n in s["counts"].items()) or "none"
         table.add_row(s["name"], state, counts, s["spec_path"] or "")
     show(table)
@@ -353,7 +353,7 @@ def stop(name: str = typer.Argument(..., help="Sweep name.")) -> None:
     ledger = _ledger()
     row = _known_sweep(ledger, name)
     ledger.request_stop(name)
-    if row["state"] == "running":
+    if row["state"] == SweepState.RUNNING:
         out.print(f"asked sweep {name} (pid {row['owner_pid']}) to stop")
     else:
         out.print(f"sweep {name} is not running ({row['state']}); nothing to stop")

@@ -19,6 +19,7 @@ from matplotlib.patches import Rectangle
 from orchestrator.ledger import Ledger, Trial
 from orchestrator.report.results import SEEDS, Report, load, trial_values
 from orchestrator.report.tables import fmt_param
+from orchestrator.states import TrialState
 
 UNITS = {"val_loss": "val_loss (nats per character)",
          "val_loss_tok": "val_loss_tok (nats per token)",
@@ -36,7 +37,7 @@ def plot_sweep(ledger: Ledger, name: str, out_dir: Path) -> list[Path]:
         raise KeyError(name)
     out_dir.mkdir(parents=True, exist_ok=True)
     report = load(ledger, [name])
-    trials = [t for t in ledger.trials(name) if t.state != "invalid"]
+    trials = [t for t in ledger.trials(name) if t.state != TrialState.INVALID]
     keys = [v for v in sweep["varied"] if v not in SEEDS]
     metric, goal = sweep["metric"], sweep["goal"]
     paths: list[Path] = []
@@ -44,7 +45,7 @@ def plot_sweep(ledger: Ledger, name: str, out_dir: Path) -> list[Path]:
         fig = curves(ledger, name, trials, keys, report, axis)
         if fig is not None:
             paths.append(_save(fig, out_dir / f"curves_{axis}.png"))
-    done = [t for t in trials if t.state == "finished"
+    done = [t for t in trials if t.state == TrialState.FINISHED
             and trial_values(t).get(metric) is not None]
     for key in keys:
         if done:
@@ -122,12 +123,12 @@ def curves(ledger: Ledger, name: str, trials: list[Trial], keys: list[str], repo
         group = _label(t.params, keys, trials)
         is_best = t.number in best_trials
         label = f"best: {group}" if is_best else group
-        if t.state != "finished":
+        if t.state != TrialState.FINISHED:
             label += f" ({t.state})"
         color = BEST if is_best else _color(groups.index(group), len(groups))
         ax.plot(xs, ys, marker="o", markersize=3 if not is_best else 4,
                 linewidth=2.6 if is_best else 1.2, alpha=1.0 if is_best else 0.75,
-                linestyle="-" if t.state == "finished" else "--", color=color,
+                linestyle="-" if t.state == TrialState.FINISHED else "--", color=color,
                 zorder=3 if is_best else 2, label=None if label in labelled else label)
         labelled.add(label)
         drawn += 1

@@ -20,13 +20,15 @@ from typing import Any
 
 import yaml
 
-from orchestrator.contract import finite, read_result
+from orchestrator.contract import METRICS, finite, read_result
 from orchestrator.ledger import Ledger, Trial
+from orchestrator.states import TrialState
 
 SEEDS = ("train.seed", "data.seed")  # varied, but not what a configuration is
-METRICS = ("val_loss", "val_loss_tok", "val_bpb", "val_coverage")
-STATE_ORDER = ("finished", "stopped", "diverged", "failed", "oom", "timeout", "killed",
-               "running", "pending")
+# A row's states, finished first (as the rows are ordered), unfinished last.
+STATE_ORDER = (TrialState.FINISHED, TrialState.STOPPED, TrialState.DIVERGED, TrialState.FAILED,
+               TrialState.OOM, TrialState.TIMEOUT, TrialState.KILLED, TrialState.RUNNING,
+               TrialState.PENDING)
 
 
 class ResultsError(Exception):
@@ -85,7 +87,7 @@ class Row:
     @property
     def finished(self) -> int:
         """How many of its trials finished."""
-        return self.states.get("finished", 0)
+        return self.states.get(TrialState.FINISHED, 0)
 
     @property
     def total(self) -> int:
@@ -198,7 +200,7 @@ def load(ledger: Ledger, names: list[str], group_by: list[str] | None = None,
                                f"not {metric} ({goal}): their rows do not compare")
         metric, goal = row["metric"], row["goal"]
         varied += [v for v in row["varied"] if v not in varied]
-        trials += [t for t in ledger.trials(name) if t.state != "invalid"]
+        trials += [t for t in ledger.trials(name) if t.state != TrialState.INVALID]
     assert metric is not None and goal is not None
     if group_by is None and not per_trial:
         keys = [v for v in varied if v not in SEEDS]
@@ -217,7 +219,7 @@ def load(ledger: Ledger, names: list[str], group_by: list[str] | None = None,
 
 def _trial_row(t: Trial) -> Row:
     values = {k: Stat(v, None, 0 if v is None else 1) for k, v in trial_values(t).items()}
-    note = (t.reason or "") if t.state != "finished" else ""
+    note = (t.reason or "") if t.state != TrialState.FINISHED else ""
     return Row(t.sweep, [t.number], dict(t.params), {t.state: 1}, values, note)
 
 
@@ -227,15 +229,15 @@ def _group(trials: list[Trial], keys: list[str]) -> list[Row]:
         groups.setdefault((t.sweep, *[_canon(t.params.get(k)) for k in keys]), []).append(t)
     rows = []
     for members in groups.values():
-        finished = [(t, trial_values(t)) for t in members if t.state == "finished"]
+        finished = [(t, trial_values(t)) for t in members if t.state == TrialState.FINISHED]
         done = [v for _, v in finished]
         keys_seen = done[0].keys() if done else trial_values(members[0]).keys()
         # Means over finished trials only: a partial number from a stopped run is not a result.
         values = {k: _stat([v[k] for v in done if v[k] is not None]) for k in keys_seen}
-        states: dict[str, int] = {}
+        states: dict[TrialState, int] = {}
         for t in members:
             states[t.state] = states.get(t.state, 0) + 1
-        notes = sorted({t.reason for t in members if t.state != "finished" and t.reason})
+        notes = sorted({t.reason for t in members if t.state != TrialState.FINISHED and t.reason})
         rows.append(Row(members[0].sweep, [t.number for t in members],
                         {k: members[0].params.get(k) for k in keys}, states, values,
                         "; ".join(notes), members=_members(finished, keys)))

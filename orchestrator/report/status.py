@@ -14,6 +14,7 @@ from rich.table import Table
 from orchestrator.contract import finite
 from orchestrator.ledger import Ledger, alive, iter_states
 from orchestrator.report.tables import fmt_param
+from orchestrator.states import SweepState
 
 FORMATS = ("table", "json")
 
@@ -21,8 +22,9 @@ FORMATS = ("table", "json")
 def sweep_state(row: dict[str, Any]) -> str:
     """The sweep's state; `running` under a dead orchestrator reads `interrupted` (a resume
     picks it up)."""
-    if row["state"] == "running" and not alive(row.get("owner_pid"), row.get("owner_start")):
-        return "interrupted"
+    if row["state"] == SweepState.RUNNING and not alive(row.get("owner_pid"),
+                                                         row.get("owner_start")):
+        return SweepState.INTERRUPTED
     return str(row["state"])
 
 

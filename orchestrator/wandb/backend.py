@@ -17,6 +17,7 @@ from orchestrator.ledger import Ledger
 from orchestrator.spec.plan import Plan
 from orchestrator.run.slots import Slot
 from orchestrator.spec.model import WandbSettings
+from orchestrator.states import SweepState
 from orchestrator.wandb.cloud import RemoteSweep, SweepRef
 from orchestrator.wandb.run_import import import_sweep
 from orchestrator.wandb.sweep_config import sweep_config
@@ -38,7 +39,7 @@ def create(plan: Plan, ledger: Ledger, say: Say, root: Path | None = None,
                                                          "config": config}}
     ledger.upsert_sweep(spec.name, str(plan.doc.path), recorded, plan.varied, spec.metric.name,
                         spec.metric.goal)
-    ledger.release(spec.name, "running on W&B")
+    ledger.release(spec.name, SweepState.ON_WANDB)
     say(f"W&B sweep {ref.path}\n  {ref.url()}\n"
         f"more workstations join with: orch agent {ref.path}")
     return ref

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from orchestrator.contract import METRICS, finite
 from orchestrator.ledger import Ledger, Trial
 from orchestrator.search import varied
+from orchestrator.states import SweepState, TrialState
 from orchestrator.wandb.cloud import RemoteSweep
 from orchestrator.wandb.sweep_config import flat_parameters
 
@@ -35,27 +36,28 @@ class RunLike(Protocol):
     summary_metrics: dict[str, Any]
 
 
-def trial_state(wandb_state: str, summary: dict[str, Any]) -> tuple[str, str | None]:
-    """The ledger state and reason of a W&B run, from its state and the trainer's summary."""
+def trial_state(wandb_state: str, summary: dict[str, Any]) -> tuple[TrialState, str | None]:
+    """The ledger state and reason of a W&B run, from its state and the trainer's summary
+    (W&B's run states and the trainer's statuses are their own words, compared as such)."""
     status, reason = summary.get("status"), summary.get("reason")
     if wandb_state in ("running", "pending"):
-        return wandb_state, None
+        return TrialState(wandb_state), None
     if wandb_state == "finished":
         if status == "finished":
-            return "finished", None
+            return TrialState.FINISHED, None
         said = f"the trainer's summary says {status!r}" if status else "no trainer status"
-        return "failed", f"W&B says finished but {said}"
+        return TrialState.FAILED, f"W&B says finished but {said}"
     if wandb_state == "failed":
         if status in ("diverged", "stopped"):
-            return status, reason
+            return TrialState(status), reason
         if str(reason or "").startswith("oom"):
-            return "oom", reason
-        return "failed", reason or "failed on W&B (non-zero exit)"
+            return TrialState.OOM, reason
+        return TrialState.FAILED, reason or "failed on W&B (non-zero exit)"
     if wandb_state == "crashed":
-        return "failed", "crashed on W&B: the run stopped sending heartbeats"
+        return TrialState.FAILED, "crashed on W&B: the run stopped sending heartbeats"
     if wandb_state in ("killed", "preempting", "preempted"):
-        return "killed", f"{wandb_state} on W&B"
-    return "failed", f"unknown W&B run state {wandb_state!r}"
+        return TrialState.KILLED, f"{wandb_state} on W&B"
+    return TrialState.FAILED, f"unknown W&B run state {wandb_state!r}"
 
 
 def lookup(config: dict[str, Any], name: str) -> Any:
@@ -113,8 +115,8 @@ def import_run(ledger: Ledger, sweep: str, run: RunLike, history: list[dict[str,
     pick = min if goal == "minimize" else max
     run_dir = runs_dir / run.id  # the command's --out, when the run ran on this workstation
     started = _epoch(getattr(run, "created_at", None))
-    ended = _epoch(getattr(run, "heartbeat_at", None)) if state not in ("running",
-                                                                        "pending") else None
+    going = state in (TrialState.RUNNING, TrialState.PENDING)
+    ended = None if going else _epoch(getattr(run, "heartbeat_at", None))
     columns = {
         "state": state, "reason": reason, "exit_code": _int(summary.get("exit_code")),
         "started_at": started, "ended_at": ended,
@@ -162,5 +164,5 @@ def import_sweep(ledger: Ledger, remote: RemoteSweep, home: Path) -> str:
                    runs_dir)
     state = remote.state.lower()  # RUNNING, PAUSED, CANCELED, FINISHED
     # `orch ls` reads a bare `running` without a live local owner as interrupted.
-    ledger.release(name, "running on W&B" if state == "running" else state)
+    ledger.release(name, SweepState.ON_WANDB if state == "running" else state)
     return name
