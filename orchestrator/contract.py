@@ -35,6 +35,8 @@ EXIT_OOM = 5
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
 
+# The metrics a program reports (trainer/metrics.py declares them; tests/test_metrics.py keeps
+# the two equal): the names of validation_step events and of result.json's final and best.
 METRICS = ("val_loss", "val_loss_tok", "val_bpb", "val_coverage")
 
 

@@ -8,8 +8,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from orchestrator.contract import METRICS as CONTRACT_METRICS
 from trainer.config import load_config
-from trainer.metrics import evaluate
+from trainer.metrics import METRICS, evaluate
 from trainer.model import GPT
 
 
@@ -84,3 +85,12 @@ def test_a_larger_eval_batch_lowers_coverage() -> None:
         large = evaluate(model, val_ids, 16, 64, val_chars=1, val_bytes=1)
     assert large["val_coverage"] < small["val_coverage"]
     assert math.isclose(large["val_loss_tok"], small["val_loss_tok"], rel_tol=1e-5)
+
+
+def test_the_orchestrator_knows_exactly_the_metrics_the_trainer_reports() -> None:
+    # The trainer declares its metrics, the orchestrator restates them (it may not import the
+    # trainer): both must name what evaluate really returns, in its order.
+    with torch.no_grad():
+        got = evaluate(Bigram(20), torch.randint(0, 20, (200,)), 8, 2, val_chars=300,
+                       val_bytes=300)
+    assert tuple(got) == METRICS == CONTRACT_METRICS

@@ -23,14 +23,12 @@ from trainer import exitcodes
 from trainer.config import CHALLENGE_EVAL_TOKENS, Config, ConfigError
 from trainer.data import DataError, batches_per_epoch, prepare_data
 from trainer.events import EventLog, write_json_atomic
-from trainer.metrics import evaluate
+from trainer.metrics import METRICS, evaluate
 from trainer.model import GPT
 from trainer.optim import EMA, lr_factor, make_optimizer  # noqa: F401 (benchmarks use them here)
 from trainer.precision import probe as probe_device
 from trainer.precision import resolve as resolve_precision
 from trainer.tracking import start_tracking
-
-METRICS = ("val_loss", "val_loss_tok", "val_bpb", "val_coverage")
 
 
 class Stop(Exception):

@@ -21,6 +21,9 @@ import torch
 import torch.nn.functional as F
 
 Model = Callable[[torch.Tensor], torch.Tensor]
+# What `evaluate` returns, in this order: the names validation_step events and result.json carry
+# (the orchestrator restates them in its contract; a test keeps the two equal).
+METRICS = ("val_loss", "val_loss_tok", "val_bpb", "val_coverage")
 
 
 def _summed_ce(model: Model, x: torch.Tensor, y: torch.Tensor, last_only: bool = False) -> float:
