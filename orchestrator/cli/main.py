@@ -59,6 +59,14 @@ def _plan(spec: Path, sets: list[str] | None, data: Path | None,
         raise typer.Exit(2) from None
 
 
+def _say_notes(plan: Plan) -> None:
+    """What validation found that does not stop the spec: its notes and any skipped points."""
+    for note in plan.notes:
+        err.print(f"note: {note}", highlight=False)
+    if plan.rejected and plan.rejected.count:
+        say(skipped(plan.rejected))
+
+
 def _ledger(readonly: bool = False) -> Ledger:
     return Ledger(orch_home(), readonly)
 
@@ -102,10 +110,7 @@ def sweep(spec: Path = typer.Argument(..., help="Sweep spec YAML."),
     stage_line(err, f"validating {spec}…")
     plan = _plan(spec, set_, data, max_trials, name)
     try:
-        for note in plan.notes:
-            err.print(f"note: {note}", highlight=False)
-        if plan.rejected and plan.rejected.count:
-            say(skipped(plan.rejected))
+        _say_notes(plan)
         on_wandb = (backend or plan.spec.tracking.backend) == "wandb"
         ledger = _ledger(readonly=dry_run and not on_wandb)
         if on_wandb:
@@ -205,11 +210,8 @@ def validate(spec: Path = typer.Argument(..., help="Sweep spec YAML."),
     """Check a spec without running anything: exit 0 when valid, 2 with the problems."""
     plan = _plan(spec, set_, data)
     try:
-        for note in plan.notes:
-            err.print(f"note: {note}", highlight=False)
+        _say_notes(plan)
         rejected = plan.rejected
-        if rejected and rejected.count:
-            say(skipped(rejected))
         count = f"{len(plan.grid)} grid trials" if plan.grid is not None else \
             f"{plan.spec.method} search, run_cap {plan.spec.run_cap}"
         if rejected and (rejected.count or plan.grid is None):
