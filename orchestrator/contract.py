@@ -1,6 +1,6 @@
 """What the orchestrator knows about a trial program: the trainer contract, and nothing more.
 
-A program honours the contract (DESIGN.md) when it accepts
+A program honours the contract (docs/design.md) when it accepts
 
     PROGRAM --config BASE --out RUN_DIR [key.path=value ...]     train one trial
     PROGRAM schema                                                 JSON Schema of its config

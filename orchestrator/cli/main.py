@@ -422,7 +422,7 @@ def schema() -> None:
 
 @app.command()
 def docs() -> None:
-    """The spec reference as a Markdown table (the README embeds it)."""
+    """The spec reference as a Markdown table (docs/sweeps.md embeds it)."""
     from orchestrator.spec.reference import spec_reference
 
     sys.stdout.write(spec_reference() + "\n")
