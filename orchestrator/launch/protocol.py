@@ -53,7 +53,7 @@ class Run:
     run_dir: Path
     started: float
     log: Path
-    begun: float | None = None  # when it began running (None while queued): the timeout counts
+    begun: float | None = None  # when it began running (None while queued): timeouts count from it
     term_sent: float | None = None
     kill_sent: bool = False
     stop_reason: str | None = None
