@@ -64,12 +64,6 @@ def format_value(value: Any) -> str:
     return json.dumps(value)
 
 
-def train_argv(program: list[str], base: Path, run_dir: Path, point: dict[str, Any]) -> list[str]:
-    """The command line of one trial."""
-    sets = [f"{key}={format_value(value)}" for key, value in point.items()]
-    return [*program, "--config", str(base), "--out", str(run_dir), *sets]
-
-
 def fetch_schema(program: list[str], timeout: float = 120,
                  cache_dir: Path | None = None) -> dict[str, Any]:
     """The program's JSON Schema: from the schema cache, else by running `PROGRAM schema`."""

@@ -362,7 +362,7 @@ def stop(name: str = typer.Argument(..., help="Sweep name.")) -> None:
     if (row["spec"].get("launcher") or {}).get("type") == "docker" \
             and not alive(row["owner_pid"], row["owner_start"]):
         # No orchestrator to do it: remove what a killed one left, so nothing runs on unseen.
-        from orchestrator.launch.docker.launcher import remove_containers
+        from orchestrator.launch.docker.engine import remove_containers
         from orchestrator.launch.docker.image import connect
 
         try:
