@@ -1,13 +1,14 @@
 """From a spec file and command-line overrides to a checked plan, before anything runs.
 
 `build_plan` is a pipeline of stages, each taking what the stages before it made and returning
-a small value with its own problems: load the spec (its model); check its search section (W&B's
-sweep schema, metric, run_cap, base file, GPUs); fetch the program's JSON Schema; resolve the
-fixed settings (overrides, tracking, --set, --data); check every setting and parameter name and
-value against that schema; check what every trial would meet at its start (W&B key, data file);
-then validate the grid points (for random and bayes, the fixed part and a seeded sample of
-proposals) with the program itself. Problems are collected, not raised one by one: a stage
-raises only when the ones after it cannot run.
+a small value with its own problems: `load` the spec (its model); `check_spec`, what the spec
+alone shows (W&B's sweep schema, metric, run_cap, base file, GPUs); `program_schema`, the
+program's JSON Schema; `resolve_settings`, the fixed settings (overrides, tracking, --set,
+--data); `check_names`, every setting and parameter name and value against that schema;
+`check_trial_start`, what every trial would meet at its start (W&B key, data file); and
+`check_points`, the grid points (for random and bayes, the fixed part and a seeded sample of
+proposals) validated by the program itself. Problems are collected, not raised one by one: the
+pipeline stops only where the next stage needs what failed.
 """
 
 from __future__ import annotations
@@ -75,21 +76,21 @@ def build_plan(spec_path: Path, sets: list[str] = (), data: Path | None = None,
     if loaded.base.is_file():
         validator.start()
     try:
-        search = check_search(loaded, max_trials)
+        alone = check_spec(loaded, max_trials)
         schema = program_schema(loaded)
         if schema.problems:  # nothing to check names against
-            raise SpecError([*search.problems, *schema.problems])
+            raise SpecError([*alone.problems, *schema.problems])
         settings = resolve_settings(loaded, sets, data)
-        names = check_names(loaded, schema.schema, settings, search.wandb_parameters)
+        names = check_names(loaded, schema.schema, settings, alone.wandb_parameters)
         start = check_trial_start(loaded, validator, settings)
-        _stop_on([*search.problems, *settings.problems, *names, *start])
+        _stop_on([*alone.problems, *settings.problems, *names, *start])
         points = check_points(loaded.spec, loaded.doc, validator, settings.fixed)
         _stop_on(points.problems)
         return Plan(spec=loaded.spec, doc=loaded.doc, base=loaded.base, program=loaded.program,
                     fixed=settings.fixed, search=loaded.spec.search_config(),
                     varied=varied(loaded.spec.parameters), validator=validator,
                     grid=points.grid, invalid=points.invalid, rejected=points.rejected,
-                    notes=[*search.notes, *points.notes])
+                    notes=[*alone.notes, *points.notes])
     except BaseException:
         validator.close()
         raise
@@ -101,7 +102,7 @@ def _stop_on(problems: list[str]) -> None:
         raise SpecError(problems)
 
 
-# -- load ------------------------------------------------------------------------------------
+# -- load -----------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,7 @@ class Loaded:
 
     spec: SweepSpec
     doc: SpecDoc
-    base: Path  # absolute; may not exist (check_search says so)
+    base: Path  # absolute; may not exist (check_spec says so)
     program: list[str]
 
 
@@ -140,11 +141,11 @@ def _raw_parameter_problems(spec_path: Path) -> list[str]:
             if isinstance(err := resolve(name, schema), str)]
 
 
-# -- the search section and the machine --------------------------------------------------------
+# -- the spec alone and the machine ---------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class SearchCheck:
+class SpecCheck:
     """What the spec says alone (W&B's schema, metric, run_cap, base file, GPUs) found."""
 
     problems: list[str]
@@ -153,7 +154,7 @@ class SearchCheck:
     wandb_parameters: list[tuple[tuple[Any, ...], str]]
 
 
-def check_search(loaded: Loaded, max_trials: int | None) -> SearchCheck:
+def check_spec(loaded: Loaded, max_trials: int | None) -> SpecCheck:
     """The checks that need neither the program nor the settings."""
     spec, doc = loaded.spec, loaded.doc
     wandb = sweeps_schema_errors(doc, spec.search_config())
@@ -173,7 +174,7 @@ def check_search(loaded: Loaded, max_trials: int | None) -> SearchCheck:
         notes.append(f"{doc.path}: a bayes search without `metric` optimizes "
                      f"{spec.metric.name} ({spec.metric.goal}), the default; set "
                      "`metric: {name: ..., goal: ...}` to choose")
-    return SearchCheck(problems=problems + gpu_problems, notes=notes,
+    return SpecCheck(problems=problems + gpu_problems, notes=notes,
                        wandb_parameters=[p for p in wandb if p[0][:1] == ("parameters",)])
 
 
@@ -202,7 +203,7 @@ def _gpu_check(spec: SweepSpec, doc: SpecDoc) -> tuple[list[str], list[str]]:
                       "GPUs are missing")], []
 
 
-# -- the program's schema and the settings ---------------------------------------------------
+# -- the program's schema and the settings --------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -291,7 +292,7 @@ def check_names(loaded: Loaded, schema: Schema, settings: Settings,
     return problems + [text for loc, text in wandb_parameters if loc not in flagged]
 
 
-# -- what every trial meets at its start -------------------------------------------------------
+# -- what every trial meets at its start ----------------------------------------------------------
 
 
 def check_trial_start(loaded: Loaded, validator: Validator, settings: Settings) -> list[str]:
