@@ -22,6 +22,7 @@ import yaml
 
 from orchestrator.contract import METRICS, finite, read_result
 from orchestrator.ledger import Ledger, Trial
+from orchestrator.spec.overrides import split_assignment
 from orchestrator.states import TrialState
 
 SEEDS = ("train.seed", "data.seed")  # varied, but not what a configuration is
@@ -285,10 +286,11 @@ def parse_config(text: str) -> dict[str, str]:
     """`key=value,key=value` as a dict (values kept as text, matched loosely)."""
     out = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
-        if "=" not in part:
-            raise ResultsError(f"baseline config {text!r}: expected key=value,... ")
-        k, v = part.split("=", 1)
-        out[k.strip()] = v.strip()
+        try:
+            k, v = split_assignment(part)
+        except ValueError:
+            raise ResultsError(f"baseline config {text!r}: expected key=value,... ") from None
+        out[k] = v.strip()
     return out
 
 
