@@ -230,7 +230,7 @@ def test_import_maps_wandb_runs_to_honest_trials(tmp_path: Path,
     assert lost.params["optim.lr"] == 0.01 and lost.final["val_loss"] is not None
     report = results_mod.load(ledger, [name], per_trial=True)
     assert [r.states for r in report.rows][0] == {"finished": 1}
-    assert ledger.sweep(name)["spec"]["wandb"]["path"] == "ent/mainrun/swp123"
+    assert ledger.sweep(name)["wandb_sweep"] == "ent/mainrun/swp123"
 
 
 # --- orch agent and orch sync on a stand-in `wandb` ------------------------------------------
@@ -319,8 +319,8 @@ def test_sync_uploads_offline_runs_or_says_there_is_no_network(fake_wandb: dict[
                                                                tmp_path: Path) -> None:
     home = Path(fake_wandb["ORCH_HOME"])
     ledger = Ledger(home)
-    ledger.upsert_sweep("smoke", "", {"wandb": {"path": "ent/mainrun/swp123"}}, [], "val_loss",
-                        "minimize")
+    ledger.upsert_sweep("smoke", "", {}, [], "val_loss", "minimize",
+                        wandb_sweep="ent/mainrun/swp123")
     runs = [home / "runs" / "smoke" / r / "wandb" / f"offline-run-20260101_000000-{r}"
             for r in ("run0001", "run0002")]
     for r in runs:
