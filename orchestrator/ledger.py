@@ -3,6 +3,7 @@
 A trial is keyed by (sweep, config hash), so a resumed sweep runs only what is missing. Every
 state change is one short transaction, so a kill -9 at any moment leaves a readable ledger; a
 trial left `running` by a dead orchestrator is recognised by its owner's pid and start time.
+The tables and their migrations are in ledger_schema, the rows read back in ledger_rows.
 """
 
 from __future__ import annotations

@@ -11,13 +11,13 @@ import subprocess
 from pathlib import Path
 from typing import Callable
 
-from orchestrator.wandb import cloud as wandb_cloud
-from orchestrator.wandb.agents import AgentPool
 from orchestrator.ledger import Ledger
-from orchestrator.spec.plan import Plan
 from orchestrator.run.slots import Slot
 from orchestrator.spec.model import WandbSettings
+from orchestrator.spec.plan import Plan
 from orchestrator.states import SweepState
+from orchestrator.wandb import cloud as wandb_cloud
+from orchestrator.wandb.agents import AgentPool
 from orchestrator.wandb.cloud import RemoteSweep, SweepRef
 from orchestrator.wandb.run_import import import_sweep
 from orchestrator.wandb.sweep_config import sweep_config
