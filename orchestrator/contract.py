@@ -1,6 +1,6 @@
 """What the orchestrator knows about a trial program: the trainer contract, and nothing more.
 
-A program honours the contract (DESIGN.md) when it accepts
+A program honours the contract (docs/design.md) when it accepts
 
     PROGRAM --config BASE --out RUN_DIR [key.path=value ...]     train one trial
     PROGRAM schema                                                 JSON Schema of its config
@@ -62,12 +62,6 @@ def format_value(value: Any) -> str:
     JSON is a subset of YAML flow syntax, so strings stay strings (quoted) and lists stay lists.
     """
     return json.dumps(value)
-
-
-def train_argv(program: list[str], base: Path, run_dir: Path, point: dict[str, Any]) -> list[str]:
-    """The command line of one trial."""
-    sets = [f"{key}={format_value(value)}" for key, value in point.items()]
-    return [*program, "--config", str(base), "--out", str(run_dir), *sets]
 
 
 def fetch_schema(program: list[str], timeout: float = 120,

@@ -362,7 +362,7 @@ def stop(name: str = typer.Argument(..., help="Sweep name.")) -> None:
     if (row["spec"].get("launcher") or {}).get("type") == "docker" \
             and not alive(row["owner_pid"], row["owner_start"]):
         # No orchestrator to do it: remove what a killed one left, so nothing runs on unseen.
-        from orchestrator.launch.docker.launcher import remove_containers
+        from orchestrator.launch.docker.engine import remove_containers
         from orchestrator.launch.docker.image import connect
 
         try:
@@ -422,7 +422,7 @@ def schema() -> None:
 
 @app.command()
 def docs() -> None:
-    """The spec reference as a Markdown table (the README embeds it)."""
+    """The spec reference as a Markdown table (docs/sweeps.md embeds it)."""
     from orchestrator.spec.reference import spec_reference
 
     sys.stdout.write(spec_reference() + "\n")
