@@ -2,8 +2,9 @@
 
 A row is one trial, or one configuration aggregated over its seeds (mean, sample std and n over
 its *finished* trials only). Numbers are only what the trials computed: metrics and best step
-from result.json as the ledger holds it, throughput, parameter count and wall time from the
-trial's own result.json. A number that does not exist stays None (shown as missing, never 0).
+from result.json as the ledger holds it, throughput, parameter count and wall time likewise
+(stored when the trial ended; run dirs are never read). A number that does not exist stays None
+(shown as missing, never 0).
 
 Order: rows with a finished trial first, by the sweep metric in its goal's direction; failed,
 diverged, stopped and unfinished rows after them, whatever their partial numbers say.
@@ -15,12 +16,11 @@ import json
 import math
 import statistics
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import yaml
 
-from orchestrator.contract import METRICS, finite, read_result
+from orchestrator.contract import METRICS, finite
 from orchestrator.ledger import Ledger, Trial
 from orchestrator.spec.overrides import split_assignment
 from orchestrator.states import TrialState
@@ -154,12 +154,10 @@ class Comparison:
 
 def trial_values(t: Trial) -> dict[str, float | None]:
     """What one trial computed, by column key; None where it computed nothing."""
-    result = read_result(Path(t.run_dir)) if t.run_dir else None
-    result = result or {}
     values: dict[str, float | None] = {m: finite(t.final.get(m)) for m in METRICS}
     values["best_step"] = finite(t.best.get("step"))
     for key in ("tokens_per_s", "parameters", "wall_time_s"):
-        values[key] = finite(result.get(key))
+        values[key] = finite(t.result.get(key))
     if values["wall_time_s"] is None:
         # No result.json (killed, timed out): the process wall time the orchestrator measured.
         values["wall_time_s"] = finite(t.program_wall)

@@ -22,7 +22,7 @@ from orchestrator.launch.command import TrialCommand, written
 from orchestrator.launch.dataprep import data_settings, prepare_on_host
 from orchestrator.launch.local import LocalLauncher
 from orchestrator.launch.protocol import Adopter, DataPreparer, Launch, Launcher
-from orchestrator.ledger import Ledger, Trial, alive
+from orchestrator.ledger import Ledger, Trial
 from orchestrator.ledger_file import LedgerError, storage_fault
 from orchestrator.ledger_rebuild import write_outcome, write_sweep
 from orchestrator.run.attempt import (Live, attempt_dir, host_env, metrics, outcome, set_aside,
@@ -92,6 +92,10 @@ class RunLoop:
     def run(self) -> int:
         """Run the sweep to its end or an interruption; the exit code for the CLI."""
         spec = self.plan.spec
+        owner = self.ledger.live_owner(self.name)  # busy: say so before any work (image, data)
+        if owner:
+            raise SweepBusy(f"sweep {self.name} is running under pid {owner['owner_pid']}; "
+                            f"`orch stop {self.name}` stops it")
         # Before the ledger is touched: an engine that is down or a failed build launches nothing.
         launcher = make_launcher(self.plan, self.home, self.progress.note)
         stopper = Stopper(launcher, spec.resources.timeout, spec.resources.kill_grace)
@@ -156,10 +160,6 @@ class RunLoop:
         settings = data_settings(self.plan)
         if not settings:
             return
-        row = self.ledger.sweep(self.name) or {}
-        if alive(row.get("owner_pid"), row.get("owner_start")):  # busy: say so before the work
-            raise SweepBusy(f"sweep {self.name} is running under pid {row['owner_pid']}; "
-                            f"`orch stop {self.name}` stops it")
         self.progress.note(f"checking the data and filling its cache ({len(settings)} "
                            "setting(s)) before the first trial")
         if isinstance(launcher, DataPreparer):
@@ -369,7 +369,8 @@ class RunLoop:
                            ended_at=ended, final=final, best=best,
                            program_wall=ended - run.started,
                            config=result.get("config") if isinstance(result.get("config"),
-                                                                     dict) else None)
+                                                                     dict) else None,
+                           result=out.result)
         write_outcome(run.run_dir, state=out.state, reason=out.reason, exit_code=code,
                       started_at=run.started, ended_at=ended, program_wall=ended - run.started)
         metric = finite((final or {}).get(self.plan.spec.metric.name))

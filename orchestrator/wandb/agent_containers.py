@@ -49,14 +49,13 @@ def netrc_entry(key: str) -> str:
 def recorded_launcher(ledger: Ledger, ref: SweepRef) -> tuple[LauncherSettings, str, Path]:
     """(launcher section, ledger name, spec dir) of the spec this W&B sweep was created from;
     defaults (type local, the sweep path, the current directory) when it is not in the ledger."""
-    for row in ledger.sweeps():
-        spec = row.get("spec") or {}
-        if (spec.get("wandb") or {}).get("path") == ref.path:
-            where = Path(row["spec_path"]).resolve().parent if row.get("spec_path") else Path.cwd()
-            defaults = LauncherSettings().model_dump(mode="json")  # the ledger keeps every field
-            given = {k: v for k, v in (spec.get("launcher") or {}).items() if defaults.get(k) != v}
-            return LauncherSettings.model_validate(given), row["name"], where
-    return LauncherSettings(), ref.path, Path.cwd()
+    row = ledger.wandb_sweep(ref.path)
+    if row is None:
+        return LauncherSettings(), ref.path, Path.cwd()
+    where = Path(row["spec_path"]).resolve().parent if row.get("spec_path") else Path.cwd()
+    defaults = LauncherSettings().model_dump(mode="json")  # the ledger keeps every field
+    given = {k: v for k, v in (row["spec"].get("launcher") or {}).items() if defaults.get(k) != v}
+    return LauncherSettings.model_validate(given), row["name"], where
 
 
 class AgentContainers:

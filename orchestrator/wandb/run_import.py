@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
 
-from orchestrator.contract import METRICS, finite
+from orchestrator.contract import METRICS, finite, read_result
 from orchestrator.ledger import Ledger, Trial
 from orchestrator.search import varied
 from orchestrator.states import SweepState, TrialState
@@ -129,16 +129,19 @@ def import_run(ledger: Ledger, sweep: str, run: RunLike, history: list[dict[str,
     }
     resolved = config.get("resolved") if isinstance(config.get("resolved"), dict) else None
     params = {n: lookup(config, n) for n in names}
+    # The trainer's result.json, when the run ran here: what the summary leaves out (throughput).
+    result = read_result(run_dir) if run_dir.is_dir() else None
     return ledger.import_trial(sweep, f"wandb-{run.id}", params, columns, final,
-                               {k: v for k, v in best.items() if v is not None}, resolved, rows)
+                               {k: v for k, v in best.items() if v is not None}, resolved, rows,
+                               result)
 
 
 def ledger_name(ledger: Ledger, remote: RemoteSweep) -> str:
     """The ledger sweep for a W&B sweep: the one `orch sweep` recorded it under, else the W&B
     config's name (suffixed with the id if a local sweep already has that name), else its id."""
-    for row in ledger.sweeps():
-        if (row.get("spec") or {}).get("wandb", {}).get("path") == remote.ref.path:
-            return str(row["name"])
+    row = ledger.wandb_sweep(remote.ref.path)
+    if row is not None:
+        return str(row["name"])
     name = str(remote.config.get("name") or f"wandb-{remote.ref.id}")
     return f"{name}-{remote.ref.id}" if ledger.sweep(name) is not None else name
 
@@ -151,10 +154,10 @@ def import_sweep(ledger: Ledger, remote: RemoteSweep, home: Path) -> str:
     metric = str(metric_cfg.get("name") or "val_loss")
     goal = str(metric_cfg.get("goal") or "minimize")
     existing = ledger.sweep(name)
-    spec = dict(existing["spec"]) if existing else {"search": remote.config}
-    spec["wandb"] = {**spec.get("wandb", {}), "path": remote.ref.path, "url": remote.ref.url()}
+    spec = existing["spec"] if existing else {"search": remote.config}
     ledger.upsert_sweep(name, existing["spec_path"] if existing else "", spec,
-                        existing["varied"] if existing else varied(parameters), metric, goal)
+                        existing["varied"] if existing else varied(parameters), metric, goal,
+                        wandb_sweep=remote.ref.path)
     names = list(flat_parameters(parameters))
     # Run dirs follow the command's --out: ORCH_HOME/runs/<W&B sweep name>/<run id>.
     runs_dir = home / "runs" / str(remote.config.get("name") or name)
