@@ -19,7 +19,8 @@ from typing import Any
 
 import yaml
 
-from orchestrator.contract import METRICS, ContractError, Validator, fetch_schema, program_argv
+from orchestrator.contract import (ContractError, Description, Validator, describe, fetch_schema,
+                                   program_argv)
 from orchestrator.spec.params import distribution_error, resolve, value_error
 from orchestrator.spec.rejections import Rejections, group, render
 from orchestrator.search import Engine, param_names, plain_parameter, varied
@@ -41,6 +42,7 @@ class Plan:
     search: dict[str, Any]
     varied: list[str]
     validator: Validator
+    described: Description = field(default_factory=Description)  # what the program declares
     grid: list[tuple[dict[str, Any], str]] | None = None  # (point, config hash), valid only
     invalid: list[tuple[dict[str, Any], str]] = field(default_factory=list)  # (point, error)
     # Grid points, or sampled random/bayes proposals, the program rejected, grouped by reason.
@@ -159,10 +161,15 @@ def build_plan(spec_path: Path, sets: list[str] = (), data: Path | None = None,
         search = spec.search_config()
         wandb_problems = _sweeps_schema_errors(doc, search)
         problems += [text for loc, text in wandb_problems if loc[:1] != ("parameters",)]
-        if spec.metric.name not in METRICS:
+        try:
+            described = describe(program)
+        except ContractError as err:
+            raise SpecError([*problems, doc.error(("program",), str(err))]) from None
+        metrics = described.metric_names()
+        if metrics and spec.metric.name not in metrics:
             problems.append(doc.error(("metric", "name"), f"unknown metric "
-                                      f"{spec.metric.name!r}; the trainer reports "
-                                      f"{', '.join(METRICS)}"))
+                                      f"{spec.metric.name!r}; the program reports "
+                                      f"{', '.join(metrics)}"))
         if spec.method != "grid" and spec.run_cap is None and max_trials is None:
             problems.append(doc.error(("method",), f"a {spec.method} search never ends by "
                                       "itself: set `run_cap` (or pass --max-trials)"))
@@ -172,7 +179,8 @@ def build_plan(spec_path: Path, sets: list[str] = (), data: Path | None = None,
         gpu_problems, gpu_notes = _gpu_check(spec, doc)
         problems += gpu_problems
         plan = _static_checks(spec, doc, spec_path, problems, program, base, validator, sets,
-                              data, [p for p in wandb_problems if p[0][:1] == ("parameters",)])
+                              data, [p for p in wandb_problems if p[0][:1] == ("parameters",)],
+                              described)
         plan.notes += gpu_notes
         if spec.method == "bayes" and "metric" not in doc.data:
             plan.notes.append(f"{spec_path}: a bayes search without `metric` optimizes "
@@ -210,28 +218,29 @@ def _gpu_check(spec: SweepSpec, doc: SpecDoc) -> tuple[list[str], list[str]]:
                       "GPUs are missing")], []
 
 
-def _data_file_problem(doc: SpecDoc, validator: Validator, path: Any,
+def _data_file_problem(doc: SpecDoc, validator: Validator, key: str, path: Any,
                        where: tuple[Any, ...] | str) -> list[str]:
-    """The program's cheap look at the titles file every trial reads (exists, is a file, has a
+    """The program's cheap look at a data file every trial reads (exists, is a file, has a
     known suffix, is not empty): one paragraph instead of one per grid point."""
     try:
-        verdict = validator.check([{"data.path": path}])[0]
+        verdict = validator.check([{key: path}])[0]
     except ContractError:
         return []  # a base the program cannot read: reported with the points
     text = str(verdict.get("error", ""))
-    if verdict.get("ok") or not text.startswith("data.path"):
+    if verdict.get("ok") or not text.startswith(key):
         return []  # only the file's own problems; the rest is the points' business
     return [doc.error(where, text) if isinstance(where, tuple) else f"{where}: {text}"]
 
 
-def _online_key_problem(doc: SpecDoc, base: Path,
+def _online_key_problem(doc: SpecDoc, base: Path, key: str,
                         fixed_src: dict[str, tuple[Any, tuple[Any, ...] | str]]) -> list[str]:
     """W&B online mode with no API key would fail every trial at its start: refuse it now."""
-    mode, where = fixed_src.get("tracking.mode", (None, ("base",)))
-    if "tracking.mode" not in fixed_src:
+    mode, where = fixed_src.get(key, (None, ("base",)))
+    if key not in fixed_src:
         try:
-            tree = read_yaml(base.read_text(encoding="utf-8"))
-            mode = tree["tracking"]["mode"]
+            mode = read_yaml(base.read_text(encoding="utf-8"))
+            for part in key.split("."):
+                mode = mode[part]
         except (OSError, ValueError, TypeError, KeyError, yaml.YAMLError):
             return []  # unreadable bases are the validator's to report
     if mode != "online" or api_key():
@@ -241,13 +250,14 @@ def _online_key_problem(doc: SpecDoc, base: Path,
             "`wandb login` or export WANDB_API_KEY, or use mode `offline` (sync later with "
             "`wandb sync`) or `disabled`")
     if where == ("base",):
-        return [doc.error(where, f"{base} sets tracking.mode: online: {text}")]
+        return [doc.error(where, f"{base} sets {key}: online: {text}")]
     return [doc.error(where, text) if isinstance(where, tuple) else f"{where}: {text}"]
 
 
 def _static_checks(spec: SweepSpec, doc: SpecDoc, spec_path: Path, problems: list[str],
                    program: list[str], base: Path, validator: Validator, sets: list[str],
-                   data: Path | None, wandb_params: list[tuple[tuple[Any, ...], str]]) -> Plan:
+                   data: Path | None, wandb_params: list[tuple[tuple[Any, ...], str]],
+                   described: Description) -> Plan:
     """Names and values against the program's schema; W&B's parameter errors where no sharper
     one exists for the same parameter."""
     try:
@@ -257,13 +267,15 @@ def _static_checks(spec: SweepSpec, doc: SpecDoc, spec_path: Path, problems: lis
 
     fixed_src: dict[str, tuple[Any, tuple[Any, ...] | str]] = {}
     for key, value in flatten(spec.overrides).items():
-        if key == "data.path" and value is not None and not Path(str(value)).is_absolute():
+        if (key in described.data_files and value is not None
+                and not Path(str(value)).is_absolute()):
             value = str((spec_path.parent / str(value)).resolve())  # relative to the spec
         fixed_src[key] = (value, ("overrides", key))
-    if spec.tracking.wandb is not None:
+    tracking = described.tracking
+    if spec.tracking.wandb is not None and tracking is not None:
         for key in ("mode", "project", "entity"):
-            fixed_src[f"tracking.{key}"] = (getattr(spec.tracking.wandb, key),
-                                            ("tracking", "wandb", key))
+            if (name := getattr(tracking, key)) is not None:
+                fixed_src[name] = (getattr(spec.tracking.wandb, key), ("tracking", "wandb", key))
     for text in sets:
         try:
             key, value = parse_set(text)
@@ -271,8 +283,10 @@ def _static_checks(spec: SweepSpec, doc: SpecDoc, spec_path: Path, problems: lis
             problems += err.paragraphs
             continue
         fixed_src[key] = (value, f"--set {text}")
-    if data is not None:
-        fixed_src["data.path"] = (str(data.resolve()), f"--data {data}")
+    if data is not None and not described.data_files:
+        problems.append(f"--data {data}: the program declares no data file key (describe)")
+    elif data is not None:
+        fixed_src[described.data_files[0]] = (str(data.resolve()), f"--data {data}")
 
     for key, (value, where) in fixed_src.items():
         fields = resolve(key, schema)
@@ -288,16 +302,18 @@ def _static_checks(spec: SweepSpec, doc: SpecDoc, spec_path: Path, problems: lis
             problems.append(doc.error(loc, err))
             flagged.add(loc)
     problems += [text for loc, text in wandb_params if loc not in flagged]
-    problems += _online_key_problem(doc, base, fixed_src)
-    if "data.path" in fixed_src and fixed_src["data.path"][0] is not None and base.is_file():
-        problems += _data_file_problem(doc, validator, *fixed_src["data.path"])
+    if tracking is not None:
+        problems += _online_key_problem(doc, base, tracking.mode, fixed_src)
+    for key in described.data_files:
+        if key in fixed_src and fixed_src[key][0] is not None and base.is_file():
+            problems += _data_file_problem(doc, validator, key, *fixed_src[key])
     if problems:
         raise SpecError(problems)
 
     fixed = {k: v for k, (v, _) in fixed_src.items()}
     return Plan(spec=spec, doc=doc, base=base, program=program, fixed=fixed,
                 search=spec.search_config(), varied=varied(spec.parameters),
-                validator=validator)
+                validator=validator, described=described)
 
 
 # Random/bayes proposals drawn to check a search space: a 5% invalid region shows up with
