@@ -448,8 +448,8 @@ class RunLoop:
         best = result.get("best") if isinstance(result.get("best"), dict) else None
         if final is None and live.tail.validations:  # no result.json: the events still tell
             last = live.tail.validations[-1]
-            final = {k: last.get(k) for k in ("val_loss", "val_loss_tok", "val_bpb",
-                                               "val_coverage")}
+            names = self.plan.described.metric_names() or [self.plan.spec.metric.name]
+            final = {k: last.get(k) for k in names}
         self.ledger.finish(live.trial.id, state=out.state, reason=out.reason, exit_code=code,
                            ended_at=ended, final=final, best=best,
                            program_wall=ended - run.started,
