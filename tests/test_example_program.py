@@ -139,3 +139,29 @@ def test_the_example_swept_on_slurm(cluster: None, orch_home: Path, tmp_path: Pa
     report = _sweep_and_table(orch_home, spec, hn_rows, name)
     _check_rows(report)
     assert all(t.job for t in Ledger(orch_home).trials(name))  # each trial was a Slurm job
+
+
+def test_a_program_without_describe_runs_with_the_defaults(orch_home: Path, tmp_path: Path,
+                                                           hn_rows: Path) -> None:
+    # The example with its `describe` taken away: no data file, no seeds, the spec's metric.
+    old = tmp_path / "old.py"
+    old.write_text("import runpy, sys\n"
+                   "if sys.argv[1:2] == ['describe']:\n"
+                   "    sys.exit(2)\n"
+                   f"sys.path[0] = {str(EXAMPLE)!r}\n"
+                   f"runpy.run_path({str(EXAMPLE / 'comments.py')!r}, run_name='__main__')\n")
+    spec = _spec(tmp_path, "ex-old", {"type": "local"})
+    text = spec.read_text().replace(PROGRAM, f"python {old}")
+    spec.write_text(text)
+    refused = run_orch(["sweep", str(spec), "--data", str(hn_rows)], orch_env(orch_home))
+    assert refused.returncode == 2 and "declares no data file" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    proc = run_orch(["sweep", str(spec), "--set", f"titles.csv={hn_rows}"], orch_env(orch_home))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    trials = Ledger(orch_home).trials("ex-old")
+    assert {t.state for t in trials} == {"finished"} and len(trials) == 4
+    found = json.loads(run_orch(["results", "ex-old", "--format", "json"],
+                                orch_env(orch_home)).stdout)
+    rows = found["rows"]
+    assert len(rows) == 4 and all("fit.seed" in r for r in rows)  # no seed declared: per trial
+    assert all(r["val_logloss"] is not None and "val_accuracy" not in r for r in rows)

@@ -182,6 +182,9 @@ def build_plan(spec_path: Path, sets: list[str] = (), data: Path | None = None,
                               data, [p for p in wandb_problems if p[0][:1] == ("parameters",)],
                               described)
         plan.notes += gpu_notes
+        if spec.tracking.wandb is not None and described.tracking is None:
+            plan.notes.append(f"{spec_path}: tracking.wandb is not passed to the trials: the "
+                              "program declares no tracking keys (`describe`)")
         if spec.method == "bayes" and "metric" not in doc.data:
             plan.notes.append(f"{spec_path}: a bayes search without `metric` optimizes "
                               f"{spec.metric.name} ({spec.metric.goal}), the default; set "
@@ -284,7 +287,9 @@ def _static_checks(spec: SweepSpec, doc: SpecDoc, spec_path: Path, problems: lis
             continue
         fixed_src[key] = (value, f"--set {text}")
     if data is not None and not described.data_files:
-        problems.append(f"--data {data}: the program declares no data file key (describe)")
+        problems.append(f"--data {data}: the program declares no data file (its `describe` "
+                        "names no data_files), so --data sets nothing; use --set KEY=PATH with "
+                        "the program's own key")
     elif data is not None:
         fixed_src[described.data_files[0]] = (str(data.resolve()), f"--data {data}")
 
