@@ -16,8 +16,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from orchestrator.contract import describe_recorded
 from orchestrator.ledger import Ledger, Trial
-from orchestrator.report.results import Report, declared, load, trial_values
+from orchestrator.report.results import Report, load, trial_values
 from orchestrator.report.tables import fmt_param
 from orchestrator.states import TrialState
 
@@ -38,7 +39,8 @@ def plot_sweep(ledger: Ledger, name: str, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     report = load(ledger, [name])
     trials = [t for t in ledger.trials(name) if t.state != TrialState.INVALID]
-    keys = [v for v in sweep["varied"] if v not in declared(sweep).seeds]
+    seeds = describe_recorded(sweep["spec"].get("program")).seeds
+    keys = [v for v in sweep["varied"] if v not in seeds]
     metric, goal = sweep["metric"], sweep["goal"]
     paths: list[Path] = []
     for axis in ("step", "time"):

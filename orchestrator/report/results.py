@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from orchestrator.contract import Description, Metric, describe_recorded, finite, read_result
+from orchestrator.contract import Metric, describe_recorded, finite, read_result
 from orchestrator.ledger import Ledger, Trial
 from orchestrator.states import TrialState
 
@@ -158,11 +158,6 @@ class Comparison:
 # -- reading --------------------------------------------------------------------------------------
 
 
-def declared(sweep: dict[str, Any]) -> Description:
-    """What the program of a ledger's sweep row declares."""
-    return describe_recorded(sweep["spec"].get("program"))
-
-
 def trial_values(t: Trial, metrics: Sequence[str]) -> dict[str, float | None]:
     """What one trial computed of `metrics` and the other columns; None where it computed
     nothing."""
@@ -215,7 +210,7 @@ def load(ledger: Ledger, names: list[str], group_by: list[str] | None = None,
                                f"not {metric} ({goal}): their rows do not compare")
         metric, goal = row["metric"], row["goal"]
         varied += [v for v in row["varied"] if v not in varied]
-        described = declared(row)
+        described = describe_recorded(row["spec"].get("program"))
         seeds += described.seeds
         metrics.update({m.name: m for m in described.metrics if m.name not in metrics})
         trials += [t for t in ledger.trials(name) if t.state != TrialState.INVALID]
@@ -229,11 +224,11 @@ def load(ledger: Ledger, names: list[str], group_by: list[str] | None = None,
         if unknown:
             raise ResultsError(f"--group-by {', '.join(unknown)}: not a parameter of these "
                                f"sweeps (varied: {', '.join(varied) or 'none'})")
-    names_of = list(dict.fromkeys([metric, *metrics]))
-    rows = ([_trial_row(t, names_of) for t in trials] if per_trial
-            else _group(trials, keys, names_of))
-    report = Report(names, metric, goal, varied if per_trial else keys, not per_trial, rows,
+    report = Report(names, metric, goal, varied if per_trial else keys, not per_trial, [],
                     metrics=list(metrics.values()))
+    shown = report.metric_names()
+    report.rows = [_trial_row(t, shown) for t in trials] if per_trial else \
+        _group(trials, keys, shown)
     _order(report)
     return report
 
