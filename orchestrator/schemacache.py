@@ -6,7 +6,8 @@ the program costs its start-up. The key covers the argv (a `describe` answer has
 interpreter (path, version, its site-packages) and the source files the program runs from: for
 `python -m pkg`, every `.py` file of the package found the way the child would find it; for
 `python script.py`, that file. So an edited trainer is asked again, and a program whose sources
-cannot be known (another interpreter, a binary) is asked every time. Entries appear by atomic rename, so concurrent writers never tear one.
+cannot be known (another interpreter, a binary) is asked every time. Entries appear by atomic
+rename, so concurrent writers never tear one.
 """
 
 from __future__ import annotations
