@@ -1,13 +1,12 @@
-"""Programs' JSON Schemas (and `describe` answers) cached on disk, keyed by what each is
-computed from.
+"""Programs' JSON Schemas cached on disk, keyed by what each schema is computed from.
 
-Every `orch validate` and `orch sweep` needs the program's schema and description, and asking
-the program costs its start-up. The key covers the argv (a `describe` answer has its own), this
-interpreter (path, version, its site-packages) and the source files the program runs from: for
-`python -m pkg`, every `.py` file of the package found the way the child would find it; for
-`python script.py`, that file. So an edited trainer is asked again, and a program whose sources
-cannot be known (another interpreter, a binary) is asked every time. Entries appear by atomic
-rename, so concurrent writers never tear one.
+Every `orch validate` and `orch sweep` needs the program's schema, and asking the program costs
+its start-up. The key covers the argv, this interpreter (path, version, its site-packages) and
+the source files the program runs from: for `python -m pkg`, every `.py` file of the package
+found the way the child would find it; for `python script.py`, that file. So an edited trainer
+is asked again, and a program whose sources cannot be known (another interpreter, a binary) is
+asked every time. Entries appear by atomic rename, so concurrent writers never tear one.
+A program's `describe` answer is cached here the same way, keyed by its own argv.
 """
 
 from __future__ import annotations
