@@ -64,7 +64,7 @@ def results(
     group_by: Optional[str] = typer.Option(
         None, "--group-by", help="Parameters that make a configuration (comma-separated); "
         "rows aggregate the other trials (mean ± std, n). `none`: one row per trial. Default: "
-        "every varied parameter except train.seed and data.seed."),
+        "every varied parameter except the seeds the program declares (`PROGRAM describe`)."),
     baseline: Optional[str] = typer.Option(
         None, "--baseline", help="Add Δ columns against trial:N, trial:SWEEP/N, "
         "key=value,... (one row's parameters) or sweep:NAME (that sweep's best row). Grouped: "

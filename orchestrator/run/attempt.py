@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator.contract import METRICS, EventTail, Outcome, judge
+from orchestrator.contract import EventTail, Outcome, judge
 from orchestrator.launch.command import TrialCommand
 from orchestrator.launch.protocol import Run
 from orchestrator.ledger import Trial
@@ -80,12 +80,13 @@ def outcome(run: Run, code: int) -> Outcome:
     return out
 
 
-def metrics(result: dict[str, Any], tail: EventTail) -> tuple[dict[str, Any] | None,
-                                                              dict[str, Any] | None]:
-    """(final, best) from result.json; without one, the last validation event is the final."""
+def metrics(result: dict[str, Any], tail: EventTail, names: list[str]
+            ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """(final, best) from result.json; without one, the last validation event's `names` (the
+    metrics the program declares) are the final."""
     final = result.get("final") if isinstance(result.get("final"), dict) else None
     best = result.get("best") if isinstance(result.get("best"), dict) else None
     if final is None and tail.validations:  # no result.json: the events still tell
         last = tail.validations[-1]
-        final = {k: last.get(k) for k in METRICS}
+        final = {k: last.get(k) for k in names}
     return final, best

@@ -364,7 +364,8 @@ class RunLoop:
         run, ended = live.run, time.time()
         out = outcome(run, code)
         result = out.result or {}
-        final, best = metrics(result, live.tail)
+        names = self.plan.described.metric_names() or [self.plan.spec.metric.name]
+        final, best = metrics(result, live.tail, names)
         self.ledger.finish(live.trial.id, state=out.state, reason=out.reason, exit_code=code,
                            ended_at=ended, final=final, best=best,
                            program_wall=ended - run.started,

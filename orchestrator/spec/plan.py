@@ -1,9 +1,10 @@
 """From a spec file and command-line overrides to a checked plan, before anything runs.
 
 `build_plan` is a pipeline of stages, each taking what the stages before it made and returning
-a small value with its own problems: `load` the spec (its model); `check_spec`, what the spec
-alone shows (W&B's sweep schema, metric, run_cap, base file, GPUs); `program_schema`, the
-program's JSON Schema; `resolve_settings`, the fixed settings (overrides, tracking, --set,
+a small value with its own problems: `load` the spec (its model); `describe_program`, what the
+program declares (its data-file, seed and tracking keys, its metrics: `PROGRAM describe`);
+`check_spec`, what the spec alone shows (W&B's sweep schema, metric, run_cap, base file, GPUs);
+`program_schema`, the program's JSON Schema; `resolve_settings`, the fixed settings (overrides, tracking, --set,
 --data); `check_names`, every setting and parameter name and value against that schema;
 `check_trial_start`, what every trial would meet at its start (W&B key, data file); and
 `check_points`, the grid points (for random and bayes, the fixed part and a seeded sample of
@@ -19,7 +20,8 @@ from typing import Any, NamedTuple
 
 import yaml
 
-from orchestrator.contract import METRICS, ContractError, Validator, fetch_schema, program_argv
+from orchestrator.contract import (ContractError, Description, Validator, describe, fetch_schema,
+                                   program_argv)
 from orchestrator.launch.docker.container import api_key
 from orchestrator.run.slots import detect_gpus
 from orchestrator.search import param_names, varied
@@ -29,13 +31,6 @@ from orchestrator.spec.params import Schema, distribution_error, resolve, value_
 from orchestrator.spec.points import check_points
 from orchestrator.spec.rejections import Rejections
 from orchestrator.spec.sweeps_schema import sweeps_schema_errors
-
-# The trainer config keys these checks read: the titles file every trial opens, and the W&B
-# settings a spec's `tracking.wandb` section sets (mode, project, entity).
-DATA_PATH = "data.path"
-TRACKING = "tracking"
-TRACKING_MODE = f"{TRACKING}.mode"
-
 
 @dataclass
 class Plan:
@@ -49,6 +44,7 @@ class Plan:
     search: dict[str, Any]
     varied: list[str]
     validator: Validator
+    described: Description = field(default_factory=Description)  # what the program declares
     grid: list[tuple[dict[str, Any], str]] | None = None  # (point, config hash), valid only
     invalid: list[tuple[dict[str, Any], str]] = field(default_factory=list)  # (point, error)
     # Grid points, or sampled random/bayes proposals, the program rejected, grouped by reason.
@@ -76,21 +72,23 @@ def build_plan(spec_path: Path, sets: list[str] = (), data: Path | None = None,
     if loaded.base.is_file():
         validator.start()
     try:
-        alone = check_spec(loaded, max_trials)
+        described = describe_program(loaded)
+        alone = check_spec(loaded, described.described, max_trials)
+        _stop_on([*alone.problems, *described.problems])  # no declared keys to check with
         schema = program_schema(loaded)
         if schema.problems:  # nothing to check names against
             raise SpecError([*alone.problems, *schema.problems])
-        settings = resolve_settings(loaded, sets, data)
+        settings = resolve_settings(loaded, described.described, sets, data)
         names = check_names(loaded, schema.schema, settings, alone.wandb_parameters)
-        start = check_trial_start(loaded, validator, settings)
+        start = check_trial_start(loaded, described.described, validator, settings)
         _stop_on([*alone.problems, *settings.problems, *names, *start])
         points = check_points(loaded.spec, loaded.doc, validator, settings.fixed)
         _stop_on(points.problems)
         return Plan(spec=loaded.spec, doc=loaded.doc, base=loaded.base, program=loaded.program,
                     fixed=settings.fixed, search=loaded.spec.search_config(),
                     varied=varied(loaded.spec.parameters), validator=validator,
-                    grid=points.grid, invalid=points.invalid, rejected=points.rejected,
-                    notes=[*alone.notes, *points.notes])
+                    described=described.described, grid=points.grid, invalid=points.invalid, rejected=points.rejected,
+                    notes=[*alone.notes, *settings.notes, *points.notes])
     except BaseException:
         validator.close()
         raise
@@ -141,6 +139,27 @@ def _raw_parameter_problems(spec_path: Path) -> list[str]:
             if isinstance(err := resolve(name, schema), str)]
 
 
+# -- what the program declares --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Described:
+    """The program's declarations (`PROGRAM describe`), or why they were refused."""
+
+    described: Description
+    problems: list[str]
+
+
+def describe_program(loaded: Loaded) -> Described:
+    """Ask the program (or the schema cache) what it declares; a program without `describe`
+    gets the defaults, one whose answer breaks the contract is a problem of `program`."""
+    try:
+        return Described(described=describe(loaded.program), problems=[])
+    except ContractError as err:
+        return Described(described=Description(),
+                         problems=[loaded.doc.error(("program",), str(err))])
+
+
 # -- the spec alone and the machine ---------------------------------------------------------------
 
 
@@ -154,15 +173,16 @@ class SpecCheck:
     wandb_parameters: list[tuple[tuple[Any, ...], str]]
 
 
-def check_spec(loaded: Loaded, max_trials: int | None) -> SpecCheck:
-    """The checks that need neither the program nor the settings."""
+def check_spec(loaded: Loaded, described: Description, max_trials: int | None) -> SpecCheck:
+    """The checks that need neither the program's schema nor the settings."""
     spec, doc = loaded.spec, loaded.doc
     wandb = sweeps_schema_errors(doc, spec.search_config())
     problems = [text for loc, text in wandb if loc[:1] != ("parameters",)]
-    if spec.metric.name not in METRICS:
+    metrics = described.metric_names()
+    if metrics and spec.metric.name not in metrics:
         problems.append(doc.error(("metric", "name"), f"unknown metric "
-                                  f"{spec.metric.name!r}; the trainer reports "
-                                  f"{', '.join(METRICS)}"))
+                                  f"{spec.metric.name!r}; the program reports "
+                                  f"{', '.join(metrics)}"))
     if spec.method != "grid" and spec.run_cap is None and max_trials is None:
         problems.append(doc.error(("method",), f"a {spec.method} search never ends by "
                                   "itself: set `run_cap` (or pass --max-trials)"))
@@ -240,6 +260,7 @@ class Settings:
 
     values: dict[str, Setting]
     problems: list[str]
+    notes: list[str] = field(default_factory=list)
 
     @property
     def fixed(self) -> dict[str, Any]:
@@ -247,19 +268,28 @@ class Settings:
         return {key: s.value for key, s in self.values.items()}
 
 
-def resolve_settings(loaded: Loaded, sets: list[str], data: Path | None) -> Settings:
-    """The spec's overrides, its `tracking.wandb` section, then `--set` and `--data`."""
+def resolve_settings(loaded: Loaded, described: Description, sets: list[str],
+                     data: Path | None) -> Settings:
+    """The spec's overrides, its `tracking.wandb` section (on the keys the program declares for
+    it), then `--set` and `--data` (the program's first data-file key)."""
     spec, spec_dir = loaded.spec, loaded.doc.path.parent
     values: dict[str, Setting] = {}
     problems: list[str] = []
+    notes: list[str] = []
     for key, value in flatten(spec.overrides).items():
-        if key == DATA_PATH and value is not None and not Path(str(value)).is_absolute():
+        if (key in described.data_files and value is not None
+                and not Path(str(value)).is_absolute()):
             value = str((spec_dir / str(value)).resolve())  # relative to the spec
         values[key] = Setting(value, ("overrides", key))
-    if spec.tracking.wandb is not None:
+    tracking = described.tracking
+    if spec.tracking.wandb is not None and tracking is None:
+        notes.append(f"{loaded.doc.path}: tracking.wandb is not passed to the trials: the "
+                     "program declares no tracking keys (`describe`)")
+    elif spec.tracking.wandb is not None:
         for key in ("mode", "project", "entity"):
-            values[f"{TRACKING}.{key}"] = Setting(getattr(spec.tracking.wandb, key),
-                                                  ("tracking", "wandb", key))
+            if (name := getattr(tracking, key)) is not None:
+                values[name] = Setting(getattr(spec.tracking.wandb, key),
+                                       ("tracking", "wandb", key))
     for text in sets:
         try:
             key, value = parse_set(text)
@@ -267,9 +297,13 @@ def resolve_settings(loaded: Loaded, sets: list[str], data: Path | None) -> Sett
             problems += err.paragraphs
             continue
         values[key] = Setting(value, f"--set {text}")
-    if data is not None:
-        values[DATA_PATH] = Setting(str(data.resolve()), f"--data {data}")
-    return Settings(values=values, problems=problems)
+    if data is not None and not described.data_files:
+        problems.append(f"--data {data}: the program declares no data file (its `describe` "
+                        "names no data_files), so --data sets nothing; use --set KEY=PATH with "
+                        "the program's own key")
+    elif data is not None:
+        values[described.data_files[0]] = Setting(str(data.resolve()), f"--data {data}")
+    return Settings(values=values, problems=problems, notes=notes)
 
 
 def check_names(loaded: Loaded, schema: Schema, settings: Settings,
@@ -295,23 +329,30 @@ def check_names(loaded: Loaded, schema: Schema, settings: Settings,
 # -- what every trial meets at its start ----------------------------------------------------------
 
 
-def check_trial_start(loaded: Loaded, validator: Validator, settings: Settings) -> list[str]:
+def check_trial_start(loaded: Loaded, described: Description, validator: Validator,
+                      settings: Settings) -> list[str]:
     """What would fail every trial at its start: W&B online without a key, a bad data file."""
-    problems = _online_key_problem(loaded, settings)
-    data = settings.values.get(DATA_PATH)
-    if data is not None and data.value is not None and loaded.base.is_file():
-        problems += _data_file_problem(loaded.doc, validator, data)
+    problems = []
+    if described.tracking is not None:
+        problems += _online_key_problem(loaded, described.tracking.mode, settings)
+    for key in described.data_files:
+        data = settings.values.get(key)
+        if data is not None and data.value is not None and loaded.base.is_file():
+            problems += _data_file_problem(loaded.doc, validator, key, data)
     return problems
 
 
-def _online_key_problem(loaded: Loaded, settings: Settings) -> list[str]:
-    """W&B online mode with no API key would fail every trial at its start: refuse it now."""
+def _online_key_problem(loaded: Loaded, key: str, settings: Settings) -> list[str]:
+    """W&B online mode (the program's tracking-mode `key`) with no API key would fail every
+    trial at its start: refuse it now."""
     doc, base = loaded.doc, loaded.base
-    mode = settings.values.get(TRACKING_MODE)
+    mode = settings.values.get(key)
     if mode is None:
         try:
-            tree = read_yaml(base.read_text(encoding="utf-8"))
-            mode = Setting(tree[TRACKING]["mode"], ("base",))
+            node = read_yaml(base.read_text(encoding="utf-8"))
+            for part in key.split("."):
+                node = node[part]
+            mode = Setting(node, ("base",))
         except (OSError, ValueError, TypeError, KeyError, yaml.YAMLError):
             return []  # unreadable bases are the validator's to report
     if mode.value != "online" or api_key():
@@ -321,18 +362,19 @@ def _online_key_problem(loaded: Loaded, settings: Settings) -> list[str]:
             "`wandb login` or export WANDB_API_KEY, or use mode `offline` (sync later with "
             "`wandb sync`) or `disabled`")
     if mode.where == ("base",):
-        return [doc.error(mode.where, f"{base} sets {TRACKING_MODE}: online: {text}")]
+        return [doc.error(mode.where, f"{base} sets {key}: online: {text}")]
     return [mode.problem(doc, text)]
 
 
-def _data_file_problem(doc: SpecDoc, validator: Validator, data: Setting) -> list[str]:
-    """The program's cheap look at the titles file every trial reads (exists, is a file, has a
+def _data_file_problem(doc: SpecDoc, validator: Validator, key: str,
+                       data: Setting) -> list[str]:
+    """The program's cheap look at a data file every trial reads (exists, is a file, has a
     known suffix, is not empty): one paragraph instead of one per grid point."""
     try:
-        verdict = validator.check([{DATA_PATH: data.value}])[0]
+        verdict = validator.check([{key: data.value}])[0]
     except ContractError:
         return []  # a base the program cannot read: reported with the points
     text = str(verdict.get("error", ""))
-    if verdict.get("ok") or not text.startswith(DATA_PATH):
+    if verdict.get("ok") or not text.startswith(key):
         return []  # only the file's own problems; the rest is the points' business
     return [data.problem(doc, text)]

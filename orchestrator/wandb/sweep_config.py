@@ -96,7 +96,7 @@ def sweep_config(plan: Plan, root: Path | None = None) -> dict[str, Any]:
     for key, value in plan.fixed.items():
         if key in parameters:
             continue  # the agent passes it
-        if key == "data.path" and isinstance(value, str) and os.path.isabs(value):
+        if key in plan.described.data_files and isinstance(value, str) and os.path.isabs(value):
             value = portable(value, root)
         fixed.append(f"{key}={format_value(value)}")
     program, head = program_and_head(spec.program)

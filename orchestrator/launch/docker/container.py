@@ -5,7 +5,8 @@ A trial container sees only what it needs, at fixed paths:
     /orch/run      the trial's run dir (read-write; files owned by the user it runs as)
     /orch/cache    the sweep's data cache (read-only; filled before, by a `prepare` container)
     /orch/config/  the trainer base config (read-only)
-    /orch/data/    the titles file's directory (read-only; `data.path` rewritten to point here)
+    /orch/data/    the data file's directory (read-only; the program's data file key, from
+                   `describe`, rewritten to point here; a second file's at /orch/data-2/, ...)
     /orch/secrets/ the W&B API key as a 0600 file, only when there is a key and W&B is on
 
 The API key never enters a command, label or environment variable (`docker inspect` shows all
@@ -24,7 +25,7 @@ from urllib.parse import urlparse
 
 import yaml
 
-from orchestrator.contract import format_value
+from orchestrator.contract import Description, format_value
 from orchestrator.launch.command import TrialCommand
 from orchestrator.launch.protocol import Launch
 from orchestrator.spec.model import LauncherSettings, read_yaml
@@ -86,10 +87,12 @@ class KeyFile:
 class Layout:
     """Maps a trial's host paths and settings to what its container is given."""
 
-    def __init__(self, settings: LauncherSettings, spec_dir: Path, cache_dir: Path) -> None:
+    def __init__(self, settings: LauncherSettings, spec_dir: Path, cache_dir: Path,
+                 described: Description | None = None) -> None:
         self.settings = settings
         self.spec_dir = spec_dir
         self.cache_dir = cache_dir
+        self.described = described or Description()
         self._bases: dict[Path, dict[str, Any]] = {}
 
     def _base(self, base: Path) -> dict[str, Any]:
@@ -118,13 +121,16 @@ class Layout:
                  str(self.cache_dir): {"bind": CACHE, "mode": "ro"},
                  str(command.config.resolve()): {"bind": self.config(launch), "mode": "ro"}}
         point = dict(command.overrides)
-        data = self.setting(launch, "data.path")
-        if data is not None:
+        for i, key in enumerate(self.described.data_files):
+            data = self.setting(launch, key)
+            if data is None:
+                continue
             # Relative to where orch runs, as a local trial (started there) would read it.
             path = Path(str(data))
             path = (path if path.is_absolute() else Path.cwd() / path).resolve()
-            binds[str(path.parent)] = {"bind": DATA, "mode": "ro"}
-            point["data.path"] = f"{DATA}/{path.name}"
+            inside = DATA if i == 0 else f"{DATA}-{i + 1}"
+            binds[str(path.parent)] = {"bind": inside, "mode": "ro"}
+            point[key] = f"{inside}/{path.name}"
         for spec in self.settings.volumes:
             host, _, rest = spec.partition(":")
             inside, _, mode = rest.partition(":")

@@ -26,7 +26,7 @@ from signal import Signals
 from typing import Any, Callable
 
 from orchestrator.launch.command import TrialCommand, written
-from orchestrator.launch.dataprep import PREPARE_KEYS, refusal
+from orchestrator.launch.dataprep import refusal
 from orchestrator.launch.docker.container import CACHE, KEY_FILE, RUN, KeyFile, Layout
 from orchestrator.launch.docker.engine import ContainerEngine, ContainerRun, sweep_labels
 from orchestrator.launch.protocol import Launch, Run
@@ -44,7 +44,8 @@ class DockerLauncher:
         self.sweep = plan.spec.name
         self.home = home
         self.program = written(plan.spec.program)
-        self.layout = Layout(self.settings, self.engine.spec_dir, self.engine.cache_dir)
+        self.layout = Layout(self.settings, self.engine.spec_dir, self.engine.cache_dir,
+                             plan.described)
         self._prepared: set[str] = set()
         self._key = KeyFile()
 
@@ -81,23 +82,27 @@ class DockerLauncher:
             found = self._prepare_data(launch, point, volumes, log)
             if found is not None and found[0] != 0:
                 code, output = found
-                host = self.layout.setting(launch, "data.path")
-                if host is not None:  # the user knows the file by its host path
-                    output = output.replace(point["data.path"], str(Path(str(host)).resolve()))
+                for key in self.layout.described.data_files:  # the user knows host paths
+                    if (host := self.layout.setting(launch, key)) is not None:
+                        output = output.replace(point[key], str(Path(str(host)).resolve()))
                 raise refusal(spec_path, sets, code, output)
 
     def _prepare_data(self, launch: Launch, point: dict[str, Any], volumes: dict[str, Any],
                       log: Path) -> tuple[int, str] | None:
         """Fill the cache for this trial's data config once, in a container with it writable:
         (exit code, output), or None when this config was prepared before."""
-        sets = {k: v for k, v in point.items() if k.startswith(PREPARE_KEYS)}
+        described = self.layout.described
+        if not described.prepare:
+            return None
+        sets = {k: v for k, v in point.items() if described.is_data_key(k)}
         key = json.dumps(sets, sort_keys=True, default=str)
         if key in self._prepared:
             return None
         self._prepared.add(key)
         binds = {h: m for h, m in volumes.items() if m["bind"] != RUN}
         binds[str(self.engine.cache_dir)] = {"bind": CACHE, "mode": "rw"}
-        hub = self.layout.setting(launch, "data.path") is None  # the hub needs a network
+        # No data file: the program fetches its data (the trainer: from the hub), by network.
+        hub = all(self.layout.setting(launch, k) is None for k in described.data_files)
         argv = self.layout.prepare_argv(launch, sets)
         started = time.time()
         container = self.engine.client.containers.create(
@@ -132,7 +137,8 @@ class DockerLauncher:
                 os.chown(path, uid, gid)
         volumes, point = self.layout.mounts(launch)
         self._prepare_data(launch, point, volumes, log)
-        mode = self.layout.setting(launch, "tracking.mode")
+        tracking = self.layout.described.tracking
+        mode = self.layout.setting(launch, tracking.mode) if tracking else None
         online = mode == "online"
         env = self.layout.env(launch, online)
         if mode in ("online", "offline") and (secret := self._key.path(uid)):
