@@ -74,7 +74,8 @@ def build_plan(spec_path: Path, sets: list[str] = (), data: Path | None = None,
     try:
         described = describe_program(loaded)
         alone = check_spec(loaded, described.described, max_trials)
-        _stop_on([*alone.problems, *described.problems])  # no declared keys to check with
+        if described.problems:  # no declared keys to check the settings with
+            raise SpecError([*alone.problems, *described.problems])
         schema = program_schema(loaded)
         if schema.problems:  # nothing to check names against
             raise SpecError([*alone.problems, *schema.problems])
