@@ -236,12 +236,14 @@ def test_importance_says_when_there_are_too_few_trials(home: Path) -> None:
 
 def test_one_seed_draws_no_spread_and_says_n(home: Path) -> None:
     ledger = Ledger(home, readonly=True)
-    few = figures.marginals(ledger.trials("few"), ["optim.lr"], "val_loss")
+    few = ledger.trials("few")
+    few = figures.marginals(few, ["optim.lr"], figures.names(few, ["optim.lr"]), "val_loss")
     assert few is not None
     means = [t for t in few.data if t.mode and "text" in t.mode][0]
     assert list(means.text) == ["n=1"] * 3
     assert not means.error_y.visible and all(s is None for s in means.error_y.array)
-    grid = figures.marginals(ledger.trials("grid"), ["optim.lr"], "val_loss")
+    grid = ledger.trials("grid")
+    grid = figures.marginals(grid, ["optim.lr"], figures.names(grid, ["optim.lr"]), "val_loss")
     assert grid is not None
     means = [t for t in grid.data if t.mode and "text" in t.mode][0]
     assert list(means.text) == ["n=4", "n=4", "n=3"]  # lr 0.01 lost a trial (diverged)
@@ -251,9 +253,11 @@ def test_one_seed_draws_no_spread_and_says_n(home: Path) -> None:
 def test_wall_time_curves_start_at_zero(home: Path) -> None:
     ledger = Ledger(home, readonly=True)
     trials = ledger.trials("grid")
-    fig = figures.curves(ledger, trials, ["optim.lr"], "val_loss", set(), "time")
-    assert fig is not None and fig.layout.xaxis.rangemode == "tozero"
-    assert len(fig.data) == 12 and all(min(trace.x) >= 0 for trace in fig.data)
+    histories = {t.id: ledger.history(t) for t in trials}
+    fig = figures.curves(histories, trials, ["optim.lr"], figures.names(trials, ["optim.lr"]),
+                         "val_loss", set(), "time")
+    assert fig is not None and fig["layout"]["xaxis"]["rangemode"] == "tozero"
+    assert len(fig["data"]) == 12 and all(min(trace["x"]) >= 0 for trace in fig["data"])
 
 
 # -- the best config, runnable --------------------------------------------------------------------

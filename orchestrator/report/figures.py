@@ -13,9 +13,10 @@ import statistics
 from typing import Any
 
 import plotly.graph_objects as go
+import plotly.io as pio
 from plotly.subplots import make_subplots
 
-from orchestrator.ledger import Ledger, Trial
+from orchestrator.ledger import Trial, Validation
 from orchestrator.report.importance import Importances, scored
 from orchestrator.report.plots import UNITS
 from orchestrator.report.tables import fmt_param
@@ -25,11 +26,29 @@ BEST = "#d62728"
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
            "#bcbd22", "#17becf")  # tab10 less its red, which marks the best
 MAX_LEGEND = 20  # configurations named in a legend; more would hide the plot
+MAX_CATEGORIES = 12  # a numeric parameter of more values is plotted on a numeric axis
 
 
-def _label(t: Trial, keys: list[str], trials: list[Trial], multi: bool) -> str:
-    parts = [fmt_param(t.params.get(k), [u.params.get(k) for u in trials], k) for k in keys]
-    return (f"{t.sweep}: " if multi else "") + (" ".join(parts) or "base config")
+Names = dict[str, dict[str, str]]  # parameter -> repr of a value -> its text
+
+
+def names(trials: list[Trial], keys: list[str]) -> Names:
+    """Each parameter's distinct values as text among the others (`tables.fmt_param`), by
+    repr: formatted once per value for the whole page (a random search's 500 learning rates,
+    each set apart from 499 siblings, are the cost)."""
+    out = {}
+    for k in keys:
+        distinct = list({repr(t.params.get(k)): t.params.get(k) for t in trials}.values())
+        out[k] = {repr(v): fmt_param(v, distinct) for v in distinct}
+    return out
+
+
+def _labels(trials: list[Trial], keys: list[str], named: Names) -> dict[int, str]:
+    """Each trial's configuration as text, by id (the sweep's name first when several)."""
+    multi = len({t.sweep for t in trials}) > 1
+    return {t.id: (f"{t.sweep}: " if multi else "") + (
+        " ".join(f"{k}={named[k][repr(t.params.get(k))]}" for k in keys) or "base config")
+        for t in trials}
 
 
 def _layout(title: str, **extra: Any) -> dict[str, Any]:
@@ -37,20 +56,22 @@ def _layout(title: str, **extra: Any) -> dict[str, Any]:
             "margin": {"l": 70, "r": 30, "t": 60, "b": 60}, **extra}
 
 
-def curves(ledger: Ledger, trials: list[Trial], keys: list[str], metric: str,
-           best: set[tuple[str, int]], axis: str) -> go.Figure | None:
+def curves(histories: dict[int, list[Validation]], trials: list[Trial], keys: list[str],
+           named: Names, metric: str, best: set[tuple[str, int]], axis: str) -> dict[str, Any] | None:
     """`metric` during training against step or wall time since the trial started (from 0).
 
-    A colour per configuration (seeds share it), the best configuration's trials thick red,
-    unfinished trials dashed; None when no trial has a point.
+    `histories`: each trial's validation points by trial id (`Ledger.history`). A colour per
+    configuration (seeds share it), the best configuration's trials thick red, unfinished
+    trials dashed; None when no trial has a point. A plain figure dict, not a go.Figure:
+    500 trials' traces are not validated and deep-copied for nothing.
     """
-    multi = len({t.sweep for t in trials}) > 1
-    groups = sorted({_label(t, keys, trials, multi) for t in trials})
+    labels = _labels(trials, keys, named)
+    groups = sorted(set(labels.values()))
     traces: list[dict[str, Any]] = []
     named: set[str] = set()
     for t in trials:
         xs, ys = [], []
-        for p in ledger.history(t):
+        for p in histories.get(t.id, []):
             value = p.metrics.get(metric)
             x = p.step if axis == "step" else (
                 p.time - t.started_at if p.time is not None and t.started_at else None)
@@ -60,7 +81,7 @@ def curves(ledger: Ledger, trials: list[Trial], keys: list[str], metric: str,
             ys.append(value)
         if not xs:
             continue
-        group = _label(t, keys, trials, multi)
+        group = labels[t.id]
         top = (t.sweep, t.number) in best
         color = BEST if top else PALETTE[groups.index(group) % len(PALETTE)]
         traces.append({
@@ -76,11 +97,14 @@ def curves(ledger: Ledger, trials: list[Trial], keys: list[str], metric: str,
     if not traces:
         return None
     xlabel = "training step" if axis == "step" else "wall time since trial start (s)"
-    return go.Figure({"data": traces, "layout": _layout(
+    layout = _layout(
         f"{metric} during training against {'step' if axis == 'step' else 'wall time'} "
         f"({len(traces)} trials; dashed: not finished)",
         xaxis={"title": {"text": xlabel}, "rangemode": "tozero"},
-        yaxis={"title": {"text": UNITS.get(metric, metric)}})}, skip_invalid=False)
+        yaxis={"title": {"text": UNITS.get(metric, metric)}})
+    # Unvalidated, the figure names no template: it carries the template's own dict.
+    layout["template"] = pio.templates[layout["template"]].to_plotly_json()
+    return {"data": traces, "layout": layout}
 
 
 def _numeric(values: list[Any]) -> bool:
@@ -92,7 +116,8 @@ def _ordered(values: list[Any]) -> list[Any]:
     return sorted(unique) if _numeric(unique) else sorted(unique, key=str)
 
 
-def parallel(trials: list[Trial], keys: list[str], metric: str, goal: str) -> go.Figure | None:
+def parallel(trials: list[Trial], keys: list[str], named: Names, metric: str,
+             goal: str) -> go.Figure | None:
     """Parameters of the finished trials against the metric, one line per trial."""
     done = scored(trials, metric)
     keys = [k for k in keys if all(k in t.params for t, _ in done)]
@@ -108,9 +133,9 @@ def parallel(trials: list[Trial], keys: list[str], metric: str, goal: str) -> go
                          "values": [math.log10(v) if log else v for v in values]})
         else:
             cats = _ordered(values)
-            names = [fmt_param(c, cats) for c in cats]
             dims.append({"label": k, "values": [cats.index(v) for v in values],
-                         "tickvals": list(range(len(cats))), "ticktext": names})
+                         "tickvals": list(range(len(cats))),
+                         "ticktext": [named[k][repr(c)] for c in cats]})
     ys = [v for _, v in done]
     dims.append({"label": metric, "values": ys})
     line = {"color": ys, "colorscale": "Viridis", "showscale": True,
@@ -141,9 +166,12 @@ def importance(imp: Importances) -> go.Figure | None:
                "range": [0, 1]})})
 
 
-def marginals(trials: list[Trial], keys: list[str], metric: str) -> go.Figure | None:
+def marginals(trials: list[Trial], keys: list[str], named: Names,
+              metric: str) -> go.Figure | None:
     """Each parameter's marginal effect: every finished trial's metric by the parameter's
-    value, and per value the mean with its sample std, drawn only where n >= 2; n written."""
+    value and, for a parameter of a few values, per value the mean with its sample std, drawn
+    only where n >= 2, and its n written. A numeric parameter of many values (a random search's
+    lr) is a plain scatter on a numeric axis: each value has one trial, there is no mean."""
     done = scored(trials, metric)
     keys = [k for k in keys if all(k in t.params for t, _ in done)]
     if not done or not keys:
@@ -153,29 +181,35 @@ def marginals(trials: list[Trial], keys: list[str], metric: str) -> go.Figure | 
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=keys, horizontal_spacing=0.08,
                         vertical_spacing=0.22 if rows > 1 else 0.1)
     for i, k in enumerate(keys):
-        r, c = divmod(i, cols)
-        cats = _ordered([t.params[k] for t, _ in done])
-        names = [fmt_param(v, cats) for v in cats]
-        by = {n: [y for t, y in done if fmt_param(t.params[k], cats) == n] for n in names}
+        where = {"row": i // cols + 1, "col": i % cols + 1}
+        values = [t.params[k] for t, _ in done]
+        cats = _ordered(values)
+        continuous = _numeric(cats) and len(cats) > MAX_CATEGORIES
+        xs = values if continuous else [named[k][repr(v)] for v in values]
         fig.add_trace(go.Scatter(
-            x=[fmt_param(t.params[k], cats) for t, _ in done], y=[y for _, y in done],
-            mode="markers", marker={"size": 7, "color": "#1f77b4", "opacity": 0.55},
-            name="a finished trial", legendgroup="trial", showlegend=i == 0,
-            text=[f"trial {t.number}" for t, _ in done],
-            hovertemplate="%{text}: %{y:.4f}<extra></extra>"), row=r + 1, col=c + 1)
-        means = [statistics.fmean(by[n]) for n in names]
-        spread = [statistics.stdev(by[n]) if len(by[n]) > 1 else None for n in names]
+            x=xs, y=[y for _, y in done], mode="markers",
+            marker={"size": 7, "color": "#1f77b4", "opacity": 0.55}, name="a finished trial",
+            legendgroup="trial", showlegend=i == 0, text=[f"trial {t.number}" for t, _ in done],
+            hovertemplate="%{text}: %{y:.4f}<extra></extra>"), **where)
+        if continuous:
+            low, high = min(cats), max(cats)
+            fig.update_xaxes(type="log" if low > 0 and high / low >= 10 else "linear", **where)
+            continue
+        texts = [named[k][repr(v)] for v in cats]
+        by: dict[str, list[float]] = {n: [] for n in texts}
+        for x, (_, y) in zip(xs, done):
+            by[x].append(y)
+        spread = [statistics.stdev(by[n]) if len(by[n]) > 1 else None for n in texts]
         fig.add_trace(go.Scatter(
-            x=names, y=means, mode="markers+lines+text", name="mean (± std where n ≥ 2)",
-            legendgroup="mean", showlegend=i == 0, line={"color": "#444444", "width": 1},
+            x=texts, y=[statistics.fmean(by[n]) for n in texts], mode="markers+lines+text",
+            name="mean (± std where n ≥ 2)", legendgroup="mean", showlegend=i == 0,
+            line={"color": "#444444", "width": 1},
             marker={"size": 11, "symbol": "diamond", "color": "#444444"},
             error_y={"type": "data", "array": spread,
                      "visible": any(s is not None for s in spread)},
-            text=[f"n={len(by[n])}" for n in names], textposition="middle right",
-            hovertemplate="%{x}: mean %{y:.4f}, %{text}<extra></extra>"),
-            row=r + 1, col=c + 1)
-        fig.update_xaxes(type="category", categoryorder="array", categoryarray=names,
-                         row=r + 1, col=c + 1)
+            text=[f"n={len(by[n])}" for n in texts], textposition="middle right",
+            hovertemplate="%{x}: mean %{y:.4f}, %{text}<extra></extra>"), **where)
+        fig.update_xaxes(type="category", categoryorder="array", categoryarray=texts, **where)
     fig.update_yaxes(title_text=metric, col=1)
     fig.update_layout(_layout(f"marginal effect of each parameter on {metric} (finished "
                               f"trials; n per value)", height=360 * rows))

@@ -72,12 +72,15 @@ def render(ledger: Ledger, names: list[str], baseline: str | None = None) -> str
     imp = importance.compute(trials, keys, metric, goal)
     top = report.best
     best_trials = {(top.sweep, n) for n in top.trials} if top else set()
+    histories = {t.id: ledger.history(t) for t in trials}
+    named = figures.names(trials, keys)
     plots = [("learning curves", [
-                 figures.curves(ledger, trials, keys, metric, best_trials, "step"),
-                 figures.curves(ledger, trials, keys, metric, best_trials, "time")]),
-             ("parameters against the metric", [figures.parallel(trials, keys, metric, goal)]),
+                 figures.curves(histories, trials, keys, named, metric, best_trials, "step"),
+                 figures.curves(histories, trials, keys, named, metric, best_trials, "time")]),
+             ("parameters against the metric",
+              [figures.parallel(trials, keys, named, metric, goal)]),
              ("parameter importance", [figures.importance(imp)]),
-             ("marginal effects", [figures.marginals(trials, keys, metric)])]
+             ("marginal effects", [figures.marginals(trials, keys, named, metric)])]
     title = f"sweep report: {', '.join(names)}"
     parts = [f"<h1>{_e(title)}</h1>", _summary(sweeps, trials, metric, goal),
              "<h2>best configuration</h2>", _best(ledger, names, top is not None),
@@ -94,7 +97,7 @@ def render(ledger: Ledger, names: list[str], baseline: str | None = None) -> str
         for fig in drawn:
             parts.append(_figure(fig, f"fig-{len(parts)}", include_js=not embedded))
             embedded = True
-    parts += ["<h2>trials</h2>", _trials_table(trials, keys, metric)]
+    parts += ["<h2>trials</h2>", _trials_table(trials, keys, named, metric)]
     body = "\n".join(parts)
     return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{_e(title)}</title><style>{STYLE}</style></head>\n<body>\n{body}\n"
@@ -105,7 +108,7 @@ def _e(text: Any) -> str:
     return html.escape(str(text))
 
 
-def _figure(fig: go.Figure, div_id: str, include_js: bool) -> str:
+def _figure(fig: go.Figure | dict[str, Any], div_id: str, include_js: bool) -> str:
     """The figure as a div; plotly.js itself goes into the page once, with the first figure."""
     return pio.to_html(fig, include_plotlyjs=include_js, full_html=False, div_id=div_id,
                        config={"displaylogo": False, "responsive": True}, validate=False)
@@ -190,7 +193,8 @@ def _grid_table(grid: Grid, report: results_mod.Report) -> str:
                   "results") + notes
 
 
-def _trials_table(trials: list[Trial], keys: list[str], metric: str) -> str:
+def _trials_table(trials: list[Trial], keys: list[str], named: figures.Names,
+                  metric: str) -> str:
     """Every trial: its state, parameters, metric, wall time, run dir and why it ended."""
     multi = len({t.sweep for t in trials}) > 1
     heads = (["sweep"] if multi else []) + ["trial", *keys, "state", metric, "best step",
@@ -205,8 +209,7 @@ def _trials_table(trials: list[Trial], keys: list[str], metric: str) -> str:
                                                got.get("best_step"), got.get("wall_time_s"),
                                                t.run_dir, t.reason or ""]
         shown = ([t.sweep] if multi else []) + [
-            str(t.number), *[fmt_param(t.params.get(k), [u.params.get(k) for u in trials])
-                             for k in keys],
+            str(t.number), *[named[k][repr(t.params.get(k))] for k in keys],
             str(t.state), fmt("loss", got.get(metric)), fmt("step", got.get("best_step")),
             fmt("seconds", got.get("wall_time_s")), t.run_dir or MISSING, t.reason or ""]
         cells.append(shown)

@@ -22,6 +22,9 @@ from orchestrator.states import TrialState
 # Below this many finished trials a forest fit on them explains noise as much as anything.
 MIN_TRIALS = 8
 SEED = 0  # the forest's seed: the same ledger gives the same importances
+# The forest's size. Optuna's defaults (64 trees, depth 64) take 6 s on 500 trials of a random
+# search; 32 trees of depth 8 give the same shares to 3 decimals in 0.7 s (report_speed.py).
+TREES, DEPTH = 32, 8
 
 
 @dataclass(frozen=True)
@@ -114,7 +117,8 @@ def _fanova(done: list[tuple[Trial, float]], keys: list[str], goal: str) -> dict
         params={k: t.params[k] if _numeric([t.params[k]]) else _category(t.params[k])
                 for k in keys},
         distributions=dists, value=value) for t, value in done])
-    evaluator = optuna.importance.FanovaImportanceEvaluator(seed=SEED)
+    evaluator = optuna.importance.FanovaImportanceEvaluator(n_trees=TREES, max_depth=DEPTH,
+                                                          seed=SEED)
     shares = optuna.importance.get_param_importances(study, evaluator=evaluator, params=keys,
                                                      normalize=True)
     return {k: float(shares.get(k, 0.0)) for k in keys}
