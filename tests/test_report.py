@@ -328,3 +328,17 @@ def test_best_of_a_sweep_with_nothing_finished(tmp_path: Path, fake_schema_file:
     assert proc.returncode == 2
     assert "sweep bad has no finished trial with val_loss" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_the_sweep_workflow_uploads_the_report_and_links_it() -> None:
+    workflow = yaml.safe_load((Path(__file__).resolve().parents[1] / ".github" / "workflows"
+                               / "sweep.yml").read_text())
+    steps = workflow["jobs"]["sweep"]["steps"]
+    runs = [s.get("run", "") for s in steps]
+    report = next(i for i, r in enumerate(runs) if 'orch report "$SWEEP" --out "$OUT/report.html"'
+                  in r)
+    upload = next(i for i, s in enumerate(steps) if s.get("id") == "upload")
+    assert report < upload  # the page lies in the uploaded folder
+    link = steps[upload + 1]
+    assert link["env"]["ARTIFACT_URL"] == "${{ steps.upload.outputs.artifact-url }}"
+    assert "$GITHUB_STEP_SUMMARY" in link["run"] and "report.html" in link["run"]
