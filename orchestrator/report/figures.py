@@ -57,7 +57,8 @@ def _layout(title: str, **extra: Any) -> dict[str, Any]:
 
 
 def curves(histories: dict[int, list[Validation]], trials: list[Trial], keys: list[str],
-           named: Names, metric: str, best: set[tuple[str, int]], axis: str) -> dict[str, Any] | None:
+           named: Names, metric: str, best: set[tuple[str, int]],
+           axis: str) -> dict[str, Any] | None:
     """`metric` during training against step or wall time since the trial started (from 0).
 
     `histories`: each trial's validation points by trial id (`Ledger.history`). A colour per

@@ -12,8 +12,9 @@ import html
 import json
 from typing import Any
 
-import plotly.io as pio
 import plotly.graph_objects as go
+import plotly.io as pio
+import yaml
 
 from orchestrator.ledger import Ledger, Trial, iter_states
 from orchestrator.report import best as best_mod
@@ -147,8 +148,6 @@ def _best(ledger: Ledger, names: list[str], any_finished: bool) -> str:
              f"<code>python -m trainer --config best.yaml --out RUN_DIR</code></p>"]
     try:
         config, source = best_mod.trial_config(trial)
-        import yaml
-
         lines.append(f"<details><summary>full config ({_e(source)})</summary><pre>"
                      f"{_e(yaml.safe_dump(config, sort_keys=False))}</pre></details>")
     except ResultsError as e:
