@@ -342,3 +342,19 @@ def test_the_sweep_workflow_uploads_the_report_and_links_it() -> None:
     link = steps[upload + 1]
     assert link["env"]["ARTIFACT_URL"] == "${{ steps.upload.outputs.artifact-url }}"
     assert "$GITHUB_STEP_SUMMARY" in link["run"] and "report.html" in link["run"]
+
+
+def test_report_of_a_sweep_where_nothing_finished(tmp_path: Path) -> None:
+    """No finished trial: the page says so where each plot would be, and lists the trials."""
+    from orchestrator.report import html
+
+    ledger = Ledger(tmp_path / "home")
+    ledger.upsert_sweep("e", "e.yaml", {}, ["optim.lr"], "val_loss", "minimize")
+    failed = ledger.add_trial("e", "h1", {"optim.lr": 0.1})
+    ledger.add_trial("e", "h2", {"optim.lr": 0.2})
+    ledger.finish(failed.id, state=TrialState.FAILED, reason="boom", exit_code=1, ended_at=1.0,
+                  final={}, best={}, program_wall=None)
+    page = html.render(ledger, ["e"])
+    assert "no finished trial yet" in page and "boom" in page
+    assert page.count("nothing to plot: no finished trial with val_loss") == 3
+    assert "too few finished trials for parameter importance: 0 with val_loss" in page
