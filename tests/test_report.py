@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 from headless_browser import Browser, find_chromium
-from orch_helpers import BASE_TINY, orch_env, run_orch, write_spec
+from orch_helpers import BASE_TINY, orch_env, run_orch, wait_for, write_spec
 
 from orchestrator.ledger import Ledger
 from orchestrator.report import figures, importance
@@ -124,9 +124,12 @@ def test_report_in_a_browser(home: Path, chromium: str, tmp_path: Path) -> None:
         figs = browser.eval("document.querySelectorAll('div[id^=fig-]').length")
         # Curves (step, wall time), parallel coordinates, importance, marginal effects.
         assert figs == 5
-        drawn = browser.eval("document.querySelectorAll('div[id^=fig-].js-plotly-plot "
-                             ".main-svg').length")
-        assert drawn >= figs
+        # Plotly draws as the page loads; WebGL traces (parallel coordinates) may finish later.
+        wait_for(lambda: browser.eval("document.querySelectorAll('div[id^=fig-]"
+                                      ".js-plotly-plot .main-svg').length") >= figs
+                 and browser.eval("document.querySelectorAll('.parcoords canvas, "
+                                  ".gl-container canvas').length") > 0,
+                 timeout=30, what="every figure drawn")
         assert browser.errors() == []
         boxes = browser.eval("Array.from(document.querySelectorAll('div[id^=fig-]')).map(d => "
                              "{const r = d.getBoundingClientRect(); return {x: r.x + scrollX, "
