@@ -57,7 +57,8 @@ def time_commands(code: Path, repeat: int) -> dict[str, list[float]]:
         env.pop("ORCH_CACHE_DIR", None)
         for name, args in COMMANDS.items():
             argv = [sys.executable, "-m", "orchestrator", *args]
-            if name == "dry-run" and "--no-probe" in (code / "orchestrator/cli/main.py").read_text():
+            if name == "dry-run" and any("--no-probe" in f.read_text()
+                                         for f in (code / "orchestrator/cli").glob("*.py")):
                 argv.append("--no-probe")
             times[name] = []
             for i in range(repeat + 1):

@@ -1,14 +1,22 @@
 """What the orchestrator knows about a trial program: the trainer contract, and nothing more.
 
-A program honours the contract (DESIGN.md) when it accepts
+A program honours the contract (docs/design.md) when it accepts
 
     PROGRAM --config BASE --out RUN_DIR [key.path=value ...]     train one trial
     PROGRAM schema                                                 JSON Schema of its config
     PROGRAM validate --config BASE --batch                         one verdict per stdin line
+    PROGRAM describe                                               what it declares (optional)
+    PROGRAM prepare --config BASE [key.path=value ...]             fill its data cache (optional)
 
 writes `RUN_DIR/events.jsonl` and `RUN_DIR/result.json`, and exits with the codes below. Of
 the events the orchestrator reads `validation_step` (the metrics), `step`/`max_steps` of any
 event (progress) and `device_info`'s `device` (where the program says it runs: `cpu`, `cuda`).
+
+The orchestrator names no key of the program's config: `describe` prints a `Description` (JSON)
+saying which keys are data files, which determine the prepared data, which are seeds, which sets
+the tracking mode, which metrics it reports and how each is judged, and whether it has `prepare`.
+A program without `describe` gets the defaults: no data file, no seeds, no prepare, and the
+spec's metric taken as it is.
 """
 
 from __future__ import annotations
@@ -20,7 +28,9 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from orchestrator import schemacache
 from orchestrator.states import TrialState
@@ -35,9 +45,11 @@ EXIT_OOM = 5
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
 
-# The metrics a program reports (trainer/metrics.py declares them; tests/test_metrics.py keeps
-# the two equal): the names of validation_step events and of result.json's final and best.
-METRICS = ("val_loss", "val_loss_tok", "val_bpb", "val_coverage")
+ExitMeaning = Literal["finished", "crashed", "bad_input", "diverged", "oom", "stopped"]
+# What `judge` makes of each code; any other non-zero code is a crash (state `failed`).
+EXIT_CODES: dict[int, ExitMeaning] = {
+    EXIT_FINISHED: "finished", EXIT_CRASHED: "crashed", EXIT_BAD_INPUT: "bad_input",
+    EXIT_DIVERGED: "diverged", EXIT_OOM: "oom", EXIT_SIGINT: "stopped", EXIT_SIGTERM: "stopped"}
 
 
 class ContractError(Exception):
@@ -62,12 +74,6 @@ def format_value(value: Any) -> str:
     JSON is a subset of YAML flow syntax, so strings stay strings (quoted) and lists stay lists.
     """
     return json.dumps(value)
-
-
-def train_argv(program: list[str], base: Path, run_dir: Path, point: dict[str, Any]) -> list[str]:
-    """The command line of one trial."""
-    sets = [f"{key}={format_value(value)}" for key, value in point.items()]
-    return [*program, "--config", str(base), "--out", str(run_dir), *sets]
 
 
 def fetch_schema(program: list[str], timeout: float = 120,
@@ -99,6 +105,102 @@ def _ask_schema(program: list[str], timeout: float) -> dict[str, Any]:
     if not isinstance(schema, dict):
         raise ContractError(f"`{shlex.join(program)} schema` printed JSON that is not an object")
     return schema
+
+
+class Metric(BaseModel):
+    """One metric the program reports in validation_step events and result.json."""
+
+    name: str
+    goal: Literal["minimize", "maximize"]
+    label: str | None = Field(None, description="Short column header (default: the name).")
+    share: bool = Field(False, description="A fraction in [0, 1], shown as a percentage.")
+
+
+class Tracking(BaseModel):
+    """The config keys of the program's W&B tracking (values are W&B's modes)."""
+
+    mode: str = Field(description="The key that sets the mode.")
+    modes: list[Literal["online", "offline", "disabled"]]
+    project: str | None = Field(None, description="The key of the W&B project.")
+    entity: str | None = Field(None, description="The key of the W&B entity.")
+
+
+class Description(BaseModel):
+    """What `PROGRAM describe` declares; the defaults are those of a program without it.
+
+    Keys are dotted config keys; in `data_keys` a key ending in `.` stands for its section.
+    """
+
+    model_config = ConfigDict(extra="ignore")  # a newer program may declare more
+
+    data_files: list[str] = Field(default_factory=list, description=(
+        "Keys whose values are paths of files a trial reads: resolved against the spec's "
+        "directory, mounted into containers, checked once before the points."))
+    data_keys: list[str] = Field(default_factory=list, description=(
+        "Keys that determine the prepared data: one `prepare` per distinct setting of them."))
+    seeds: list[str] = Field(default_factory=list, description=(
+        "Keys that are seeds: varied, but not what a configuration is (tables aggregate them)."))
+    tracking: Tracking | None = None
+    metrics: list[Metric] = Field(default_factory=list, description=(
+        "The metrics it reports, in the order tables show them; none: the spec's metric."))
+    prepare: bool = Field(False, description="Whether it has `PROGRAM prepare`.")
+    exit_codes: dict[int, ExitMeaning] = Field(default_factory=dict, description=(
+        "Its exit codes and their meanings; each must be the contract's (EXIT_CODES)."))
+
+    def metric_names(self) -> list[str]:
+        """The declared metric names (empty: whatever the spec names)."""
+        return [m.name for m in self.metrics]
+
+    def is_data_key(self, key: str) -> bool:
+        """Whether `key` determines the prepared data."""
+        return any(key == k or (k.endswith(".") and key.startswith(k)) for k in self.data_keys)
+
+
+def describe(program: list[str], timeout: float = 60,
+             cache_dir: Path | None = None) -> Description:
+    """What the program declares: from the cache, else by running `PROGRAM describe`.
+
+    A program that exits non-zero (it has no `describe`) gets the defaults; one that answers
+    with something that is not a Description raises ContractError.
+    """
+    argv = [*program, "describe"]
+    key = schemacache.cache_key(argv)
+    cache_dir = cache_dir or schemacache.default_dir()
+    if key is not None and (cached := schemacache.load(cache_dir, key)) is not None:
+        return Description.model_validate(cached)
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired):
+        return Description()  # `schema` runs next and says what is wrong with the program
+    found = Description() if proc.returncode != 0 else _parse_description(argv, proc.stdout)
+    if key is not None:
+        schemacache.store(cache_dir, key, found.model_dump(mode="json"))
+    return found
+
+
+def describe_recorded(program: str | list[str] | None) -> Description:
+    """What a recorded sweep's program declares (cached); the defaults when it cannot say (none
+    recorded, one gone since, one without `describe`): a report never fails for it."""
+    try:
+        return describe(program_argv(program)) if program else Description()
+    except ContractError:
+        return Description()
+
+
+def _parse_description(argv: list[str], text: str) -> Description:
+    try:
+        found = Description.model_validate_json(text)
+    except ValidationError as err:
+        raise ContractError(f"`{shlex.join(argv)}` printed no valid description: "
+                            f"{str(err)[:800]}") from None
+    wrong = [f"{code} means {EXIT_CODES[code]}, not {meaning}"
+             for code, meaning in found.exit_codes.items()
+             if EXIT_CODES.get(code, "crashed") != meaning]
+    if wrong:
+        raise ContractError(f"`{shlex.join(argv)}` declares exit codes the contract reads "
+                            f"otherwise: {'; '.join(wrong)}")
+    return found
 
 
 class Validator:

@@ -3,6 +3,7 @@
 A trial is keyed by (sweep, config hash), so a resumed sweep runs only what is missing. Every
 state change is one short transaction, so a kill -9 at any moment leaves a readable ledger; a
 trial left `running` by a dead orchestrator is recognised by its owner's pid and start time.
+The tables and their migrations are in ledger_schema, the rows read back in ledger_rows.
 """
 
 from __future__ import annotations
@@ -12,42 +13,13 @@ import os
 import socket
 import sqlite3
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from orchestrator import ledger_file
+from orchestrator import ledger_file, ledger_schema
+from orchestrator.ledger_rows import Trial, Validation
 from orchestrator.states import INTERRUPTED, SweepState, TrialState
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS sweeps (
-    name TEXT PRIMARY KEY,
-    spec_path TEXT, spec_json TEXT, varied_json TEXT, metric TEXT, goal TEXT,
-    state TEXT NOT NULL DEFAULT 'created',
-    stop_requested INTEGER NOT NULL DEFAULT 0,
-    owner_pid INTEGER, owner_start TEXT, owner_host TEXT,
-    created_at REAL, updated_at REAL
-);
-CREATE TABLE IF NOT EXISTS trials (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    sweep TEXT NOT NULL REFERENCES sweeps(name),
-    number INTEGER NOT NULL,
-    config_hash TEXT NOT NULL,
-    params_json TEXT NOT NULL, config_json TEXT,
-    state TEXT NOT NULL, reason TEXT, exit_code INTEGER,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    created_at REAL, started_at REAL, ended_at REAL,
-    run_dir TEXT, pid INTEGER, pgid INTEGER, slot INTEGER, device TEXT,
-    step INTEGER, max_steps INTEGER, last_metric REAL, best_metric REAL,
-    final_json TEXT, best_json TEXT, program_wall REAL,
-    UNIQUE (sweep, config_hash)
-);
-CREATE TABLE IF NOT EXISTS metrics (
-    trial_id INTEGER NOT NULL REFERENCES trials(id),
-    attempt INTEGER NOT NULL, step INTEGER, time REAL, values_json TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS metrics_trial ON metrics (trial_id, attempt);
-"""
 
 def orch_home() -> Path:
     """ORCH_HOME, else ./.orch (like wandb/)."""
@@ -72,61 +44,6 @@ def alive(pid: int | None, start: str | None) -> bool:
     return pid is not None and start is not None and process_start(pid) == start
 
 
-@dataclass
-class Trial:
-    """One row of `trials`, with JSON columns decoded."""
-
-    id: int
-    sweep: str
-    number: int
-    config_hash: str
-    params: dict[str, Any]
-    state: TrialState
-    reason: str | None
-    exit_code: int | None
-    attempts: int
-    created_at: float | None
-    started_at: float | None
-    ended_at: float | None
-    run_dir: str | None
-    pid: int | None
-    pgid: int | None
-    slot: int | None
-    device: str | None
-    step: int | None
-    max_steps: int | None
-    last_metric: float | None
-    best_metric: float | None
-    final: dict[str, Any]
-    best: dict[str, Any]
-    program_wall: float | None
-    job: str | None = None  # the launcher's id of the latest attempt outside orch (Slurm job)
-
-    @classmethod
-    def from_row(cls, row: sqlite3.Row) -> Trial:
-        d = dict(row)
-        return cls(
-            id=d["id"], sweep=d["sweep"], number=d["number"], config_hash=d["config_hash"],
-            params=json.loads(d["params_json"]), state=TrialState(d["state"]),
-            reason=d["reason"],
-            exit_code=d["exit_code"], attempts=d["attempts"], created_at=d["created_at"],
-            started_at=d["started_at"], ended_at=d["ended_at"], run_dir=d["run_dir"],
-            pid=d["pid"], pgid=d["pgid"], slot=d["slot"], device=d["device"], step=d["step"],
-            max_steps=d["max_steps"], last_metric=d["last_metric"],
-            best_metric=d["best_metric"], final=json.loads(d["final_json"] or "{}"),
-            best=json.loads(d["best_json"] or "{}"), program_wall=d["program_wall"],
-            job=d.get("job"))
-
-
-@dataclass
-class Validation:
-    """One validation point of an attempt: its step, unix time and metrics."""
-
-    step: int | None
-    time: float | None
-    metrics: dict[str, Any]
-
-
 class Ledger:
     """All reads and writes of the ledger file."""
 
@@ -145,20 +62,16 @@ class Ledger:
         self.db.row_factory = sqlite3.Row
         ledger_file.check_intact(self.db)  # a malformed page found now, not mid-sweep
         if readonly:
-            if not self.path.exists():  # nothing recorded yet: an empty ledger in memory
-                self.db.executescript(SCHEMA)
+            if ledger_schema.version(self.db) < ledger_schema.VERSION:
+                if self.path.exists():  # an older orch's ledger: read a copy migrated in memory
+                    self.db = ledger_file.copy_to_memory(self.db, self.path)
+                    self.db.row_factory = sqlite3.Row
+                ledger_schema.upgrade(self.db)  # (with nothing recorded yet: empty tables)
             return
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL survives a process kill
         self.db.execute("PRAGMA busy_timeout=30000")
-        self.db.executescript(SCHEMA)
-        # `job` came later (Slurm job ids): ledgers made before get it on first open.
-        if "job" not in {r["name"] for r in self.db.execute("PRAGMA table_info(trials)")}:
-            try:
-                self.db.execute("ALTER TABLE trials ADD COLUMN job TEXT")
-            except sqlite3.OperationalError as err:  # another process added it just now
-                if "duplicate column" not in str(err):
-                    raise
+        ledger_schema.upgrade(self.db)
 
     def close(self) -> None:
         """Close the connection."""
@@ -174,22 +87,24 @@ class Ledger:
     # -- sweeps ---------------------------------------------------------------------------------
 
     def upsert_sweep(self, name: str, spec_path: str, spec: dict[str, Any], varied: list[str],
-                     metric: str, goal: str) -> bool:
-        """Create the sweep, or refresh its spec; True when it already existed (a resume)."""
+                     metric: str, goal: str, wandb_sweep: str | None = None) -> bool:
+        """Create the sweep, or refresh its spec; True when it already existed (a resume).
+        `wandb_sweep` (ENTITY/PROJECT/ID) records the W&B sweep it stands for; None keeps any."""
         now = time.time()
         with self._tx():
             existed = self.db.execute("SELECT 1 FROM sweeps WHERE name=?", (name,)).fetchone()
             if existed:
                 self.db.execute(
                     "UPDATE sweeps SET spec_path=?, spec_json=?, varied_json=?, metric=?, goal=?,"
-                    " updated_at=? WHERE name=?",
-                    (spec_path, json.dumps(spec), json.dumps(varied), metric, goal, now, name))
+                    " wandb_sweep=COALESCE(?, wandb_sweep), updated_at=? WHERE name=?",
+                    (spec_path, json.dumps(spec), json.dumps(varied), metric, goal, wandb_sweep,
+                     now, name))
             else:
                 self.db.execute(
                     "INSERT INTO sweeps (name, spec_path, spec_json, varied_json, metric, goal,"
-                    " created_at, updated_at) VALUES (?,?,?,?,?,?,?,?)",
-                    (name, spec_path, json.dumps(spec), json.dumps(varied), metric, goal, now,
-                     now))
+                    " wandb_sweep, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?)",
+                    (name, spec_path, json.dumps(spec), json.dumps(varied), metric, goal,
+                     wandb_sweep, now, now))
         return bool(existed)
 
     def sweep(self, name: str) -> dict[str, Any] | None:
@@ -213,6 +128,21 @@ class Ledger:
             d["owner_alive"] = alive(d.get("owner_pid"), d.get("owner_start"))
             out.append(d)
         return out
+
+    def wandb_sweep(self, path: str) -> dict[str, Any] | None:
+        """The sweep recorded for the W&B sweep ENTITY/PROJECT/ID (as `sweep` gives it), or
+        None; the latest recorded if several are."""
+        row = self.db.execute("SELECT name FROM sweeps WHERE wandb_sweep=? ORDER BY created_at"
+                              " DESC LIMIT 1", (path,)).fetchone()
+        return self.sweep(row["name"]) if row else None
+
+    def live_owner(self, name: str) -> dict[str, Any] | None:
+        """The sweep's row when another live process owns it (it runs the sweep), else None."""
+        row = self.sweep(name)
+        if row and row["owner_pid"] != os.getpid() and alive(row["owner_pid"],
+                                                            row["owner_start"]):
+            return row
+        return None
 
     def claim(self, name: str) -> dict[str, Any] | None:
         """Make this process the sweep's owner; return the live other owner's row if any."""
@@ -288,8 +218,8 @@ class Ledger:
         self.db.execute(
             "UPDATE trials SET state=?, reason=NULL, exit_code=NULL, pid=?, pgid=?,"
             " run_dir=?, slot=?, device=NULL, started_at=?, ended_at=NULL, step=NULL,"
-            " max_steps=NULL, last_metric=NULL, best_metric=NULL, attempts=attempts+1, job=?"
-            " WHERE id=?",
+            " max_steps=NULL, last_metric=NULL, best_metric=NULL, attempts=attempts+1, job=?,"
+            " result_json=NULL WHERE id=?",
             (TrialState.RUNNING, pid, pgid, run_dir, slot, started_at, job, trial_id))
 
     def set_device(self, trial_id: int, device: str) -> None:
@@ -328,26 +258,31 @@ class Ledger:
 
     def finish(self, trial_id: int, *, state: TrialState, reason: str | None, exit_code: int | None,
                ended_at: float, final: dict[str, Any] | None, best: dict[str, Any] | None,
-               program_wall: float | None, config: dict[str, Any] | None = None) -> None:
-        """The attempt ended: its honest state and what result.json said."""
+               program_wall: float | None, config: dict[str, Any] | None = None,
+               result: dict[str, Any] | None = None) -> None:
+        """The attempt ended: its honest state and what result.json said (`result`, the whole
+        file: reports read its values from here, never from the run dir)."""
         self.db.execute(
             "UPDATE trials SET state=?, reason=?, exit_code=?, ended_at=?, final_json=?,"
-            " best_json=?, program_wall=?, config_json=COALESCE(?, config_json), pid=NULL"
-            " WHERE id=?",
+            " best_json=?, program_wall=?, config_json=COALESCE(?, config_json), pid=NULL,"
+            " result_json=? WHERE id=?",
             (state, reason, exit_code, ended_at, json.dumps(final or {}),
              json.dumps(best or {}), program_wall,
-             json.dumps(config) if config is not None else None, trial_id))
+             json.dumps(config) if config is not None else None,
+             json.dumps(ledger_schema.result_record(result)), trial_id))
 
     IMPORT_COLUMNS = ("state", "reason", "exit_code", "started_at", "ended_at", "run_dir", "step",
                       "max_steps", "last_metric", "best_metric", "program_wall")
 
     def import_trial(self, sweep: str, key: str, params: dict[str, Any], columns: dict[str, Any],
                      final: dict[str, Any], best: dict[str, Any], config: dict[str, Any] | None,
-                     history: list[dict[str, Any]]) -> Trial:
+                     history: list[dict[str, Any]],
+                     result: dict[str, Any] | None = None) -> Trial:
         """Insert or refresh a trial that ran elsewhere (a W&B run) as one finished attempt,
         its metric history replaced, so importing the same run again gives the same ledger.
 
-        `columns` holds IMPORT_COLUMNS; each `history` item is {step, time, metric: value...}.
+        `columns` holds IMPORT_COLUMNS; each `history` item is {step, time, metric: value...};
+        `result` is the run's result.json when it ran here.
         """
         row = self.db.execute("SELECT id FROM trials WHERE sweep=? AND config_hash=?",
                               (sweep, key)).fetchone()
@@ -356,10 +291,11 @@ class Ledger:
         with self._tx():
             self.db.execute(
                 f"UPDATE trials SET {sets}, params_json=?, final_json=?, best_json=?,"
-                f" config_json=?, attempts=1, pid=NULL WHERE id=?",
+                f" config_json=?, result_json=?, attempts=1, pid=NULL WHERE id=?",
                 (*[columns.get(c) for c in self.IMPORT_COLUMNS], json.dumps(params),
                  json.dumps(final), json.dumps(best),
-                 json.dumps(config) if config is not None else None, trial_id))
+                 json.dumps(config) if config is not None else None,
+                 json.dumps(ledger_schema.result_record(result)), trial_id))
             self.db.execute("DELETE FROM metrics WHERE trial_id=?", (trial_id,))
             for h in history:
                 values = {k: v for k, v in h.items() if k not in ("step", "time")}

@@ -157,6 +157,18 @@ def connect(path: Path, readonly: bool) -> GuardedConnection:
     return db
 
 
+def copy_to_memory(db: GuardedConnection, path: Path) -> GuardedConnection:
+    """A copy of the open ledger in memory (which a reader may migrate); `db` is closed."""
+    copy = _open(":memory:", path, readonly=True)
+    try:
+        db.backup(copy)
+    except sqlite3.Error as e:
+        raise (describe(e, path, writing=False) or e) from None
+    finally:
+        db.close()
+    return copy
+
+
 def _corrupt(path: Path) -> bool:
     """Whether the file does not even start like an SQLite database."""
     with open(path, "rb") as fh:

@@ -202,5 +202,5 @@ def _rebuild_trial(ledger: Ledger, sweep: str, number: int,
                       best=result.get("best") if isinstance(result.get("best"), dict) else None,
                       program_wall=outcome.get("program_wall"),
                       config=result.get("config") if isinstance(result.get("config"), dict)
-                      else None)
+                      else None, result=result)
     return False

@@ -6,6 +6,7 @@ the source files the program runs from: for `python -m pkg`, every `.py` file of
 found the way the child would find it; for `python script.py`, that file. So an edited trainer
 is asked again, and a program whose sources cannot be known (another interpreter, a binary) is
 asked every time. Entries appear by atomic rename, so concurrent writers never tear one.
+A program's `describe` answer is cached here the same way, keyed by its own argv.
 """
 
 from __future__ import annotations

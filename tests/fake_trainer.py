@@ -2,6 +2,7 @@
 
     python tests/fake_trainer.py schema                       -> the real trainer's schema
     python tests/fake_trainer.py validate --config F --batch  -> the real trainer's validation
+    python tests/fake_trainer.py describe                     -> the real trainer's declarations
     python tests/fake_trainer.py prepare --config F k=v ...   -> the real trainer's prepare, for a
                                                                 data.path (nothing for the hub)
     python tests/fake_trainer.py --config F --out D k=v ...   -> a scripted "training run"
@@ -155,7 +156,7 @@ def main(argv: list[str]) -> int:
         # A copy of the real schema, saved once per test session: skips a torch import.
         sys.stdout.write(Path(os.environ["FAKE_SCHEMA_FILE"]).read_text())
         return 0
-    if argv[:1] in (["schema"], ["validate"], ["prepare"]):
+    if argv[:1] in (["schema"], ["validate"], ["prepare"], ["describe"]):
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
         from trainer.__main__ import main as trainer_main
         from trainer.config import ConfigError, load_config

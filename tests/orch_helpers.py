@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 import time
@@ -85,3 +86,31 @@ def pid_alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def old_ledger(source: Path, target: Path) -> Path:
+    """A copy of the ledger at `source` as orch made it before schema versions: without the
+    columns added since (trials.job, sweeps.wandb_sweep, trials.result_json), user_version 0."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    src, dst = sqlite3.connect(source), sqlite3.connect(target)
+    try:
+        src.backup(dst)
+        dst.execute("DROP INDEX IF EXISTS sweeps_wandb")
+        for table, column in (("trials", "job"), ("sweeps", "wandb_sweep"),
+                              ("trials", "result_json")):
+            dst.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+        dst.execute("PRAGMA user_version=0")
+        dst.commit()
+    finally:
+        src.close()
+        dst.close()
+    return target
+
+
+def schema_version(path: Path) -> int:
+    """The ledger file's schema version (PRAGMA user_version), read without migrating it."""
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return int(db.execute("PRAGMA user_version").fetchone()[0])
+    finally:
+        db.close()

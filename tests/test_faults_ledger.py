@@ -75,7 +75,7 @@ def _snapshot(home: Path) -> list[tuple]:
     """What the ledger says about each trial (the parts a rebuild must restore)."""
     ledger = Ledger(home, readonly=True)
     rows = [(t.number, t.config_hash, t.params, t.state, t.attempts, t.exit_code, t.run_dir,
-             t.final, t.best, t.step, t.best_metric,
+             t.final, t.best, t.result, t.step, t.best_metric,
              len(ledger.history(t)) if t.attempts else 0)
             for t in ledger.trials("t")]
     ledger.close()

@@ -13,11 +13,12 @@ import pytest
 from orch_helpers import orch_env, run_orch, write_spec
 
 from orchestrator.ledger import Ledger
-from orchestrator.spec.plan import SAMPLE, build_plan
-from orchestrator.run.progress import Progress
-from orchestrator.spec.rejections import WIDTH, group
 from orchestrator.run.loop import RunLoop
+from orchestrator.run.progress import Progress
 from orchestrator.spec.model import SpecError
+from orchestrator.spec.plan import build_plan
+from orchestrator.spec.points import SAMPLE
+from orchestrator.spec.rejections import WIDTH, group
 
 # base_tiny: d_model 64, context 64. n_head 3 does not divide d_model; qk_dim 96 exceeds it
 # (checked only once the model section is valid, so (3, 96) fails for the n_head reason).

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from pathlib import Path
 
-from orch_helpers import orch_env, pid_alive, run_orch, start_orch, starts, wait_for, write_spec
+from orch_helpers import (FAKE, orch_env, pid_alive, run_orch, start_orch, starts, wait_for,
+                          write_spec)
 
 from orchestrator.launch.local import find_marked
 from orchestrator.ledger import Ledger
@@ -175,6 +177,41 @@ def test_second_orchestrator_on_a_running_sweep_is_refused(orch_home: Path,
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 143
+
+
+# The fake trainer, noting each subcommand it is run with (schema, validate, prepare, a trial).
+NOTING = f"""import os, runpy, sys
+with open(os.environ["CALLS_LOG"], "a") as fh:
+    fh.write((sys.argv[1] if len(sys.argv) > 1 else "") + "\\n")
+sys.argv[0] = {str(FAKE)!r}
+runpy.run_path({str(FAKE)!r}, run_name="__main__")
+"""
+
+
+def test_a_busy_sweep_is_refused_before_the_launcher_and_data_are_prepared(
+        orch_home: Path, tmp_path: Path) -> None:
+    noting = tmp_path / "noting.py"
+    noting.write_text(NOTING)
+    calls = tmp_path / "calls.log"
+    spec = write_spec(tmp_path / "s.yaml", parameters={"train.seed": {"values": [1]}},
+                      program=f"{sys.executable} {noting}")
+    docker = write_spec(tmp_path / "d.yaml", launcher={"type": "docker", "image": "orch:none"})
+    ledger = Ledger(orch_home)
+    ledger.upsert_sweep("t", str(spec), {}, ["train.seed"], "val_loss", "minimize")
+    assert ledger.claim("t") is None  # this test's process owns the sweep, and lives
+    env = orch_env(orch_home, CALLS_LOG=str(calls), DOCKER_HOST="unix:///nonexistent.sock")
+    for path in (spec, docker):
+        busy = run_orch(["sweep", str(path)], env)
+        assert busy.returncode == 1, busy.stdout + busy.stderr
+        assert f"sweep t is running under pid {os.getpid()}" in busy.stderr
+        assert "Docker engine" not in busy.stderr  # refused before reaching for the engine
+    assert "prepare" not in calls.read_text().split()
+    assert starts(orch_home) == []
+    # Owned by no one, the same sweep prepares its data, then runs.
+    ledger.release("t", "stopped")
+    proc = run_orch(["sweep", str(spec)], env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "prepare" in calls.read_text().split() and len(starts(orch_home)) == 1
 
 
 def test_name_option_runs_one_spec_as_a_new_sweep(orch_home: Path, tmp_path: Path) -> None:

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 from orch_helpers import orch_env, run_orch, write_spec
 
-from orchestrator.spec.plan import build_plan
 from orchestrator.spec.model import SpecError, parse_duration
+from orchestrator.spec.overrides import parse_set, split_assignment
+from orchestrator.spec.plan import build_plan
 
 
 def _errors(spec: Path) -> list[str]:
@@ -97,10 +98,27 @@ def test_w_and_b_schema_errors_have_lines(orch_home: Path, tmp_path: Path) -> No
 def test_wandb_checks_match_wandb_without_its_scipy_import(params: dict) -> None:
     from sweeps import schema_violations_from_proposed_config
 
-    from orchestrator.spec.plan import _sweeps_violations
+    from orchestrator.spec.sweeps_schema import _sweeps_violations
     search = {"method": "grid", "metric": {"name": "val_loss", "goal": "minimize"},
               "parameters": params}
     assert _sweeps_violations(search) == schema_violations_from_proposed_config(search)
+
+
+def test_set_and_baseline_read_key_value_alike() -> None:
+    # `--set` and `results --baseline key=value` split one way: the key before the first `=`.
+    from orchestrator.report.results import ResultsError, parse_config
+
+    for text in ("optim.lr=3e-4", " model.norm = rmsnorm", "data.path=a=b.csv"):
+        key, raw = split_assignment(text)
+        assert parse_set(text)[0] == key and parse_config(text) == {key: raw.strip()}
+    assert parse_set("optim.lr=3e-4")[1] == 3e-4 and parse_set("train.seed=")[1] is None
+    for bad in ("optim.lr", "=3", " =3"):
+        with pytest.raises(ValueError):
+            split_assignment(bad)
+        with pytest.raises(SpecError, match="not of the form key.path=value"):
+            parse_set(bad)
+        with pytest.raises(ResultsError, match="expected key=value"):
+            parse_config(bad)
 
 
 def test_random_without_run_cap_is_refused(orch_home: Path, tmp_path: Path) -> None:
@@ -181,7 +199,7 @@ def test_sweeps_validator_is_wandbs(search: dict) -> None:
     # Built from the package's schema file so `orch validate` need not import the package.
     from sweeps.config.schema import validator
 
-    from orchestrator.spec.plan import sweeps_validator
+    from orchestrator.spec.sweeps_schema import sweeps_validator
     assert [(list(e.absolute_path), e.message) for e in sweeps_validator().iter_errors(search)] \
         == [(list(e.absolute_path), e.message) for e in validator.iter_errors(search)]
     assert list(validator.iter_errors(search))  # each case has errors

@@ -1,8 +1,9 @@
 """The README's set-up and quick-start commands, taken from the README itself, so they cannot rot.
 
 The set-up commands are what `.ci/run` executes on every fresh clone (checked here line by line);
-the quick-start commands run here for real, with the ledger in a temporary ORCH_HOME, and what
-they print must be the README's samples of it (scripts/readme_samples.py writes those).
+the quick-start commands run here for real, in order, with the ledger in a temporary ORCH_HOME,
+and what they print must be the samples of it in the README and docs/ (scripts/doc_samples.py
+writes those). The other samples (a run of the trainer by hand, a spec error) run here too.
 """
 
 from __future__ import annotations
@@ -12,14 +13,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from readme_samples import (BAD_SPEC, ROOT, SAMPLES, Sample, embedded,  # noqa: E402
-                            execute, normalised, printed, shown)
+from doc_samples import (BAD_SPEC, QUICK_START, ROOT, SAMPLES, Sample,  # noqa: E402
+                         embedded, execute, normalised, page_text, printed, shown)
 
 README = (ROOT / "README.md").read_text()
-REGENERATE = "the README's sample is not what the command prints: run scripts/readme_samples.py"
+REGENERATE = "the page's sample is not what the command prints: run scripts/doc_samples.py"
 
 
 def section(title_prefix: str) -> str:
@@ -52,38 +51,51 @@ def sample(name: str) -> Sample:
     return next(x for x in SAMPLES if x.name == name)
 
 
-def assert_prints_sample(name: str, res: subprocess.CompletedProcess[str], tmp: Path) -> None:
-    """The command's output is the README's sample, but for what varies between runs."""
-    got = printed(sample(name), res.stdout, res.stderr, tmp)
-    assert normalised(got) == normalised(embedded(README, sample(name))), REGENERATE + "\n" + got
+def assert_prints_sample(s: Sample, res: subprocess.CompletedProcess[str], tmp: Path) -> None:
+    """The command's output is its page's sample, but for what varies between runs."""
+    got = printed(s, res.stdout, res.stderr, tmp)
+    assert normalised(got) == normalised(embedded(page_text(s), s)), \
+        f"{s.page}: {REGENERATE}\n{got}"
 
 
-def test_every_sample_is_in_the_readme_with_its_command() -> None:
+def test_every_sample_is_on_its_page_with_its_command() -> None:
     for s in SAMPLES:
-        assert embedded(README, s).strip(), f"sample {s.name} is empty: {REGENERATE}"
-        assert shown(README, s.command), s.command
+        page = page_text(s)
+        assert embedded(page, s).strip(), f"sample {s.name} in {s.page} is empty: {REGENERATE}"
+        assert shown(page, s.command), f"{s.page} does not show `{s.command}`"
 
 
-@pytest.mark.parametrize("command", commands(section("Quick start")))
-def test_quick_start_command_runs(command: str, tmp_path: Path) -> None:
-    res = execute(command, tmp_path, timeout=600)
+def test_quick_start_runs_and_prints_its_samples(tmp_path: Path) -> None:
+    """The README's quick start, command by command in one ledger, as a reader would type it;
+    then the results sample of docs/results.md on the ledger it left."""
+    quick_start = commands(section("Quick start"))
+    assert quick_start[0] == QUICK_START, quick_start
+    by_command = {s.command: s for s in SAMPLES}
+    for command in quick_start:
+        res = execute(command, tmp_path, timeout=600)
+        assert res.returncode == 0, command + "\n" + res.stdout[-2000:] + res.stderr[-2000:]
+        if command == QUICK_START:
+            assert res.stdout.count("finished") >= 6  # every grid trial, in the final table
+        if command in by_command:
+            assert_prints_sample(by_command[command], res, tmp_path)
+    baseline = sample("quick-start-baseline")
+    assert_prints_sample(baseline, execute(baseline.command, tmp_path, timeout=60), tmp_path)
+
+
+def test_by_hand_sample(tmp_path: Path) -> None:
+    s = sample("by-hand")
+    res = execute(s.command, tmp_path, timeout=600)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
-    if "orch" in command and " sweep " in f" {command} ":
-        assert res.stdout.count("finished") >= 6  # every grid trial, in the final table
-        assert_prints_sample("quick-start", res, tmp_path)
-        for table in (sample("quick-start-markdown"), sample("quick-start-baseline")):
-            assert_prints_sample(table.name, execute(table.command, tmp_path, timeout=60),
-                                 tmp_path)
-    else:
-        assert "validation_step" in res.stdout
-        assert_prints_sample("by-hand", res, tmp_path)
+    assert "validation_step" in res.stdout
+    assert_prints_sample(s, res, tmp_path)
 
 
 def test_spec_error_sample(tmp_path: Path) -> None:
     (tmp_path / "bad.yaml").write_text(BAD_SPEC.format(base=ROOT / "sweeps" / "base_tiny.yaml"))
-    res = execute(sample("spec-error").command, tmp_path, tmp_path, timeout=120)
+    s = sample("spec-error")
+    res = execute(s.command, tmp_path, tmp_path, timeout=120)
     assert res.returncode == 2, res.stderr
-    assert_prints_sample("spec-error", res, tmp_path)
+    assert_prints_sample(s, res, tmp_path)
 
 
 def test_normalised_blanks_only_what_varies() -> None:

@@ -23,7 +23,7 @@ from orch_helpers import BASE_TINY, orch_env, run_orch, wait_for, write_spec
 
 from orchestrator.ledger import Ledger
 from orchestrator.report import figures, importance
-from orchestrator.report.results import trial_values
+from orchestrator.report.results import load, trial_values
 from orchestrator.states import TrialState
 
 LRS = {0.001: 2.0, 0.003: 1.6, 0.01: 1.2}  # lr matters most: a larger lr, a lower val_loss
@@ -145,7 +145,7 @@ def test_report_in_a_browser(home: Path, chromium: str, tmp_path: Path) -> None:
         layers = [int(v) for v, _ in _column(browser, "model.n_layer")]
         shown = _column(browser, "val_loss")
         for lr, n, (value, text) in zip(lrs, layers, shown):
-            mine = [trial_values(t)["val_loss"] for t in done
+            mine = [trial_values(t, ["val_loss"])["val_loss"] for t in done
                     if (t.params["optim.lr"], t.params["model.n_layer"]) == (lr, n)]
             assert mine == pytest.approx([final(lr, n, s) for s in SEEDS
                                           if (lr, n, s) != DIVERGED])
@@ -211,8 +211,9 @@ def test_report_refuses_an_unknown_sweep(home: Path, tmp_path: Path) -> None:
 
 def test_importance_names_the_parameter_that_matters(home: Path) -> None:
     ledger = Ledger(home, readonly=True)
-    imp = importance.compute(ledger.trials("grid"), ["optim.lr", "model.n_layer", "train.seed"],
-                             "val_loss", "minimize")
+    keys = load(ledger, ["grid"]).keys
+    assert keys == ["optim.lr", "model.n_layer"]  # seeds are not parameters here
+    imp = importance.compute(ledger.trials("grid"), keys, "val_loss", "minimize")
     assert imp.reason is None and imp.n == 11
     assert [p.name for p in imp.params] == ["optim.lr", "model.n_layer"]  # seeds left out
     lr, layers = imp.params
@@ -276,7 +277,7 @@ def _trainer_hash(config: Path) -> str:
 def _best_trial(home: Path, name: str) -> Any:
     done = [t for t in Ledger(home, readonly=True).trials(name)
             if t.state == TrialState.FINISHED]
-    return min(done, key=lambda t: trial_values(t)["val_loss"])
+    return min(done, key=lambda t: trial_values(t, ["val_loss"])["val_loss"])
 
 
 def test_best_is_base_plus_point_with_the_trials_hash(home: Path, tmp_path: Path) -> None:

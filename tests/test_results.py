@@ -9,14 +9,18 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
 import statistics
 from pathlib import Path
 from typing import Any
 
 import pytest
-from orch_helpers import orch_env, run_orch, write_spec
+from orch_helpers import old_ledger, orch_env, run_orch, schema_version, write_spec
 
+from orchestrator import ledger_schema
 from orchestrator.ledger import Ledger
+from orchestrator.report import results as results_mod
+from orchestrator.report import tables
 
 # Sweep "a" (now): final val_loss per (lr, seed); the last curve point is the final value.
 A_FINAL = {("0.001", 1): 1.5, ("0.001", 2): 1.7, ("0.001", 3): 1.9,
@@ -123,6 +127,45 @@ def test_failed_trials_never_rank_above_finished_and_missing_stays_missing(home:
     assert len(failed) == 3 and all(r["val_loss"] == "—" for r in failed)
     assert table[0]["val_loss"] == f"{min(A_FINAL.values()):.4f} ★"
     assert "0.0000" not in md
+
+
+def _per_trial_json(home: Path) -> dict[str, Any]:
+    """`orch results t --group-by none --format json`, in this process (a read-only open)."""
+    ledger = Ledger(home, readonly=True)
+    try:
+        report = results_mod.load(ledger, ["t"], per_trial=True)
+    finally:
+        ledger.close()
+    return json.loads(tables.to_json(tables.report_grid(report)))
+
+
+def test_results_come_from_the_ledger_alone_and_old_ledgers_migrate(
+        tmp_path: Path, fake_schema_file: Path) -> None:
+    home, old = tmp_path / "home", tmp_path / "old"
+    spec = write_spec(tmp_path / "s.yaml", parameters={"train.seed": {"values": [1, 2]}})
+    script = {"key": "train.seed", "cases": {"1": {"curve": [3.0, 1.5]},
+                                             "2": {"curve": [3.0, 1.25]}}}
+    proc = run_orch(["sweep", str(spec)],
+                    orch_env(home, script, FAKE_SCHEMA_FILE=str(fake_schema_file)))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    before = as_json(home, "t", "--group-by", "none")
+    assert _per_trial_json(home) == before
+    rows = before["rows"]
+    assert [r["val_loss"] for r in rows] == [1.25, 1.5]
+    # What only result.json holds (the fake trainer writes 1000 tokens/s, 1 parameter).
+    assert [(r["tokens_per_s"], r["parameters"]) for r in rows] == [(1000.0, 1)] * 2
+    assert all(r["wall_time_s"] is not None for r in rows)
+    # A ledger from before schema versions: read, it is migrated in memory and left as it is;
+    # opened for writing, it is migrated for good (result.json values taken from the run dirs).
+    old_ledger(home / "ledger.sqlite", old / "ledger.sqlite")
+    assert _per_trial_json(old) == before
+    assert schema_version(old / "ledger.sqlite") == 0
+    Ledger(old).close()
+    assert schema_version(old / "ledger.sqlite") == ledger_schema.VERSION
+    # Without the run dirs, both ledgers still give the same numbers.
+    shutil.rmtree(home / "runs")
+    assert as_json(home, "t", "--group-by", "none") == before
+    assert _per_trial_json(old) == before
 
 
 def test_maximize_sorts_descending(home: Path) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from orch_helpers import orch_env, pid_alive, run_orch, wait_for
+from orch_helpers import old_ledger, orch_env, pid_alive, run_orch, schema_version, wait_for
 from wandb_records import offline_run, read_records
 
 from orchestrator.report import results as results_mod
@@ -230,7 +230,31 @@ def test_import_maps_wandb_runs_to_honest_trials(tmp_path: Path,
     assert lost.params["optim.lr"] == 0.01 and lost.final["val_loss"] is not None
     report = results_mod.load(ledger, [name], per_trial=True)
     assert [r.states for r in report.rows][0] == {"finished": 1}
-    assert ledger.sweep(name)["spec"]["wandb"]["path"] == "ent/mainrun/swp123"
+    assert ledger.sweep(name)["wandb_sweep"] == "ent/mainrun/swp123"
+
+
+def test_an_old_ledger_keeps_its_wandb_sweeps(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    # Ledgers from before the wandb_sweep column kept the reference in the stored spec.
+    made = Ledger(tmp_path / "new")
+    made.upsert_sweep("smoke", "", {"wandb": {"path": "ent/mainrun/swp123"}}, [], "val_loss",
+                      "minimize")
+    made.upsert_sweep("local", "local.yaml", {}, [], "val_loss", "minimize")
+    made.close()
+    path = old_ledger(tmp_path / "new" / "ledger.sqlite", tmp_path / "home" / "ledger.sqlite")
+    reader = Ledger(tmp_path / "home", readonly=True)  # migrated in memory, the file untouched
+    assert wandb_backend.resolve(reader, "smoke").path == "ent/mainrun/swp123"
+    assert schema_version(path) == 0
+    ledger = Ledger(tmp_path / "home")
+    assert ledger.sweep("smoke")["wandb_sweep"] == "ent/mainrun/swp123"
+    assert ledger.sweep("local")["wandb_sweep"] is None
+    assert ledger.wandb_sweep("ent/mainrun/swp123")["name"] == "smoke"
+    # Results of that W&B sweep land in the sweep recorded for it, found by the column.
+    remote = _remote(tmp_path, monkeypatch)
+    name = wandb_backend.results(ledger, "ent/mainrun/swp123", tmp_path / "home",
+                                 fetch=lambda ref: remote)
+    assert name == "smoke" and len(ledger.trials("smoke")) == 3
+    assert [s["name"] for s in ledger.sweeps()] == ["smoke", "local"]
 
 
 # --- orch agent and orch sync on a stand-in `wandb` ------------------------------------------
@@ -319,8 +343,8 @@ def test_sync_uploads_offline_runs_or_says_there_is_no_network(fake_wandb: dict[
                                                                tmp_path: Path) -> None:
     home = Path(fake_wandb["ORCH_HOME"])
     ledger = Ledger(home)
-    ledger.upsert_sweep("smoke", "", {"wandb": {"path": "ent/mainrun/swp123"}}, [], "val_loss",
-                        "minimize")
+    ledger.upsert_sweep("smoke", "", {}, [], "val_loss", "minimize",
+                        wandb_sweep="ent/mainrun/swp123")
     runs = [home / "runs" / "smoke" / r / "wandb" / f"offline-run-20260101_000000-{r}"
             for r in ("run0001", "run0002")]
     for r in runs:

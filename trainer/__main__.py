@@ -3,6 +3,7 @@
     python -m trainer --config FILE --out RUN_DIR [key.path=value ...]   train one run
     python -m trainer schema                                           JSON Schema of the config
     python -m trainer docs                                             Markdown config reference
+    python -m trainer describe                                         what it declares (JSON)
     python -m trainer validate --config FILE [key=value ...] [--batch] check configs, train nothing
     python -m trainer prepare --config FILE [key=value ...]            build the data cache only
     python -m trainer probe --config FILE [key=value ...]              time a few steps (JSON)
@@ -178,6 +179,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if argv[:1] == ["schema"]:
             print(json.dumps(json_schema(), indent=2))
+            return 0
+        if argv[:1] == ["describe"]:
+            from trainer.describe import description
+
+            print(json.dumps(description(), indent=2))
             return 0
         if argv[:1] == ["docs"]:
             print(config_reference())

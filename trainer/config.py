@@ -1,7 +1,7 @@
 """The trainer's whole configuration: one pydantic model, loaded from YAML plus dotted overrides.
 
 The model is the single source of truth: `python -m trainer schema` prints its JSON Schema, the
-orchestrator validates sweep parameters against that schema, and the README documents it.
+orchestrator validates sweep parameters against that schema, and docs/trainer.md documents it.
 """
 
 from __future__ import annotations
@@ -376,7 +376,7 @@ def _section_rows(prefix: str, model: type[BaseModel], note: str = "") -> list[s
 
 
 def config_reference() -> str:
-    """The Markdown table of every config field (`python -m trainer docs`; the README embeds it)."""
+    """The Markdown table of every config field (`python -m trainer docs`, in docs/trainer.md)."""
     from typing import get_args
 
     rows = ["| field | type | default | meaning |", "|---|---|---|---|"]

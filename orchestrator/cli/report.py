@@ -112,8 +112,7 @@ def print_importance(ledger: Ledger, names: list[str], report: Report) -> None:
     from orchestrator.report import importance
 
     trials = [t for n in names for t in ledger.trials(n)]
-    keys = [k for n in names for k in (ledger.sweep(n) or {}).get("varied", [])
-            if k not in results_mod.SEEDS]
-    imp = importance.compute(trials, list(dict.fromkeys(keys)), report.metric, report.goal)
+    keys = results_mod.load(ledger, names).keys  # the varied parameters less the seeds
+    imp = importance.compute(trials, keys, report.metric, report.goal)
     for line in importance.lines(imp):
         err.print(line, highlight=False, markup=False, soft_wrap=True)

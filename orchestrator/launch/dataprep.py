@@ -1,10 +1,11 @@
 """The data the trials read, prepared once before the first launch.
 
-Each distinct data setting of the sweep's trials (data.*, tokenizer.*, and the batch shape a run
-checks the tokens against) runs the contract's `PROGRAM prepare` once, before anything launches:
+Each distinct data setting of the sweep's trials (the keys the program's `describe` names as
+`data_keys`) runs the contract's `PROGRAM prepare` once, before anything launches:
 the cache is warm when the trials start, and a titles file the program cannot use (no `title`
 column, not UTF-8, too few titles for one batch) stops the sweep in seconds with the program's
-own message, exit 2, nothing launched, instead of failing every trial.
+own message, exit 2, nothing launched, instead of failing every trial. A program that declares
+no `prepare` prepares nothing here.
 """
 
 from __future__ import annotations
@@ -22,22 +23,23 @@ from orchestrator.spec.plan import Plan
 from orchestrator.search import param_names
 from orchestrator.spec.model import SpecError
 
-PREPARE_KEYS = ("data.", "tokenizer.", "train.batch_size", "train.context_length")
-
 
 def data_settings(plan: Plan) -> list[dict[str, Any]]:
     """The distinct data settings of the trials known before the first launch: those of every
     grid point, or the fixed ones of a random or bayes search whose parameters leave the data
     alone (one that searches over the data prepares each draw as it launches)."""
+    described = plan.described
+    if not described.prepare:
+        return []
     if plan.grid is not None:
         points = [plan.resolved(point) for point, _ in plan.grid]
-    elif any(name.startswith(PREPARE_KEYS) for name, _, _ in param_names(plan.spec.parameters)):
+    elif any(described.is_data_key(name) for name, _, _ in param_names(plan.spec.parameters)):
         return []
     else:
         points = [plan.fixed]
     distinct: dict[str, dict[str, Any]] = {}
     for point in points:
-        sets = {k: v for k, v in point.items() if k.startswith(PREPARE_KEYS)}
+        sets = {k: v for k, v in point.items() if described.is_data_key(k)}
         distinct.setdefault(json.dumps(sets, sort_keys=True, default=str), sets)
     return list(distinct.values())
 

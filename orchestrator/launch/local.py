@@ -17,12 +17,10 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from signal import Signals
+from typing import Callable
 
 from orchestrator.launch.protocol import MARKER, Launch, Run
-
-if TYPE_CHECKING:
-    pass
 
 PR_SET_PDEATHSIG = 1
 
@@ -68,8 +66,7 @@ class Running(Run):
 class LocalLauncher:
     """Starts trial processes and waits for them without busy polling (pidfd where available)."""
 
-    def __init__(self, kill_grace: float) -> None:
-        self.kill_grace = kill_grace
+    def __init__(self) -> None:
         self._arm = _pdeathsig_hook()
         self._selector = selectors.DefaultSelector()
         self._pidfds: dict[int, int] = {}
@@ -87,7 +84,7 @@ class LocalLauncher:
         run_dir.mkdir(parents=True, exist_ok=True)
         log = run_dir / "trial.log"
         with open(log, "ab") as out:
-            proc = subprocess.Popen(launch.argv, stdin=subprocess.DEVNULL, stdout=out,
+            proc = subprocess.Popen(launch.command.host(), stdin=subprocess.DEVNULL, stdout=out,
                                     stderr=subprocess.STDOUT,
                                     env={**launch.env, MARKER: launch.marker},
                                     start_new_session=True, preexec_fn=self._arm,
@@ -95,7 +92,7 @@ class LocalLauncher:
         now = time.time()
         self._watch(proc.pid)
         return Running(trial_id=launch.trial_id, proc=proc, run_dir=run_dir, started=now,
-                       deadline=now + launch.timeout if launch.timeout else None, log=log)
+                       begun=now, log=log)
 
     def _watch(self, pid: int) -> None:
         try:
@@ -119,17 +116,10 @@ class LocalLauncher:
         else:
             time.sleep(timeout)
 
-    def terminate(self, run: Running, reason: str | None = None, timed_out: bool = False) -> None:
-        """SIGTERM the trial's process group (once); SIGKILL follows after the grace period."""
-        if run.request_stop(reason, timed_out):
-            _signal_group(run.pgid, signal.SIGTERM)
-
-    def enforce(self, run: Running, now: float) -> None:
-        """Apply the timeout and the SIGKILL after grace."""
-        if run.deadline is not None and now >= run.deadline and run.term_sent is None:
-            self.terminate(run, timed_out=True)
-        if run.term_sent is not None and now - run.term_sent >= self.kill_grace:
-            _signal_group(run.pgid, signal.SIGKILL)
+    def signal(self, run: Run, sig: Signals) -> None:
+        """Send `sig` to the trial's whole process group."""
+        assert isinstance(run, Running)
+        _signal_group(run.pgid, sig)
 
     def reap(self, run: Running) -> int | None:
         """The exit code if the process ended (its group's stragglers are killed), else None."""

@@ -5,11 +5,13 @@ values that pass between them: one attempt's Launch, the live Run, and LauncherE
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from signal import Signals
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
+    from orchestrator.launch.command import Command
     from orchestrator.ledger import Trial
     from orchestrator.states import TrialState
 
@@ -25,33 +27,35 @@ class LauncherError(Exception):
 class Launch:
     """Everything about one trial attempt a launcher may need.
 
-    `argv` and `env` are the host command and environment (what the local launcher runs); a
-    container launcher rebuilds the command from `program`, `base` and `point` with its own paths.
+    `command` is what runs (each launcher renders it for its world); `env` is the host
+    environment (what the local launcher runs it in).
     """
 
     trial_id: int
     number: int
     attempt: int
-    argv: list[str]
+    command: Command
     run_dir: Path
     env: dict[str, str]
-    timeout: float | None
     marker: str
-    base: Path
-    point: dict[str, Any]
     device: str
 
 
 @dataclass(kw_only=True)
 class Run:
-    """A live trial attempt, whatever runs it."""
+    """A live trial attempt, whatever runs it.
+
+    The launcher fills in what it sees (when it began running, an OOM, a verdict, a job id);
+    the run loop keeps how it is being stopped (run/stopping.py).
+    """
 
     trial_id: int
     run_dir: Path
     started: float
-    deadline: float | None
     log: Path
+    begun: float | None = None  # when it began running (None while queued): timeouts count from it
     term_sent: float | None = None
+    kill_sent: bool = False
     stop_reason: str | None = None
     timed_out: bool = False
     oom: str | None = None  # why the launcher knows it ran out of memory (beyond the exit code)
@@ -59,7 +63,6 @@ class Run:
     # over the exit code unless orch itself stopped the trial or it finished.
     verdict: tuple[TrialState, str] | None = None
     job: str | None = None  # an id outside this process (a Slurm job id), kept in the ledger
-    extra: dict[str, object] = field(default_factory=dict)
 
     def request_stop(self, reason: str | None, timed_out: bool) -> bool:
         """Record why the trial is being stopped; True the first time (send the signal then).
@@ -85,7 +88,6 @@ class Run:
         return None
 
 
-
 class Launcher(Protocol):
     """What the run loop needs from a launcher; one instance serves one sweep run."""
 
@@ -101,11 +103,9 @@ class Launcher(Protocol):
     def wait_any(self, timeout: float) -> None:
         """Sleep until some trial may have ended, or `timeout` seconds pass."""
 
-    def terminate(self, run: Run, reason: str | None = None, timed_out: bool = False) -> None:
-        """Ask a trial to stop (SIGTERM); enforce() kills it after the grace period."""
-
-    def enforce(self, run: Run, now: float) -> None:
-        """Apply the timeout and the kill after grace."""
+    def signal(self, run: Run, sig: Signals) -> None:
+        """Deliver SIGTERM (ask the trial to stop) or SIGKILL (end it now); the run loop
+        decides when (run/stopping.py). A trial that already ended is left alone."""
 
     def reap(self, run: Run) -> int | None:
         """The exit code once the trial ended (its resources released), else None."""

@@ -20,7 +20,7 @@ from orchestrator.ledger import Ledger, Trial, iter_states
 from orchestrator.report import best as best_mod
 from orchestrator.report import figures, importance
 from orchestrator.report import results as results_mod
-from orchestrator.report.results import SEEDS, ResultsError, trial_values
+from orchestrator.report.results import ResultsError, trial_values
 from orchestrator.report.tables import MISSING, Grid, fmt, fmt_param, report_grid
 from orchestrator.states import TrialState
 
@@ -68,7 +68,9 @@ def render(ledger: Ledger, names: list[str], baseline: str | None = None) -> str
         results_mod.set_baseline(report, ledger, baseline)
     sweeps = [ledger.sweep(n) or {} for n in names]
     trials = [t for n in names for t in ledger.trials(n) if t.state != TrialState.INVALID]
-    keys = list(dict.fromkeys(k for s in sweeps for k in s.get("varied", []) if k not in SEEDS))
+    # The parameters that make a configuration: the varied ones less the seeds the programs
+    # declare (a default load leaves exactly those as its keys).
+    keys = list(report.keys)
     metric, goal = report.metric, report.goal
     imp = importance.compute(trials, keys, metric, goal)
     top = report.best
@@ -182,7 +184,7 @@ def _grid_table(grid: Grid, report: results_mod.Report) -> str:
     """`orch results`'s grid, each cell keyed by its record's value for sorting."""
     keys = (["sweep"] if len(report.sweeps) > 1 else []) + \
         (["n"] if report.grouped else ["trial"]) + report.keys + \
-        [c.key for c in results_mod.columns(report.metric)] + \
+        [c.key for c in results_mod.columns(report.metric, report.metrics)] + \
         (["delta", "delta_pct"] if report.baseline_value is not None else []) + \
         ["status", "note"]
     assert len(keys) == len(grid.headers), (keys, grid.headers)
@@ -202,7 +204,7 @@ def _trials_table(trials: list[Trial], keys: list[str], named: figures.Names,
         [False, True, True, True, False, False]
     cells, values, styles = [], [], []
     for t in trials:
-        got = trial_values(t)
+        got = trial_values(t, [metric])
         vals = ([t.sweep] if multi else []) + [t.number, *[t.params.get(k) for k in keys],
                                                str(t.state), got.get(metric),
                                                got.get("best_step"), got.get("wall_time_s"),

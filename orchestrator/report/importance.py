@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.ledger import Trial
-from orchestrator.report.results import SEEDS, trial_values
+from orchestrator.report.results import trial_values
 from orchestrator.states import TrialState
 
 # Below this many finished trials a forest fit on them explains noise as much as anything.
@@ -78,7 +78,7 @@ def scored(trials: list[Trial], metric: str) -> list[tuple[Trial, float]]:
     for t in trials:
         if t.state != TrialState.FINISHED:
             continue
-        value = trial_values(t).get(metric)
+        value = trial_values(t, [metric])[metric]
         if value is not None:
             out.append((t, value))
     return out
@@ -86,10 +86,11 @@ def scored(trials: list[Trial], metric: str) -> list[tuple[Trial, float]]:
 
 def compute(trials: list[Trial], keys: list[str], metric: str, goal: str,
             min_trials: int = MIN_TRIALS) -> Importances:
-    """fANOVA importances of `keys` (seeds left out) for `metric` over the finished trials."""
+    """fANOVA importances of `keys` for `metric` over the finished trials. `keys` are the
+    parameters that make a configuration (`results.load(...).keys`: seeds are not among them)."""
     done = scored(trials, metric)
     result = Importances(metric, len(done))
-    keys = [k for k in keys if k not in SEEDS and all(k in t.params for t, _ in done)]
+    keys = [k for k in keys if all(k in t.params for t, _ in done)]
     varied = [k for k in keys if len({_category(t.params[k]) for t, _ in done}) > 1]
     if len(done) < min_trials:
         result.reason = (f"too few finished trials for parameter importance: {len(done)} with "

@@ -16,8 +16,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from orchestrator.contract import describe_recorded
 from orchestrator.ledger import Ledger, Trial
-from orchestrator.report.results import SEEDS, Report, load, trial_values
+from orchestrator.report.results import Report, load, trial_values
 from orchestrator.report.tables import fmt_param
 from orchestrator.states import TrialState
 
@@ -38,7 +39,8 @@ def plot_sweep(ledger: Ledger, name: str, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     report = load(ledger, [name])
     trials = [t for t in ledger.trials(name) if t.state != TrialState.INVALID]
-    keys = [v for v in sweep["varied"] if v not in SEEDS]
+    seeds = describe_recorded(sweep["spec"].get("program")).seeds
+    keys = [v for v in sweep["varied"] if v not in seeds]
     metric, goal = sweep["metric"], sweep["goal"]
     paths: list[Path] = []
     for axis in ("step", "time"):
@@ -46,7 +48,7 @@ def plot_sweep(ledger: Ledger, name: str, out_dir: Path) -> list[Path]:
         if fig is not None:
             paths.append(_save(fig, out_dir / f"curves_{axis}.png"))
     done = [t for t in trials if t.state == TrialState.FINISHED
-            and trial_values(t).get(metric) is not None]
+            and trial_values(t, [metric])[metric] is not None]
     for key in keys:
         if done:
             others = [k for k in keys if k != key]
@@ -167,7 +169,7 @@ def by_parameter(name: str, trials: list[Trial], key: str, metric: str, goal: st
     Scatter points are coloured by `color_by` (another varied parameter) when it has at most
     ten values, so an interaction between the two shows.
     """
-    pairs = [(t.params.get(key), trial_values(t)[metric], t) for t in trials]
+    pairs = [(t.params.get(key), trial_values(t, [metric])[metric], t) for t in trials]
     pairs = [(x, y, t) for x, y, t in pairs if x is not None and y is not None]
     fig = Figure(figsize=SIZE)
     ax = fig.add_subplot()
@@ -222,7 +224,7 @@ def heatmap(name: str, trials: list[Trial], row_key: str, col_key: str, metric: 
     cols = _sort_values([t.params.get(col_key) for t in trials])
     cells: dict[tuple[int, int], list[float]] = {}
     for t in trials:
-        v = trial_values(t)[metric]
+        v = trial_values(t, [metric])[metric]
         r, c = t.params.get(row_key), t.params.get(col_key)
         if v is not None and r in rows and c in cols:
             cells.setdefault((rows.index(r), cols.index(c)), []).append(v)

@@ -2,8 +2,9 @@
 
 A row is one trial, or one configuration aggregated over its seeds (mean, sample std and n over
 its *finished* trials only). Numbers are only what the trials computed: metrics and best step
-from result.json as the ledger holds it, throughput, parameter count and wall time from the
-trial's own result.json. A number that does not exist stays None (shown as missing, never 0).
+from result.json as the ledger holds it, throughput, parameter count and wall time likewise
+(stored when the trial ended; run dirs are never read). A number that does not exist stays None
+(shown as missing, never 0).
 
 Order: rows with a finished trial first, by the sweep metric in its goal's direction; failed,
 diverged, stopped and unfinished rows after them, whatever their partial numbers say.
@@ -15,16 +16,15 @@ import json
 import math
 import statistics
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import yaml
 
-from orchestrator.contract import METRICS, finite, read_result
+from orchestrator.contract import Metric, describe_recorded, finite
 from orchestrator.ledger import Ledger, Trial
+from orchestrator.spec.overrides import split_assignment
 from orchestrator.states import TrialState
 
-SEEDS = ("train.seed", "data.seed")  # varied, but not what a configuration is
 # A row's states, finished first (as the rows are ordered), unfinished last.
 STATE_ORDER = (TrialState.FINISHED, TrialState.STOPPED, TrialState.DIVERGED, TrialState.FAILED,
                TrialState.OOM, TrialState.TIMEOUT, TrialState.KILLED, TrialState.RUNNING,
@@ -44,12 +44,15 @@ class Column:
     kind: str  # loss | share | step | rate | count | seconds
 
 
-def columns(metric: str) -> list[Column]:
-    """The number columns, the sweep metric first and coverage right after it."""
-    labels = {"val_coverage": "coverage"}
-    names = list(dict.fromkeys([metric, "val_coverage", "val_bpb", "val_loss_tok"]))
-    cols = [Column(n, labels.get(n, n), "share" if n == "val_coverage" else "loss")
-            for n in names]
+def columns(metric: str, metrics: Sequence[Metric] = ()) -> list[Column]:
+    """The number columns: the sweep metric first, then the program's other metrics in the
+    order it declares them."""
+    by_name = {m.name: m for m in metrics}
+    cols = []
+    for name in dict.fromkeys([metric, *by_name]):
+        m = by_name.get(name)
+        cols.append(Column(name, (m.label if m else None) or name,
+                           "share" if m and m.share else "loss"))
     return cols + [Column("best_step", "best step", "step"),
                    Column("tokens_per_s", "tokens/s", "rate"),
                    Column("parameters", "params", "count"),
@@ -121,6 +124,11 @@ class Report:
     rows: list[Row]
     baseline_label: str | None = None
     baseline_value: float | None = None
+    metrics: list[Metric] = field(default_factory=list)  # what the programs declare
+
+    def metric_names(self) -> list[str]:
+        """The sweep metric and the declared ones: the metric values a row holds."""
+        return list(dict.fromkeys([self.metric, *(m.name for m in self.metrics)]))
 
     @property
     def best(self) -> Row | None:
@@ -151,14 +159,13 @@ class Comparison:
 # -- reading --------------------------------------------------------------------------------------
 
 
-def trial_values(t: Trial) -> dict[str, float | None]:
-    """What one trial computed, by column key; None where it computed nothing."""
-    result = read_result(Path(t.run_dir)) if t.run_dir else None
-    result = result or {}
-    values: dict[str, float | None] = {m: finite(t.final.get(m)) for m in METRICS}
+def trial_values(t: Trial, metrics: Sequence[str]) -> dict[str, float | None]:
+    """What one trial computed of `metrics` and the other columns (from the ledger alone);
+    None where it computed nothing."""
+    values: dict[str, float | None] = {m: finite(t.final.get(m)) for m in metrics}
     values["best_step"] = finite(t.best.get("step"))
     for key in ("tokens_per_s", "parameters", "wall_time_s"):
-        values[key] = finite(result.get(key))
+        values[key] = finite(t.result.get(key))
     if values["wall_time_s"] is None:
         # No result.json (killed, timed out): the process wall time the orchestrator measured.
         values["wall_time_s"] = finite(t.program_wall)
@@ -190,6 +197,8 @@ def load(ledger: Ledger, names: list[str], group_by: list[str] | None = None,
     metric = goal = None
     varied: list[str] = []
     trials: list[Trial] = []
+    seeds: list[str] = []
+    metrics: dict[str, Metric] = {}
     for name in names:
         row = ledger.sweep(name)
         if row is None:
@@ -200,10 +209,13 @@ def load(ledger: Ledger, names: list[str], group_by: list[str] | None = None,
                                f"not {metric} ({goal}): their rows do not compare")
         metric, goal = row["metric"], row["goal"]
         varied += [v for v in row["varied"] if v not in varied]
+        described = describe_recorded(row["spec"].get("program"))
+        seeds += described.seeds
+        metrics.update({m.name: m for m in described.metrics if m.name not in metrics})
         trials += [t for t in ledger.trials(name) if t.state != TrialState.INVALID]
     assert metric is not None and goal is not None
     if group_by is None and not per_trial:
-        keys = [v for v in varied if v not in SEEDS]
+        keys = [v for v in varied if v not in seeds]
         per_trial = len(keys) == len(varied)
     else:
         keys = list(group_by or [])
@@ -211,27 +223,32 @@ def load(ledger: Ledger, names: list[str], group_by: list[str] | None = None,
         if unknown:
             raise ResultsError(f"--group-by {', '.join(unknown)}: not a parameter of these "
                                f"sweeps (varied: {', '.join(varied) or 'none'})")
-    rows = [_trial_row(t) for t in trials] if per_trial else _group(trials, keys)
-    report = Report(names, metric, goal, varied if per_trial else keys, not per_trial, rows)
+    report = Report(names, metric, goal, varied if per_trial else keys, not per_trial, [],
+                    metrics=list(metrics.values()))
+    shown = report.metric_names()
+    report.rows = [_trial_row(t, shown) for t in trials] if per_trial else \
+        _group(trials, keys, shown)
     _order(report)
     return report
 
 
-def _trial_row(t: Trial) -> Row:
-    values = {k: Stat(v, None, 0 if v is None else 1) for k, v in trial_values(t).items()}
+def _trial_row(t: Trial, metrics: Sequence[str]) -> Row:
+    values = {k: Stat(v, None, 0 if v is None else 1)
+              for k, v in trial_values(t, metrics).items()}
     note = (t.reason or "") if t.state != TrialState.FINISHED else ""
     return Row(t.sweep, [t.number], dict(t.params), {t.state: 1}, values, note)
 
 
-def _group(trials: list[Trial], keys: list[str]) -> list[Row]:
+def _group(trials: list[Trial], keys: list[str], metrics: Sequence[str]) -> list[Row]:
     groups: dict[tuple[str, ...], list[Trial]] = {}
     for t in trials:
         groups.setdefault((t.sweep, *[_canon(t.params.get(k)) for k in keys]), []).append(t)
     rows = []
     for members in groups.values():
-        finished = [(t, trial_values(t)) for t in members if t.state == TrialState.FINISHED]
+        finished = [(t, trial_values(t, metrics)) for t in members
+                    if t.state == TrialState.FINISHED]
         done = [v for _, v in finished]
-        keys_seen = done[0].keys() if done else trial_values(members[0]).keys()
+        keys_seen = done[0].keys() if done else trial_values(members[0], metrics).keys()
         # Means over finished trials only: a partial number from a stopped run is not a result.
         values = {k: _stat([v[k] for v in done if v[k] is not None]) for k in keys_seen}
         states: dict[TrialState, int] = {}
@@ -285,10 +302,11 @@ def parse_config(text: str) -> dict[str, str]:
     """`key=value,key=value` as a dict (values kept as text, matched loosely)."""
     out = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
-        if "=" not in part:
-            raise ResultsError(f"baseline config {text!r}: expected key=value,... ")
-        k, v = part.split("=", 1)
-        out[k.strip()] = v.strip()
+        try:
+            k, v = split_assignment(part)
+        except ValueError:
+            raise ResultsError(f"baseline config {text!r}: expected key=value,... ") from None
+        out[k] = v.strip()
     return out
 
 
@@ -323,7 +341,7 @@ def set_baseline(report: Report, ledger: Ledger, spec: str) -> None:
         row = next((r for r in report.rows if report.grouped and r.sweep == name
                     and int(number) in r.trials), None)
         label = f"the row of trial {number} of {name}" if row else f"trial {number} of {name}"
-        row = row or _trial_row(found[0])
+        row = row or _trial_row(found[0], report.metric_names())
         if row.finished == 0:
             raise ResultsError(f"--baseline {spec}: trial {number} of {name} did not finish "
                                f"({found[0].state})")

@@ -134,7 +134,7 @@ def _verdict(change: float | None, goal: str) -> str:
 
 def report_grid(report: Report, title: str | None = None) -> Grid:
     """The comparison table of a report."""
-    cols = columns(report.metric)
+    cols = columns(report.metric, report.metrics)
     multi = len(report.sweeps) > 1
     heads = (["sweep"] if multi else []) + (["n"] if report.grouped else ["trial"])
     heads += report.keys + [c.label for c in cols]
@@ -209,7 +209,7 @@ def compare_grid(comp: Comparison) -> Grid:
     """Configurations of two sweeps side by side, with the change of the metric."""
     this, other = comp.this, comp.other
     m, a, b = this.metric, other.sweeps[0], this.sweeps[0]
-    metric_col = columns(m)[0]
+    metric_col = columns(m, this.metrics)[0]
     heads = [*this.keys, f"{m} {a}", f"{m} {b}", "change", "change %", "verdict",
              f"status {a}", f"status {b}"]
     numeric = [False] * len(this.keys) + [True] * 4 + [False] * 3

@@ -1,16 +1,15 @@
 """The run loop: fill slots with trials, watch them, stop them, and record everything.
 
 One thread, one loop: reap ended trials, tail their events, ask hyperband what to stop, enforce
-timeouts, launch into free slots, draw progress, then sleep until a trial exits (pidfd) or a
-short tick passes. Signals only set a flag the loop reads, so every ledger write happens in the
-loop, in order, and an interrupted sweep leaves a consistent ledger.
+timeouts (stopping.py), launch into free slots (new trials from suggest.py), draw progress, then
+sleep until a trial exits (pidfd) or a short tick passes. Signals only set a flag the loop reads,
+so every ledger write happens in the loop, in order, and an interrupted sweep leaves a
+consistent ledger. One attempt's run dir and verdict are attempt.py's.
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
-import json
 import os
 import signal
 import time
@@ -18,20 +17,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from orchestrator.contract import EXIT_BAD_INPUT, EventTail, Outcome, finite, judge, train_argv
+from orchestrator.contract import EXIT_BAD_INPUT, EventTail, finite
+from orchestrator.launch.command import TrialCommand, written
 from orchestrator.launch.dataprep import data_settings, prepare_on_host
-from orchestrator.run.estimate import points_to_run
-from orchestrator.launch.protocol import Adopter, DataPreparer, Launch, Launcher, Run
 from orchestrator.launch.local import LocalLauncher
-from orchestrator.ledger import Ledger, Trial, alive
+from orchestrator.launch.protocol import Adopter, DataPreparer, Launch, Launcher
+from orchestrator.ledger import Ledger, Trial
 from orchestrator.ledger_file import LedgerError, storage_fault
-from orchestrator.spec.plan import Plan
-from orchestrator.run.progress import Progress
 from orchestrator.ledger_rebuild import write_outcome, write_sweep
-from orchestrator.spec.rejections import group, no_new_point, one_line
+from orchestrator.run.attempt import (Live, attempt_dir, host_env, metrics, outcome, set_aside,
+                                      write_trial_json)
+from orchestrator.run.estimate import points_to_run
+from orchestrator.run.progress import Progress
+from orchestrator.run.slots import Slot, make_slots, ran_on, sweep_slots
+from orchestrator.run.stopping import Stopper
+from orchestrator.run.suggest import suggest
 from orchestrator.search import Engine
+from orchestrator.spec.plan import Plan
 from orchestrator.states import INTERRUPTED, RETRYABLE, SweepState, TrialState
-from orchestrator.run.slots import Slot, make_slots, queue_slots, ran_on, sweep_slots
 
 TICK = 0.25  # seconds between looks at events.jsonl while trials run
 EARLY_STOP = "early-terminated by hyperband"
@@ -51,19 +54,7 @@ def make_launcher(plan: Plan, home: Path, say: Callable[[str], None]) -> Launche
         from orchestrator.launch.slurm.launcher import SlurmLauncher
 
         return SlurmLauncher(plan, home, say)
-    return LocalLauncher(plan.spec.resources.kill_grace)
-
-
-@dataclass
-class Live:
-    """A running attempt and what the loop knows about it."""
-
-    run: Run
-    trial: Trial
-    slot: Slot
-    tail: EventTail
-    attempt: int
-    device: str | None = None  # recorded from the program's device_info event
+    return LocalLauncher()
 
 
 @dataclass
@@ -95,14 +86,19 @@ class RunLoop:
         # A second Ctrl-C means "now": skip the grace period.
         if self._signal is not None:
             for live in self._live.values():
-                live.run.term_sent = 0.0  # the loop's next enforce() sends SIGKILL
+                Stopper.hurry(live.run)
         self._signal = signum
 
     def run(self) -> int:
         """Run the sweep to its end or an interruption; the exit code for the CLI."""
         spec = self.plan.spec
+        owner = self.ledger.live_owner(self.name)  # busy: say so before any work (image, data)
+        if owner:
+            raise SweepBusy(f"sweep {self.name} is running under pid {owner['owner_pid']}; "
+                            f"`orch stop {self.name}` stops it")
         # Before the ledger is touched: an engine that is down or a failed build launches nothing.
         launcher = make_launcher(self.plan, self.home, self.progress.note)
+        stopper = Stopper(launcher, spec.resources.timeout, spec.resources.kill_grace)
         if self.slots is None:
             self.slots = sweep_slots(spec)
         if spec.launcher.type != "local":
@@ -136,12 +132,12 @@ class RunLoop:
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         self.progress.start()
         try:
-            state = self._loop(launcher)
+            state = self._loop(stopper)
         except (LedgerError, OSError) as e:
             fault = e if isinstance(e, LedgerError) else storage_fault(e)
             if fault is None:
                 raise
-            self._stop_after_fault(launcher)
+            self._stop_after_fault(stopper)
             raise fault from None
         finally:
             launcher.close()
@@ -164,10 +160,6 @@ class RunLoop:
         settings = data_settings(self.plan)
         if not settings:
             return
-        row = self.ledger.sweep(self.name) or {}
-        if alive(row.get("owner_pid"), row.get("owner_start")):  # busy: say so before the work
-            raise SweepBusy(f"sweep {self.name} is running under pid {row['owner_pid']}; "
-                            f"`orch stop {self.name}` stops it")
         self.progress.note(f"checking the data and filling its cache ({len(settings)} "
                            "setting(s)) before the first trial")
         if isinstance(launcher, DataPreparer):
@@ -190,22 +182,13 @@ class RunLoop:
                         metric=spec.metric.name, goal=spec.metric.goal)
         return owner
 
-    def _stop_after_fault(self, launcher: Launcher) -> None:
+    def _stop_after_fault(self, stopper: Stopper) -> None:
         """The ledger or the disk failed mid-sweep: stop every trial (SIGTERM, SIGKILL after the
         grace period) without relying on the ledger, then record what still can be recorded.
         Whatever stays `running` belongs to a dead owner, so `orch sweep` re-runs it."""
         self.progress.note(f"stopping {len(self._live)} trial(s): the ledger or its disk failed")
-        codes: dict[int, int] = {}
-        for live in self._live.values():
-            launcher.terminate(live.run, INTERRUPTED)
-        while len(codes) < len(self._live):
-            for trial_id, live in self._live.items():
-                launcher.enforce(live.run, time.time())
-                if trial_id not in codes:
-                    code = launcher.reap(live.run)
-                    if code is not None:
-                        codes[trial_id] = code
-            launcher.wait_any(TICK)
+        codes = stopper.stop_all({i: live.run for i, live in self._live.items()}, INTERRUPTED,
+                                 TICK)
         with contextlib.suppress(LedgerError):
             for trial_id, code in codes.items():
                 self.ledger.finish(trial_id, state=TrialState.STOPPED, reason=INTERRUPTED,
@@ -213,7 +196,8 @@ class RunLoop:
                                    program_wall=time.time() - self._live[trial_id].run.started)
             self.ledger.release(self.name, SweepState.STOPPED)
 
-    def _loop(self, launcher: Launcher) -> SweepState:
+    def _loop(self, stopper: Stopper) -> SweepState:
+        launcher = stopper.launcher
         engine = Engine(self.plan.search)
         slots = self.slots or make_slots(self.plan.spec.resources)
         launched, exhausted, stopping = 0, False, False
@@ -230,12 +214,12 @@ class RunLoop:
                     return SweepState.DETACHED
                 self.progress.note("stopping: SIGTERM to running trials")
                 for live in self._live.values():
-                    launcher.terminate(live.run, INTERRUPTED)
-            new_metrics = self._watch(launcher, engine)
+                    stopper.stop(live.run, INTERRUPTED)
+            new_metrics = self._watch(launcher)
             if new_metrics and not stopping:
-                self._early_stop(launcher, engine)
+                self._early_stop(stopper, engine)
             for live in self._live.values():
-                launcher.enforce(live.run, now)
+                stopper.enforce(live.run, now)
             if not stopping:
                 free = [s for s in slots if s.index not in {lv.slot.index for lv in
                                                               self._live.values()}]
@@ -304,7 +288,8 @@ class RunLoop:
                 break
             trial = self._next_pending()
             if trial is None and not exhausted and not self._capped():
-                exhausted = self._suggest(engine, len(free) - started)
+                exhausted = suggest(self.plan, self.ledger, engine, len(free) - started,
+                                    self.progress.note)
                 trial = self._next_pending()
             if trial is None:
                 break
@@ -317,79 +302,20 @@ class RunLoop:
         return next((t for t in self.ledger.trials(self.name)
                      if t.state == TrialState.PENDING and t.id not in running), None)
 
-    def _suggest(self, engine: Engine, n: int) -> bool:
-        """Add up to n pending trials from the engine; True when the search space is exhausted."""
-        trials = self.ledger.trials(self.name)
-        cap = self.plan.spec.run_cap
-        if cap is not None:
-            n = min(n, cap - len([t for t in trials if t.state != TrialState.INVALID]))
-        known = {t.config_hash for t in trials}
-        grid = {json.dumps(p, sort_keys=True): h for p, h in self.plan.grid or []}
-        # Invalid grid points count as tried, so the engine moves past them.
-        extra = [engine.point_run(p, TrialState.INVALID) for p, _ in self.plan.invalid]
-        tries = 20 if self.plan.grid is None else len(self.plan.grid) + len(self.plan.invalid) + 1
-        rejected: list[tuple[dict[str, Any], str, dict[str, Any]]] = []
-        proposed = 0
-        for _ in range(tries):
-            runs = [engine.sweep_run(t) for t in self.ledger.trials(self.name)] + extra
-            points = engine.suggest(runs, n)
-            if points is None:
-                return True
-            proposed += len(points)
-            if self.plan.grid is not None:
-                # A grid point missing from the map resolved to the same config as another.
-                verdicts = [{"ok": True, "config_hash": grid.get(json.dumps(p, sort_keys=True))}
-                            for p in points]
-            else:
-                verdicts = self.plan.validator.check([self.plan.resolved(p) for p in points])
-            added = 0
-            for point, verdict in zip(points, verdicts):
-                h = verdict.get("config_hash")
-                if verdict.get("ok") and h and h not in known:
-                    self.ledger.add_trial(self.name, h, point)
-                    known.add(h)
-                    added += 1
-                elif verdict.get("ok"):
-                    # A config already tried: shown to the engine as taken (pending), so grid
-                    # moves on and bayes looks elsewhere.
-                    extra.append(engine.point_run(point, TrialState.PENDING))
-                else:
-                    error = str(verdict.get("error"))
-                    rejected.append((point, error, self.plan.resolved(point)))
-                    key = "invalid-" + json.dumps(point, sort_keys=True)
-                    if key not in known:
-                        t = self.ledger.add_trial(self.name, key, point, TrialState.INVALID, error)
-                        known.add(key)
-                        self.progress.note(f"trial {t.number}: invalid, skipped: " + one_line(
-                            point, error, self.plan.resolved(point), self.plan.varied))
-            if added:
-                return False
-        self.progress.note(no_new_point(group(rejected, proposed, "proposals",
-                                              self.plan.varied)))
-        return True
-
     def _start(self, launcher: Launcher, trial: Trial, slot: Slot) -> None:
         attempt = trial.attempts + 1
-        run_dir = self.home / "runs" / self.name / f"{trial.number:03d}-{trial.config_hash[:8]}"
-        if attempt > 1:
-            run_dir = run_dir.with_name(f"{run_dir.name}.a{attempt}")
-        argv = train_argv(self.plan.program, self.plan.base, run_dir,
-                          self.plan.resolved(trial.params))
-        env = {**os.environ, **slot.env, "PYTHONUNBUFFERED": "1",
-               "ORCH_CACHE_DIR": os.environ.get("ORCH_CACHE_DIR") or str(self.home / "cache"),
-               "WANDB_DIR": str(run_dir)}
+        run_dir = attempt_dir(self.home, self.name, trial, attempt)
+        command = TrialCommand(written(self.plan.spec.program), self.plan.base, run_dir,
+                               self.plan.resolved(trial.params))
         aside = set_aside(run_dir)
         if aside is not None:
             self.progress.note(f"trial {trial.number}: the interrupted run's files moved to "
                                f"{aside}")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "trial.json").write_text(json.dumps(
-            {"sweep": self.name, "trial": trial.number, "attempt": attempt,
-             "config_hash": trial.config_hash, "params": trial.params, "argv": argv}, indent=2))
+        write_trial_json(self.name, trial, attempt, command)
         run = launcher.start(Launch(
-            trial_id=trial.id, number=trial.number, attempt=attempt, argv=argv, run_dir=run_dir,
-            env=env, timeout=self.plan.spec.resources.timeout, marker=self._marker(trial.id),
-            base=self.plan.base, point=self.plan.resolved(trial.params), device=slot.device))
+            trial_id=trial.id, number=trial.number, attempt=attempt, command=command,
+            run_dir=run_dir, env=host_env(slot, self.home, run_dir),
+            marker=self._marker(trial.id), device=slot.device))
         self.ledger.mark_running(trial.id, pid=run.pid, pgid=run.pgid, run_dir=str(run_dir),
                                  slot=slot.index, started_at=run.started, job=run.job)
         self._histories[trial.id] = []
@@ -401,7 +327,7 @@ class RunLoop:
 
     # -- watching -------------------------------------------------------------------------------
 
-    def _watch(self, launcher: Launcher, engine: Engine) -> bool:
+    def _watch(self, launcher: Launcher) -> bool:
         """Tail events and reap ended trials; True when new validation metrics arrived."""
         spec = self.plan.spec
         fresh = False
@@ -436,25 +362,16 @@ class RunLoop:
 
     def _finish(self, live: Live, code: int) -> None:
         run, ended = live.run, time.time()
-        out = judge(code, run.run_dir, timed_out=run.timed_out, stop_reason=run.stop_reason)
-        if run.verdict and out.state != TrialState.FINISHED and not run.timed_out \
-                and run.stop_reason is None:  # what only the launcher saw (Slurm's time limit)
-            out = Outcome(*run.verdict, out.result)
-        # The launcher saw the OOM happen.
-        if run.oom and out.state in (TrialState.FAILED, TrialState.KILLED):
-            out = Outcome(TrialState.OOM, run.oom, out.result)
+        out = outcome(run, code)
         result = out.result or {}
-        final = result.get("final") if isinstance(result.get("final"), dict) else None
-        best = result.get("best") if isinstance(result.get("best"), dict) else None
-        if final is None and live.tail.validations:  # no result.json: the events still tell
-            last = live.tail.validations[-1]
-            final = {k: last.get(k) for k in ("val_loss", "val_loss_tok", "val_bpb",
-                                               "val_coverage")}
+        names = self.plan.described.metric_names() or [self.plan.spec.metric.name]
+        final, best = metrics(result, live.tail, names)
         self.ledger.finish(live.trial.id, state=out.state, reason=out.reason, exit_code=code,
                            ended_at=ended, final=final, best=best,
                            program_wall=ended - run.started,
                            config=result.get("config") if isinstance(result.get("config"),
-                                                                     dict) else None)
+                                                                     dict) else None,
+                           result=out.result)
         write_outcome(run.run_dir, state=out.state, reason=out.reason, exit_code=code,
                       started_at=run.started, ended_at=ended, program_wall=ended - run.started)
         metric = finite((final or {}).get(self.plan.spec.metric.name))
@@ -467,7 +384,7 @@ class RunLoop:
             self.ledger.requeue(live.trial.id, f"retry {live.attempt}/{retries} after: "
                                 f"{out.reason}", refund_attempt=False)
 
-    def _early_stop(self, launcher: Launcher, engine: Engine) -> None:
+    def _early_stop(self, stopper: Stopper, engine: Engine) -> None:
         if not self.plan.spec.early_terminate:
             return
         metric = self.plan.spec.metric.name
@@ -478,23 +395,8 @@ class RunLoop:
         for name in engine.to_stop(runs):
             live = self._live.get(int(name))
             if live is not None and live.run.term_sent is None:
-                launcher.terminate(live.run, EARLY_STOP)
+                stopper.stop(live.run, EARLY_STOP)
                 self.progress.note(f"trial {live.trial.number}: {EARLY_STOP}")
-
-
-def set_aside(run_dir: Path) -> Path | None:
-    """Move what an interrupted launch left in run_dir to runs/SWEEP/interrupted/; where it went.
-
-    The re-run of the attempt then starts with no events of the cut-short one (the trainer
-    appends), and `orch sync` (runs/SWEEP/*/wandb) does not upload its partial W&B run.
-    """
-    if not run_dir.exists():
-        return None
-    aside = run_dir.parent / "interrupted"
-    aside.mkdir(exist_ok=True)
-    target = next(aside / f"{run_dir.name}.{n}" for n in itertools.count(1)
-                  if not (aside / f"{run_dir.name}.{n}").exists())
-    return run_dir.rename(target)
 
 
 def _show(params: dict[str, Any]) -> str:

@@ -375,26 +375,3 @@ def load_spec(path: Path, name: str | None = None) -> tuple[SweepSpec, SpecDoc]:
         raise SpecError(_pydantic_paragraphs(doc, err)) from None
     return spec, doc
 
-
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """`{a: {b: 1}, c.d: 2}` -> `{a.b: 1, c.d: 2}`: overrides may be nested or dotted."""
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            out.update(flatten(value, name + "."))
-        else:
-            out[name] = value
-    return out
-
-
-def parse_set(text: str) -> tuple[str, Any]:
-    """`key.path=value` from `--set`; the value is a YAML scalar, as the trainer reads it."""
-    key, sep, raw = text.partition("=")
-    if not sep or not key.strip():
-        raise SpecError([f"--set {text}: not of the form key.path=value"])
-    try:
-        value = read_yaml(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        value = raw
-    return key.strip(), value

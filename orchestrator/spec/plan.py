@@ -1,33 +1,36 @@
 """From a spec file and command-line overrides to a checked plan, before anything runs.
 
-Order of checks: the spec's own model; the search section against the JSON schema that ships in
-W&B's `sweeps` package; every parameter and override name and value against the program's JSON
-Schema; then every grid point (for random and bayes, the fixed part and a seeded sample of
-proposals) against the program's own validation (`validate --batch`, one process). Problems are
-collected, not raised one by one.
+`build_plan` is a pipeline of stages, each taking what the stages before it made and returning
+a small value with its own problems: `load` the spec (its model); `describe_program`, what the
+program declares (its data-file, seed and tracking keys, its metrics: `PROGRAM describe`);
+`check_spec`, what the spec alone shows (W&B's sweep schema, metric, run_cap, base file, GPUs);
+`program_schema`, the program's JSON Schema; `resolve_settings`, the fixed settings (overrides, tracking, --set,
+--data); `check_names`, every setting and parameter name and value against that schema;
+`check_trial_start`, what every trial would meet at its start (W&B key, data file); and
+`check_points`, the grid points (for random and bayes, the fixed part and a seeded sample of
+proposals) validated by the program itself. Problems are collected, not raised one by one: the
+pipeline stops only where the next stage needs what failed.
 """
 
 from __future__ import annotations
 
-import functools
-import importlib.util
-import json
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
-from orchestrator.contract import METRICS, ContractError, Validator, fetch_schema, program_argv
-from orchestrator.spec.params import distribution_error, resolve, value_error
-from orchestrator.spec.rejections import Rejections, group, render
-from orchestrator.search import Engine, param_names, plain_parameter, varied
-from orchestrator.run.slots import detect_gpus
-from orchestrator.spec.model import (SpecDoc, SpecError, SweepSpec, flatten, load_spec, parse_set,
-                                     read_spec, read_yaml)
+from orchestrator.contract import (ContractError, Description, Validator, describe, fetch_schema,
+                                   program_argv)
 from orchestrator.launch.docker.container import api_key
-
+from orchestrator.run.slots import detect_gpus
+from orchestrator.search import param_names, varied
+from orchestrator.spec.model import SpecDoc, SpecError, SweepSpec, load_spec, read_spec, read_yaml
+from orchestrator.spec.overrides import flatten, parse_set
+from orchestrator.spec.params import Schema, distribution_error, resolve, value_error
+from orchestrator.spec.points import check_points
+from orchestrator.spec.rejections import Rejections
+from orchestrator.spec.sweeps_schema import sweeps_schema_errors
 
 @dataclass
 class Plan:
@@ -41,6 +44,7 @@ class Plan:
     search: dict[str, Any]
     varied: list[str]
     validator: Validator
+    described: Description = field(default_factory=Description)  # what the program declares
     grid: list[tuple[dict[str, Any], str]] | None = None  # (point, config hash), valid only
     invalid: list[tuple[dict[str, Any], str]] = field(default_factory=list)  # (point, error)
     # Grid points, or sampled random/bayes proposals, the program rejected, grouped by reason.
@@ -56,75 +60,72 @@ class Plan:
         self.validator.close()
 
 
-@functools.cache
-def sweeps_validator() -> Any:
-    """W&B's sweep config validator (`sweeps.config.schema.validator`), built the same way from
-    the schema file its package ships, without importing the package (numpy and requests, most
-    of the start-up of `orch validate`)."""
-    import jsonschema
+def build_plan(spec_path: Path, sets: list[str] = (), data: Path | None = None,
+               max_trials: int | None = None, name: str | None = None) -> Plan:
+    """Check a spec completely; raise SpecError with every problem, else return the Plan.
 
-    root = importlib.util.find_spec("sweeps").submodule_search_locations[0]
-    schema = json.loads((Path(root) / "config" / "schema.json").read_text())
-    formats = jsonschema.FormatChecker()
-    formats.checks("float")(lambda value: isinstance(value, float))
-    formats.checks("integer")(lambda value: isinstance(value, int))
-    return jsonschema.Draft7Validator(schema=schema, format_checker=formats)
-
-
-def _sweeps_schema_errors(doc: SpecDoc,
-                          search: dict[str, Any]) -> list[tuple[tuple[Any, ...], str]]:
-    import jsonschema.exceptions
-
-    validator = sweeps_validator()
-    out = []
-    for err in validator.iter_errors(search):
-        loc = tuple(err.absolute_path)
-        best = jsonschema.exceptions.best_match(err.context) if err.context else None
-        if loc[:1] == ("parameters",) and len(loc) == 2:
-            out.append((loc, doc.error(loc, "not a valid W&B parameter. Allowed forms: {value: V}, "
-                                      "{values: [..]}, {min: A, max: B, distribution: D}, "
-                                      "{distribution: normal, mu, sigma}, or {parameters: {..}} "
-                                      "for nesting" + (f" ({best.message})" if best else ""))))
-        else:
-            out.append((loc, doc.error(loc, f"{err.message} (W&B sweep config schema)")))
+    `name` replaces the spec's own (a new sweep, or another one to resume, from one file)."""
+    loaded = load(spec_path, name)
+    # The validation co-process starts first, so its start-up overlaps the W&B checks and the
+    # schema call; together they are the fixed cost of every sweep.
+    validator = Validator(loaded.program, loaded.base)
+    if loaded.base.is_file():
+        validator.start()
     try:
-        extra = _sweeps_violations(search)
-    except ValueError as err:
-        extra = [str(err)]
-    seen = {err.message for err in validator.iter_errors(search)}
-    names = sorted(search.get("parameters", {}), key=len, reverse=True)
-    for msg in dict.fromkeys(extra):
-        if msg in seen:
-            continue
-        name = next((n for n in names if n in msg), None)
-        loc = ("parameters", name) if name else ()
-        if not loc or loc not in {l for l, _ in out}:
-            out.append((loc, doc.error(loc, msg)))
-    return out
+        described = describe_program(loaded)
+        alone = check_spec(loaded, described.described, max_trials)
+        _stop_on([*alone.problems, *described.problems])  # no declared keys to check with
+        schema = program_schema(loaded)
+        if schema.problems:  # nothing to check names against
+            raise SpecError([*alone.problems, *schema.problems])
+        settings = resolve_settings(loaded, described.described, sets, data)
+        names = check_names(loaded, schema.schema, settings, alone.wandb_parameters)
+        start = check_trial_start(loaded, described.described, validator, settings)
+        _stop_on([*alone.problems, *settings.problems, *names, *start])
+        points = check_points(loaded.spec, loaded.doc, validator, settings.fixed)
+        _stop_on(points.problems)
+        return Plan(spec=loaded.spec, doc=loaded.doc, base=loaded.base, program=loaded.program,
+                    fixed=settings.fixed, search=loaded.spec.search_config(),
+                    varied=varied(loaded.spec.parameters), validator=validator,
+                    described=described.described, grid=points.grid, invalid=points.invalid, rejected=points.rejected,
+                    notes=[*alone.notes, *settings.notes, *points.notes])
+    except BaseException:
+        validator.close()
+        raise
 
 
-def _sweeps_violations(search: dict[str, Any]) -> list[str]:
-    """W&B's own checks of a sweep config (`schema_violations_from_proposed_config`).
+def _stop_on(problems: list[str]) -> None:
+    """End the pipeline with every problem found so far, if there is any."""
+    if problems:
+        raise SpecError(problems)
 
-    Beyond its JSON schema, it checks each parameter (bounds, probabilities, deprecated
-    distributions) by building the engine's scipy-based parameters, seconds of every `orch
-    validate`; plain parameters pass those checks, so they skip them. A spec's search config
-    never has `scheduler` or `metrics`, the function's other checks.
-    """
-    params = search.get("parameters")
-    if isinstance(params, dict) and all(
-            plain_parameter(p) or (isinstance(p, dict) and set(p) == {"parameters"})
-            for p in params.values()):
-        return [err.message for err in sweeps_validator().iter_errors(search)]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from sweeps import schema_violations_from_proposed_config
 
-    return schema_violations_from_proposed_config(search)
+# -- load -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A spec that passed its model: where its base config is and what program runs a trial."""
+
+    spec: SweepSpec
+    doc: SpecDoc
+    base: Path  # absolute; may not exist (check_spec says so)
+    program: list[str]
+
+
+def load(spec_path: Path, name: str | None) -> Loaded:
+    """Read and model-check the spec; raise SpecError with the model's problems and the
+    parameter names the program does not have, so one run shows them all."""
+    try:
+        spec, doc = load_spec(spec_path, name)
+    except SpecError as err:
+        raise SpecError(err.paragraphs + _raw_parameter_problems(spec_path)) from None
+    return Loaded(spec=spec, doc=doc, base=(spec_path.parent / spec.base).resolve(),
+                  program=program_argv(spec.program))
 
 
 def _raw_parameter_problems(spec_path: Path) -> list[str]:
-    """Parameter-name problems of a spec whose model check failed, so one run shows them all."""
+    """Parameter-name problems of a spec whose model check failed."""
     try:
         doc = read_spec(spec_path)
         params = doc.data.get("parameters")
@@ -138,51 +139,63 @@ def _raw_parameter_problems(spec_path: Path) -> list[str]:
             if isinstance(err := resolve(name, schema), str)]
 
 
-def build_plan(spec_path: Path, sets: list[str] = (), data: Path | None = None,
-               max_trials: int | None = None, name: str | None = None) -> Plan:
-    """Check a spec completely; raise SpecError with every problem, else return the Plan.
+# -- what the program declares --------------------------------------------------------------------
 
-    `name` replaces the spec's own (a new sweep, or another one to resume, from one file)."""
+
+@dataclass(frozen=True)
+class Described:
+    """The program's declarations (`PROGRAM describe`), or why they were refused."""
+
+    described: Description
+    problems: list[str]
+
+
+def describe_program(loaded: Loaded) -> Described:
+    """Ask the program (or the schema cache) what it declares; a program without `describe`
+    gets the defaults, one whose answer breaks the contract is a problem of `program`."""
     try:
-        spec, doc = load_spec(spec_path, name)
-    except SpecError as err:
-        raise SpecError(err.paragraphs + _raw_parameter_problems(spec_path)) from None
-    base = (spec_path.parent / spec.base).resolve()
-    program = program_argv(spec.program)
-    # The validation co-process starts first, so its start-up overlaps the W&B checks and the
-    # schema call; together they are the fixed cost of every sweep.
-    validator = Validator(program, base)
-    if base.is_file():
-        validator.start()
-    try:
-        problems: list[str] = []
-        search = spec.search_config()
-        wandb_problems = _sweeps_schema_errors(doc, search)
-        problems += [text for loc, text in wandb_problems if loc[:1] != ("parameters",)]
-        if spec.metric.name not in METRICS:
-            problems.append(doc.error(("metric", "name"), f"unknown metric "
-                                      f"{spec.metric.name!r}; the trainer reports "
-                                      f"{', '.join(METRICS)}"))
-        if spec.method != "grid" and spec.run_cap is None and max_trials is None:
-            problems.append(doc.error(("method",), f"a {spec.method} search never ends by "
-                                      "itself: set `run_cap` (or pass --max-trials)"))
-        if not base.is_file():
-            problems.append(doc.error(("base",), f"trainer config {base} does not exist; `base` "
-                                      "is relative to the spec file"))
-        gpu_problems, gpu_notes = _gpu_check(spec, doc)
-        problems += gpu_problems
-        plan = _static_checks(spec, doc, spec_path, problems, program, base, validator, sets,
-                              data, [p for p in wandb_problems if p[0][:1] == ("parameters",)])
-        plan.notes += gpu_notes
-        if spec.method == "bayes" and "metric" not in doc.data:
-            plan.notes.append(f"{spec_path}: a bayes search without `metric` optimizes "
-                              f"{spec.metric.name} ({spec.metric.goal}), the default; set "
-                              "`metric: {name: ..., goal: ...}` to choose")
-        _check_points(plan)
-    except BaseException:
-        validator.close()
-        raise
-    return plan
+        return Described(described=describe(loaded.program), problems=[])
+    except ContractError as err:
+        return Described(described=Description(),
+                         problems=[loaded.doc.error(("program",), str(err))])
+
+
+# -- the spec alone and the machine ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SpecCheck:
+    """What the spec says alone (W&B's schema, metric, run_cap, base file, GPUs) found."""
+
+    problems: list[str]
+    notes: list[str]
+    # W&B's complaints about single parameters, shown where the program's schema has none.
+    wandb_parameters: list[tuple[tuple[Any, ...], str]]
+
+
+def check_spec(loaded: Loaded, described: Description, max_trials: int | None) -> SpecCheck:
+    """The checks that need neither the program's schema nor the settings."""
+    spec, doc = loaded.spec, loaded.doc
+    wandb = sweeps_schema_errors(doc, spec.search_config())
+    problems = [text for loc, text in wandb if loc[:1] != ("parameters",)]
+    metrics = described.metric_names()
+    if metrics and spec.metric.name not in metrics:
+        problems.append(doc.error(("metric", "name"), f"unknown metric "
+                                  f"{spec.metric.name!r}; the program reports "
+                                  f"{', '.join(metrics)}"))
+    if spec.method != "grid" and spec.run_cap is None and max_trials is None:
+        problems.append(doc.error(("method",), f"a {spec.method} search never ends by "
+                                  "itself: set `run_cap` (or pass --max-trials)"))
+    if not loaded.base.is_file():
+        problems.append(doc.error(("base",), f"trainer config {loaded.base} does not exist; "
+                                  "`base` is relative to the spec file"))
+    gpu_problems, notes = _gpu_check(spec, doc)
+    if spec.method == "bayes" and "metric" not in doc.data:
+        notes.append(f"{doc.path}: a bayes search without `metric` optimizes "
+                     f"{spec.metric.name} ({spec.metric.goal}), the default; set "
+                     "`metric: {name: ..., goal: ...}` to choose")
+    return SpecCheck(problems=problems + gpu_problems, notes=notes,
+                       wandb_parameters=[p for p in wandb if p[0][:1] == ("parameters",)])
 
 
 def _gpu_check(spec: SweepSpec, doc: SpecDoc) -> tuple[list[str], list[str]]:
@@ -210,154 +223,158 @@ def _gpu_check(spec: SweepSpec, doc: SpecDoc) -> tuple[list[str], list[str]]:
                       "GPUs are missing")], []
 
 
-def _data_file_problem(doc: SpecDoc, validator: Validator, path: Any,
-                       where: tuple[Any, ...] | str) -> list[str]:
-    """The program's cheap look at the titles file every trial reads (exists, is a file, has a
-    known suffix, is not empty): one paragraph instead of one per grid point."""
+# -- the program's schema and the settings --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProgramSchema:
+    """The JSON Schema of the program's config, or why the program gave none."""
+
+    schema: Schema
+    problems: list[str]
+
+
+def program_schema(loaded: Loaded) -> ProgramSchema:
+    """Ask the program (or the schema cache) for its config's JSON Schema."""
     try:
-        verdict = validator.check([{"data.path": path}])[0]
-    except ContractError:
-        return []  # a base the program cannot read: reported with the points
-    text = str(verdict.get("error", ""))
-    if verdict.get("ok") or not text.startswith("data.path"):
-        return []  # only the file's own problems; the rest is the points' business
-    return [doc.error(where, text) if isinstance(where, tuple) else f"{where}: {text}"]
-
-
-def _online_key_problem(doc: SpecDoc, base: Path,
-                        fixed_src: dict[str, tuple[Any, tuple[Any, ...] | str]]) -> list[str]:
-    """W&B online mode with no API key would fail every trial at its start: refuse it now."""
-    mode, where = fixed_src.get("tracking.mode", (None, ("base",)))
-    if "tracking.mode" not in fixed_src:
-        try:
-            tree = read_yaml(base.read_text(encoding="utf-8"))
-            mode = tree["tracking"]["mode"]
-        except (OSError, ValueError, TypeError, KeyError, yaml.YAMLError):
-            return []  # unreadable bases are the validator's to report
-    if mode != "online" or api_key():
-        return []
-    text = ("W&B online mode, but no W&B API key is available here (WANDB_API_KEY is unset "
-            "and no netrc entry holds one), so every trial would fail at its start; run "
-            "`wandb login` or export WANDB_API_KEY, or use mode `offline` (sync later with "
-            "`wandb sync`) or `disabled`")
-    if where == ("base",):
-        return [doc.error(where, f"{base} sets tracking.mode: online: {text}")]
-    return [doc.error(where, text) if isinstance(where, tuple) else f"{where}: {text}"]
-
-
-def _static_checks(spec: SweepSpec, doc: SpecDoc, spec_path: Path, problems: list[str],
-                   program: list[str], base: Path, validator: Validator, sets: list[str],
-                   data: Path | None, wandb_params: list[tuple[tuple[Any, ...], str]]) -> Plan:
-    """Names and values against the program's schema; W&B's parameter errors where no sharper
-    one exists for the same parameter."""
-    try:
-        schema = fetch_schema(program)
+        return ProgramSchema(schema=fetch_schema(loaded.program), problems=[])
     except ContractError as err:
-        raise SpecError([*problems, doc.error(("program",), str(err))]) from None
+        return ProgramSchema(schema={}, problems=[loaded.doc.error(("program",), str(err))])
 
-    fixed_src: dict[str, tuple[Any, tuple[Any, ...] | str]] = {}
+
+class Setting(NamedTuple):
+    """A fixed trainer setting and where it was set: a YAML location, or a command-line flag."""
+
+    value: Any
+    where: tuple[Any, ...] | str
+
+    def problem(self, doc: SpecDoc, text: str) -> str:
+        """One paragraph about this setting, pointing at where it was set."""
+        return doc.error(self.where, text) if isinstance(self.where, tuple) \
+            else f"{self.where}: {text}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every trial's fixed settings by dotted key; a later source replaces an earlier one."""
+
+    values: dict[str, Setting]
+    problems: list[str]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def fixed(self) -> dict[str, Any]:
+        """The settings' values: what every trial sets on the base config."""
+        return {key: s.value for key, s in self.values.items()}
+
+
+def resolve_settings(loaded: Loaded, described: Description, sets: list[str],
+                     data: Path | None) -> Settings:
+    """The spec's overrides, its `tracking.wandb` section (on the keys the program declares for
+    it), then `--set` and `--data` (the program's first data-file key)."""
+    spec, spec_dir = loaded.spec, loaded.doc.path.parent
+    values: dict[str, Setting] = {}
+    problems: list[str] = []
+    notes: list[str] = []
     for key, value in flatten(spec.overrides).items():
-        if key == "data.path" and value is not None and not Path(str(value)).is_absolute():
-            value = str((spec_path.parent / str(value)).resolve())  # relative to the spec
-        fixed_src[key] = (value, ("overrides", key))
-    if spec.tracking.wandb is not None:
+        if (key in described.data_files and value is not None
+                and not Path(str(value)).is_absolute()):
+            value = str((spec_dir / str(value)).resolve())  # relative to the spec
+        values[key] = Setting(value, ("overrides", key))
+    tracking = described.tracking
+    if spec.tracking.wandb is not None and tracking is None:
+        notes.append(f"{loaded.doc.path}: tracking.wandb is not passed to the trials: the "
+                     "program declares no tracking keys (`describe`)")
+    elif spec.tracking.wandb is not None:
         for key in ("mode", "project", "entity"):
-            fixed_src[f"tracking.{key}"] = (getattr(spec.tracking.wandb, key),
-                                            ("tracking", "wandb", key))
+            if (name := getattr(tracking, key)) is not None:
+                values[name] = Setting(getattr(spec.tracking.wandb, key),
+                                       ("tracking", "wandb", key))
     for text in sets:
         try:
             key, value = parse_set(text)
         except SpecError as err:
             problems += err.paragraphs
             continue
-        fixed_src[key] = (value, f"--set {text}")
-    if data is not None:
-        fixed_src["data.path"] = (str(data.resolve()), f"--data {data}")
+        values[key] = Setting(value, f"--set {text}")
+    if data is not None and not described.data_files:
+        problems.append(f"--data {data}: the program declares no data file (its `describe` "
+                        "names no data_files), so --data sets nothing; use --set KEY=PATH with "
+                        "the program's own key")
+    elif data is not None:
+        values[described.data_files[0]] = Setting(str(data.resolve()), f"--data {data}")
+    return Settings(values=values, problems=problems, notes=notes)
 
-    for key, (value, where) in fixed_src.items():
+
+def check_names(loaded: Loaded, schema: Schema, settings: Settings,
+                wandb_parameters: list[tuple[tuple[Any, ...], str]]) -> list[str]:
+    """Every setting and parameter, name and value, against the program's schema; W&B's
+    parameter errors where no sharper one exists for the same parameter."""
+    problems = []
+    for key, setting in settings.values.items():
         fields = resolve(key, schema)
-        err = fields if isinstance(fields, str) else value_error(value, fields, schema)
+        err = fields if isinstance(fields, str) else value_error(setting.value, fields, schema)
         if err:
-            problems.append(doc.error(where, err) if isinstance(where, tuple)
-                            else f"{where}: {err}")
+            problems.append(setting.problem(loaded.doc, err))
     flagged = set()
-    for name, param, loc in param_names(spec.parameters):
+    for name, param, loc in param_names(loaded.spec.parameters):
         fields = resolve(name, schema)
         err = fields if isinstance(fields, str) else distribution_error(param, fields, schema)
         if err:
-            problems.append(doc.error(loc, err))
+            problems.append(loaded.doc.error(loc, err))
             flagged.add(loc)
-    problems += [text for loc, text in wandb_params if loc not in flagged]
-    problems += _online_key_problem(doc, base, fixed_src)
-    if "data.path" in fixed_src and fixed_src["data.path"][0] is not None and base.is_file():
-        problems += _data_file_problem(doc, validator, *fixed_src["data.path"])
-    if problems:
-        raise SpecError(problems)
-
-    fixed = {k: v for k, (v, _) in fixed_src.items()}
-    return Plan(spec=spec, doc=doc, base=base, program=program, fixed=fixed,
-                search=spec.search_config(), varied=varied(spec.parameters),
-                validator=validator)
+    return problems + [text for loc, text in wandb_parameters if loc not in flagged]
 
 
-# Random/bayes proposals drawn to check a search space: a 5% invalid region shows up with
-# near certainty, for about a second of sampling and validation.
-SAMPLE = 200
+# -- what every trial meets at its start ----------------------------------------------------------
 
 
-def _check_points(plan: Plan) -> None:
-    """Validate the trial configs with the program itself; fills plan.grid, plan.invalid and
-    plan.rejected. Any invalid point fails the spec unless it sets `skip_invalid`; a space where
-    every point is invalid fails it regardless, since nothing could run."""
-    doc = plan.doc
+def check_trial_start(loaded: Loaded, described: Description, validator: Validator,
+                      settings: Settings) -> list[str]:
+    """What would fail every trial at its start: W&B online without a key, a bad data file."""
+    problems = []
+    if described.tracking is not None:
+        problems += _online_key_problem(loaded, described.tracking.mode, settings)
+    for key in described.data_files:
+        data = settings.values.get(key)
+        if data is not None and data.value is not None and loaded.base.is_file():
+            problems += _data_file_problem(loaded.doc, validator, key, data)
+    return problems
+
+
+def _online_key_problem(loaded: Loaded, key: str, settings: Settings) -> list[str]:
+    """W&B online mode (the program's tracking-mode `key`) with no API key would fail every
+    trial at its start: refuse it now."""
+    doc, base = loaded.doc, loaded.base
+    mode = settings.values.get(key)
+    if mode is None:
+        try:
+            node = read_yaml(base.read_text(encoding="utf-8"))
+            for part in key.split("."):
+                node = node[part]
+            mode = Setting(node, ("base",))
+        except (OSError, ValueError, TypeError, KeyError, yaml.YAMLError):
+            return []  # unreadable bases are the validator's to report
+    if mode.value != "online" or api_key():
+        return []
+    text = ("W&B online mode, but no W&B API key is available here (WANDB_API_KEY is unset "
+            "and no netrc entry holds one), so every trial would fail at its start; run "
+            "`wandb login` or export WANDB_API_KEY, or use mode `offline` (sync later with "
+            "`wandb sync`) or `disabled`")
+    if mode.where == ("base",):
+        return [doc.error(mode.where, f"{base} sets {key}: online: {text}")]
+    return [mode.problem(doc, text)]
+
+
+def _data_file_problem(doc: SpecDoc, validator: Validator, key: str,
+                       data: Setting) -> list[str]:
+    """The program's cheap look at a data file every trial reads (exists, is a file, has a
+    known suffix, is not empty): one paragraph instead of one per grid point."""
     try:
-        if plan.spec.method == "grid":
-            points = Engine(plan.search).grid()
-            verdicts = plan.validator.check([plan.resolved(p) for p in points])
-        else:
-            fixed = plan.validator.check([plan.fixed])[0]
-            if not fixed.get("ok"):  # the base with the overrides: no point can be valid
-                raise SpecError([doc.error(("base",), fixed.get("error", "invalid"))])
-            points = Engine(plan.search).sample(SAMPLE)
-            verdicts = plan.validator.check([plan.resolved(p) for p in points])
-    except ContractError as err:
-        raise SpecError([doc.error(("base",), str(err))]) from None
-    except ValueError as err:  # the engine refuses a space (e.g. a distribution in a grid)
-        raise SpecError([doc.error(("parameters",), str(err))]) from None
-    bad = [(p, str(v.get("error"))) for p, v in zip(points, verdicts) if not v.get("ok")]
-    what = "grid points" if plan.spec.method == "grid" else "sampled proposals"
-    plan.rejected = group([(p, e, plan.resolved(p)) for p, e in bad], len(points), what,
-                          plan.varied)
-    if plan.spec.method == "grid":
-        plan.invalid = bad
-        _fill_grid(plan, points, verdicts)
-    if not bad or (plan.spec.skip_invalid and len(bad) < len(points)):
-        return
-    if len(bad) == len(points):
-        lead = (f"all {len(points)} grid points are invalid for the trainer; nothing could run"
-                if plan.spec.method == "grid" else f"all {len(points)} sampled proposals are "
-                f"invalid for the trainer: the {plan.spec.method} search would find nothing to "
-                "run")
-    elif plan.spec.method == "grid":
-        lead = (f"{plan.rejected.share()}. Change the parameters so that every combination "
-                f"is valid, or set `skip_invalid: true` to run the other "
-                f"{len(points) - len(bad)}")
-    else:
-        lead = (f"{plan.rejected.share()}. Narrow the parameters, or set `skip_invalid: true` "
-                "to let the search skip such proposals (they do not count towards run_cap)")
-    raise SpecError([render(plan.rejected, doc.error(("parameters",), lead + ". Reasons:"),
-                            first=len("error: "))])
-
-
-def _fill_grid(plan: Plan, points: list[dict[str, Any]], verdicts: list[dict[str, Any]]) -> None:
-    """The valid grid points in order, each distinct config once."""
-    plan.grid, seen = [], set()
-    for point, verdict in zip(points, verdicts):
-        if not verdict.get("ok"):
-            continue
-        if verdict["config_hash"] in seen:
-            plan.notes.append(f"grid point {json.dumps(point)} resolves to the same config as an "
-                              "earlier point; it runs once")
-        else:
-            seen.add(verdict["config_hash"])
-            plan.grid.append((point, verdict["config_hash"]))
+        verdict = validator.check([{key: data.value}])[0]
+    except ContractError:
+        return []  # a base the program cannot read: reported with the points
+    text = str(verdict.get("error", ""))
+    if verdict.get("ok") or not text.startswith(key):
+        return []  # only the file's own problems; the rest is the points' business
+    return [data.problem(doc, text)]

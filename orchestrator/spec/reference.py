@@ -1,6 +1,6 @@
 """The spec reference in Markdown, generated from the pydantic SweepSpec so the docs cannot drift.
 
-`orch docs` prints it; the README embeds it and a test checks that the two are equal.
+`orch docs` prints it; docs/sweeps.md embeds it and a test checks that the two are equal.
 """
 
 from __future__ import annotations

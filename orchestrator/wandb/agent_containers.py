@@ -25,14 +25,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from signal import Signals
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
-from orchestrator.launch.docker.launcher import ContainerRun, DockerLauncher, remove_containers
-from orchestrator.launch.protocol import Launch, LauncherError
+from orchestrator.launch.docker.container import CACHE, WANDB_HOST_ONLY, KeyFile
+from orchestrator.launch.docker.engine import ContainerEngine, ContainerRun
+from orchestrator.launch.protocol import Launch, LauncherError, Run
 from orchestrator.ledger import Ledger
 from orchestrator.spec.model import LauncherSettings
-from orchestrator.launch.docker.container import CACHE, WANDB_HOST_ONLY, WATCHDOG, KeyFile
+from orchestrator.wandb.agents import AgentCommand
 from orchestrator.wandb.cloud import SweepRef
 
 REPO, HOME, AGENT, NETRC = "/orch/repo", "/orch/home", "/orch/agent", "/tmp/.netrc"
@@ -47,49 +49,52 @@ def netrc_entry(key: str) -> str:
 def recorded_launcher(ledger: Ledger, ref: SweepRef) -> tuple[LauncherSettings, str, Path]:
     """(launcher section, ledger name, spec dir) of the spec this W&B sweep was created from;
     defaults (type local, the sweep path, the current directory) when it is not in the ledger."""
-    for row in ledger.sweeps():
-        spec = row.get("spec") or {}
-        if (spec.get("wandb") or {}).get("path") == ref.path:
-            where = Path(row["spec_path"]).resolve().parent if row.get("spec_path") else Path.cwd()
-            defaults = LauncherSettings().model_dump(mode="json")  # the ledger keeps every field
-            given = {k: v for k, v in (spec.get("launcher") or {}).items() if defaults.get(k) != v}
-            return LauncherSettings.model_validate(given), row["name"], where
-    return LauncherSettings(), ref.path, Path.cwd()
+    row = ledger.wandb_sweep(ref.path)
+    if row is None:
+        return LauncherSettings(), ref.path, Path.cwd()
+    where = Path(row["spec_path"]).resolve().parent if row.get("spec_path") else Path.cwd()
+    defaults = LauncherSettings().model_dump(mode="json")  # the ledger keeps every field
+    given = {k: v for k, v in (row["spec"].get("launcher") or {}).items() if defaults.get(k) != v}
+    return LauncherSettings.model_validate(given), row["name"], where
 
 
-class AgentContainers(DockerLauncher):
-    """The launcher AgentPool drives to run each agent in its own container (engine calls,
-    stop, kill after grace and reaping are the Docker launcher's)."""
+class AgentContainers:
+    """The launcher AgentPool drives to run each agent in its own container, on the container
+    engine the Docker launcher uses (engine.py: image, watchdog, signals, reaping)."""
 
     def __init__(self, settings: LauncherSettings, ref: SweepRef, name: str, home: Path,
                  spec_dir: Path, kill_grace: float, say: Callable[[str], None]) -> None:
-        self._setup(settings, name, home, spec_dir, kill_grace, say)
+        self.engine = ContainerEngine(settings, name, home, spec_dir, kill_grace, say)
+        self.settings = settings
+        self.sweep = name
+        self.home = home
+        self.spec_dir = spec_dir
         self.ref = ref
         self.root = Path.cwd().resolve()
         self._key = KeyFile(".netrc", netrc_entry)
 
     def prepare(self, devices: list[str]) -> None:
         """The image and GPU runtime (as for trials), the key file, and the host dirs."""
-        super().prepare(devices)
-        if self._key.path(int(self.user.split(":")[0])) is None:
+        self.engine.prepare(devices)
+        if self._key.path(self.engine.uid) is None:
             raise LauncherError("no W&B API key: agents in containers need one; run `wandb "
                                 "login` or set WANDB_API_KEY")
         (self.home / "runs").mkdir(parents=True, exist_ok=True)  # else the engine makes it
 
     def reap_orphans(self, marker: str) -> int:
         """Remove the containers an earlier `orch agent` of this sweep left (found by label)."""
-        return remove_containers(self.client, self.ref.path, self.home, label="orch.agent")
+        return self.engine.remove_labelled(self.ref.path, label="orch.agent")
 
     def _mounts(self, agent_dir: Path) -> dict[str, dict[str, str]]:
         binds = {str(self.root): {"bind": REPO, "mode": "ro"},
                  str((self.home / "runs").resolve()): {"bind": f"{HOME}/runs", "mode": "rw"},
-                 str(self.cache_dir): {"bind": CACHE, "mode": "rw"},
+                 str(self.engine.cache_dir): {"bind": CACHE, "mode": "rw"},
                  str(agent_dir.resolve()): {"bind": AGENT, "mode": "rw"}}
         for spec in self.settings.volumes:  # HOST:CONTAINER[:ro|rw], HOST relative to the spec
             host, _, rest = spec.partition(":")
             inside, _, mode = rest.partition(":")
             binds[str((self.spec_dir / host).resolve())] = {"bind": inside, "mode": mode or "rw"}
-        key = self._key.path(int(self.user.split(":")[0]))
+        key = self._key.path(self.engine.uid)
         if key:
             binds[key] = {"bind": NETRC, "mode": "ro"}
         return binds
@@ -106,34 +111,34 @@ class AgentContainers(DockerLauncher):
 
     def start(self, launch: Launch) -> ContainerRun:
         """Create and start the slot's agent container; its output streams to the agent log."""
-        import docker.errors
-        from docker.types import DeviceRequest
-
+        assert isinstance(launch.command, AgentCommand)
         launch.run_dir.mkdir(parents=True, exist_ok=True)
         log = launch.run_dir / "trial.log"
         log.touch()
-        argv = ["wandb", *launch.argv[1:]]  # the image's wandb, not the host's path to one
-        gpu = launch.device.split(":", 1)[1] if launch.device.startswith("cuda:") else None
-        api = self.client.api
-        host = api.create_host_config(
-            binds=self._mounts(launch.run_dir), network_mode=self.settings.online_network,
-            shm_size=self.settings.shm_size, init=True,
-            device_requests=[DeviceRequest(device_ids=[gpu], capabilities=[["gpu"]])]
-            if gpu is not None else None)
         labels = {"orch.agent": self.ref.path, "orch.sweep": self.sweep,
                   "orch.home": str(self.home), "orch.slot": str(launch.number),
                   "orch.role": "agent"}
-        config = api.create_container_config(
-            self.image, ["python", "-c", WATCHDOG, str(self.kill_grace), *argv], user=self.user,
-            environment=self._env(launch), labels=labels, working_dir=REPO, stdin_open=True,
-            host_config=host)
-        config["StdinOnce"] = True  # our attach closing (we died) closes the watchdog's stdin
-        try:
-            container_id = api.create_container_from_config(config, None)["Id"]
-        except docker.errors.APIError as err:  # a bad mount, image or network
-            raise LauncherError(f"creating the container of agent {launch.number} failed: "
-                                f"{err.explanation or err}") from None
-        return self._start_watched(container_id, launch, launch.run_dir, log, argv)
+        return self.engine.run(
+            launch, launch.command.in_image(), what=f"agent {launch.number}",
+            binds=self._mounts(launch.run_dir), env=self._env(launch), labels=labels,
+            network=self.settings.online_network, log=log, working_dir=REPO)
+
+    def wait_any(self, timeout: float) -> None:
+        """Sleep until an agent's container ends or `timeout` seconds pass."""
+        self.engine.wait_any(timeout)
+
+    def signal(self, run: Run, sig: Signals) -> None:
+        """Send `sig` to the agent's container (the agent forwards it to its trainer)."""
+        self.engine.signal(run, sig)
+
+    def reap(self, run: Run) -> int | None:
+        """The agent's exit code once its container ended (then it is removed), else None."""
+        return self.engine.reap(run)
+
+    def close(self) -> None:
+        """Remove any agent container still known and the key file."""
+        self.engine.close()
+        self._key.remove()
 
 
 def agent_launcher(ledger: Ledger, ref: SweepRef, home: Path, kill_grace: float,

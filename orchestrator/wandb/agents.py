@@ -24,9 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from orchestrator.launch.protocol import Launch, Launcher, Run
 from orchestrator.launch.local import LocalLauncher, kill_marked
+from orchestrator.launch.protocol import Launch, Launcher, Run
 from orchestrator.run.slots import Slot
+from orchestrator.run.stopping import Stopper
 from orchestrator.wandb.cloud import SweepRef, agent_argv, looks_offline
 
 TICK = 0.5
@@ -54,6 +55,22 @@ def agent_env(slot: Slot, home: Path, base: dict[str, str]) -> dict[str, str]:
     return {**base, **slot.env, "PATH": path, "ORCH_HOME": str(home),
             "ORCH_CACHE_DIR": base.get("ORCH_CACHE_DIR") or str(home / "cache"),
             "PYTHONUNBUFFERED": "1"}
+
+
+@dataclass(frozen=True)
+class AgentCommand:
+    """One slot's `wandb agent ...` (cloud.agent_argv): run here as it is, or in a container
+    with the image's own `wandb` (agent_containers.py)."""
+
+    argv: list[str]
+
+    def host(self) -> list[str]:
+        """The command on this machine."""
+        return list(self.argv)
+
+    def in_image(self) -> list[str]:
+        """The command in a container: the image's wandb, not the host's path to one."""
+        return ["wandb", *self.argv[1:]]
 
 
 @dataclass
@@ -90,12 +107,12 @@ class AgentPool:
     def _on_signal(self, signum: int, _frame: Any) -> None:
         if self._signal is not None:  # a second Ctrl-C: no more grace
             for agent in self._agents:
-                agent.run.term_sent = 0.0
+                Stopper.hurry(agent.run)
         self._signal = signum
 
     def run(self) -> int:
         """Start the agents, wait for them all; 0 when every agent ended well."""
-        launcher = self.launcher or LocalLauncher(self.kill_grace)
+        launcher = self.launcher or LocalLauncher()
         try:
             launcher.prepare(sorted({s.device for s in self.slots}))  # an image, a GPU check
             leftovers = launcher.reap_orphans(self.marker)
@@ -130,17 +147,18 @@ class AgentPool:
             agent_dir = self.home / "agents" / self.sweep.id / f"slot-{slot.index}"
             env = agent_env(slot, self.home, base)
             env["WANDB_DIR"] = str(agent_dir)  # the agent's sweep-*/config-*.yaml go here
-            argv = agent_argv(self.sweep, count, self.wandb)
+            command = AgentCommand(agent_argv(self.sweep, count, self.wandb))
             run = launcher.start(Launch(
-                trial_id=slot.index, number=slot.index, attempt=1, argv=argv, run_dir=agent_dir,
-                env=env, timeout=self.timeout, marker=f"{self.marker}{slot.index}",
-                base=Path(), point={}, device=slot.device))
+                trial_id=slot.index, number=slot.index, attempt=1, command=command,
+                run_dir=agent_dir, env=env, marker=f"{self.marker}{slot.index}",
+                device=slot.device))
             self._agents.append(Agent(slot, run))
             self.say(f"agent {slot.index} on {slot.device} started (pid {run.pid}, "
                      f"log {run.log})")
 
     def _wait(self, launcher: Launcher) -> bool:
         """Until every agent has ended; True when --timeout stopped them."""
+        stopper = Stopper(launcher, self.timeout, self.kill_grace)
         stopping = False
         while True:
             now = time.time()
@@ -148,10 +166,10 @@ class AgentPool:
                 stopping = True
                 self.say("stopping the agents (SIGTERM; their runs end as failed on W&B)")
                 for agent in self._agents:
-                    launcher.terminate(agent.run, "stopped")
+                    stopper.stop(agent.run, "stopped")
             live = [a for a in self._agents if a.code is None]
             for agent in live:
-                launcher.enforce(agent.run, now)
+                stopper.enforce(agent.run, now)
                 self._show_log(agent)
                 code = launcher.reap(agent.run)
                 if code is not None:

@@ -11,13 +11,13 @@ import subprocess
 from pathlib import Path
 from typing import Callable
 
-from orchestrator.wandb import cloud as wandb_cloud
-from orchestrator.wandb.agents import AgentPool
 from orchestrator.ledger import Ledger
-from orchestrator.spec.plan import Plan
 from orchestrator.run.slots import Slot
 from orchestrator.spec.model import WandbSettings
+from orchestrator.spec.plan import Plan
 from orchestrator.states import SweepState
+from orchestrator.wandb import cloud as wandb_cloud
+from orchestrator.wandb.agents import AgentPool
 from orchestrator.wandb.cloud import RemoteSweep, SweepRef
 from orchestrator.wandb.run_import import import_sweep
 from orchestrator.wandb.sweep_config import sweep_config
@@ -35,10 +35,8 @@ def create(plan: Plan, ledger: Ledger, say: Say, root: Path | None = None,
         ref = make(config, wb.project, wb.entity)
     except Exception as err:  # whatever wandb raises: login, network, a refused config
         raise wandb_cloud.explain(err, "create the W&B sweep") from None
-    recorded = spec.model_dump(mode="json") | {"wandb": {"path": ref.path, "url": ref.url(),
-                                                         "config": config}}
-    ledger.upsert_sweep(spec.name, str(plan.doc.path), recorded, plan.varied, spec.metric.name,
-                        spec.metric.goal)
+    ledger.upsert_sweep(spec.name, str(plan.doc.path), spec.model_dump(mode="json"), plan.varied,
+                        spec.metric.name, spec.metric.goal, wandb_sweep=ref.path)
     ledger.release(spec.name, SweepState.ON_WANDB)
     say(f"W&B sweep {ref.path}\n  {ref.url()}\n"
         f"more workstations join with: orch agent {ref.path}")
@@ -49,8 +47,7 @@ def resolve(ledger: Ledger, text: str) -> SweepRef:
     """A sweep given as a ledger name (recorded by `orch sweep --backend wandb` or an import)
     or as ENTITY/PROJECT/SWEEP_ID."""
     row = ledger.sweep(text)
-    path = ((row or {}).get("spec") or {}).get("wandb", {}).get("path")
-    return SweepRef.parse(path or text)
+    return SweepRef.parse((row or {}).get("wandb_sweep") or text)
 
 
 def run_agents(ref: SweepRef, slots: list[Slot], home: Path, say: Say, count: int | None = None,
@@ -91,10 +88,8 @@ def sync(ledger: Ledger, home: Path, name: str, say: Say, timeout: float = 600,
         say(f"no offline W&B runs under {home / 'runs' / name} (tracking.mode offline writes "
             "them; online runs are uploaded as they run)")
         return 0 if row is not None else 2
-    ref = None
-    path = ((row or {}).get("spec") or {}).get("wandb", {}).get("path")
-    if path:
-        ref = SweepRef.parse(path)
+    path = (row or {}).get("wandb_sweep")
+    ref = SweepRef.parse(path) if path else None
     argv = wandb_cloud.sync_argv(dirs, ref)
     say(f"syncing {len(dirs)} offline run(s) of {name}" + (f" into {ref.path}" if ref else ""))
     try:

@@ -19,9 +19,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
 
-from orchestrator.contract import METRICS, finite
+from orchestrator.contract import describe_recorded, finite, read_result
 from orchestrator.ledger import Ledger, Trial
 from orchestrator.search import varied
+from orchestrator.spec.model import SweepSpec
 from orchestrator.states import SweepState, TrialState
 from orchestrator.wandb.cloud import RemoteSweep
 from orchestrator.wandb.sweep_config import flat_parameters
@@ -72,11 +73,11 @@ def lookup(config: dict[str, Any], name: str) -> Any:
     return node
 
 
-def history_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def history_rows(rows: list[dict[str, Any]], metrics: list[str]) -> list[dict[str, Any]]:
     """The validation rows of a run's history, as ledger metric rows {step, time, metrics}."""
     out = []
     for row in rows:
-        values = {m: finite(row.get(m)) for m in METRICS}
+        values = {m: finite(row.get(m)) for m in metrics}
         if all(v is None for v in values.values()):
             continue  # a training_step row (train_loss, lr)
         out.append({"step": row.get("_step"), "time": row.get("_timestamp"), **values})
@@ -100,17 +101,20 @@ def _int(value: Any) -> int | None:
 
 
 def import_run(ledger: Ledger, sweep: str, run: RunLike, history: list[dict[str, Any]],
-               names: list[str], metric: str, goal: str, runs_dir: Path) -> Trial:
-    """One W&B run as a ledger trial, keyed by its run id (a rerun of a config is its own)."""
+               names: list[str], metric: str, goal: str, runs_dir: Path,
+               metrics: list[str] | None = None) -> Trial:
+    """One W&B run as a ledger trial, keyed by its run id (a rerun of a config is its own);
+    `metrics`: the names the program reports (default: the sweep metric)."""
+    metrics = metrics or [metric]
     summary = dict(run.summary_metrics or {})
     config = dict(run.config or {})
     state, reason = trial_state(run.state, summary)
-    final = {m: finite(summary.get(f"final_{m}")) for m in METRICS}
-    best = {m: finite(summary.get(f"best_{m}")) for m in METRICS}
+    final = {m: finite(summary.get(f"final_{m}")) for m in metrics}
+    best = {m: finite(summary.get(f"best_{m}")) for m in metrics}
     best["step"] = _int(summary.get("best_step"))
-    rows = history_rows(history)
+    rows = history_rows(history, metrics)
     if all(v is None for v in final.values()) and rows:  # a run that ended without a summary
-        final = {m: rows[-1].get(m) for m in METRICS}
+        final = {m: rows[-1].get(m) for m in metrics}
     scores = [r[metric] for r in rows if r.get(metric) is not None]
     pick = min if goal == "minimize" else max
     run_dir = runs_dir / run.id  # the command's --out, when the run ran on this workstation
@@ -129,16 +133,19 @@ def import_run(ledger: Ledger, sweep: str, run: RunLike, history: list[dict[str,
     }
     resolved = config.get("resolved") if isinstance(config.get("resolved"), dict) else None
     params = {n: lookup(config, n) for n in names}
+    # The trainer's result.json, when the run ran here: what the summary leaves out (throughput).
+    result = read_result(run_dir) if run_dir.is_dir() else None
     return ledger.import_trial(sweep, f"wandb-{run.id}", params, columns, final,
-                               {k: v for k, v in best.items() if v is not None}, resolved, rows)
+                               {k: v for k, v in best.items() if v is not None}, resolved, rows,
+                               result)
 
 
 def ledger_name(ledger: Ledger, remote: RemoteSweep) -> str:
     """The ledger sweep for a W&B sweep: the one `orch sweep` recorded it under, else the W&B
     config's name (suffixed with the id if a local sweep already has that name), else its id."""
-    for row in ledger.sweeps():
-        if (row.get("spec") or {}).get("wandb", {}).get("path") == remote.ref.path:
-            return str(row["name"])
+    row = ledger.wandb_sweep(remote.ref.path)
+    if row is not None:
+        return str(row["name"])
     name = str(remote.config.get("name") or f"wandb-{remote.ref.id}")
     return f"{name}-{remote.ref.id}" if ledger.sweep(name) is not None else name
 
@@ -151,17 +158,20 @@ def import_sweep(ledger: Ledger, remote: RemoteSweep, home: Path) -> str:
     metric = str(metric_cfg.get("name") or "val_loss")
     goal = str(metric_cfg.get("goal") or "minimize")
     existing = ledger.sweep(name)
-    spec = dict(existing["spec"]) if existing else {"search": remote.config}
-    spec["wandb"] = {**spec.get("wandb", {}), "path": remote.ref.path, "url": remote.ref.url()}
+    spec = existing["spec"] if existing else {"search": remote.config}
     ledger.upsert_sweep(name, existing["spec_path"] if existing else "", spec,
-                        existing["varied"] if existing else varied(parameters), metric, goal)
+                        existing["varied"] if existing else varied(parameters), metric, goal,
+                        wandb_sweep=remote.ref.path)
     names = list(flat_parameters(parameters))
+    # A sweep W&B knows but this ledger does not ran the default program.
+    described = describe_recorded(spec.get("program") or SweepSpec.model_fields["program"].default)
+    metrics = list(dict.fromkeys([metric, *described.metric_names()]))
     # Run dirs follow the command's --out: ORCH_HOME/runs/<W&B sweep name>/<run id>.
     runs_dir = home / "runs" / str(remote.config.get("name") or name)
     for run in sorted(remote.runs, key=lambda r: _epoch(getattr(r, "created_at", None))
                       or math.inf):
         import_run(ledger, name, run, remote.histories.get(run.id, []), names, metric, goal,
-                   runs_dir)
+                   runs_dir, metrics)
     state = remote.state.lower()  # RUNNING, PAUSED, CANCELED, FINISHED
     # `orch ls` reads a bare `running` without a live local owner as interrupted.
     ledger.release(name, SweepState.ON_WANDB if state == "running" else state)

@@ -42,11 +42,10 @@ class AgentArray:
 
 def recorded_settings(ledger: Ledger, ref: SweepRef) -> LauncherSettings:
     """The Slurm launcher section of the spec this W&B sweep was created from, else defaults."""
-    for row in ledger.sweeps():
-        spec = row.get("spec") or {}
-        launcher = spec.get("launcher") or {}
-        if (spec.get("wandb") or {}).get("path") == ref.path and launcher.get("type") == "slurm":
-            return LauncherSettings.model_validate(launcher)
+    row = ledger.wandb_sweep(ref.path)
+    launcher = (row or {}).get("spec", {}).get("launcher") or {}
+    if launcher.get("type") == "slurm":
+        return LauncherSettings.model_validate(launcher)
     return LauncherSettings(type="slurm")
 
 

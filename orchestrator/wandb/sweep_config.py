@@ -34,7 +34,8 @@ from typing import Any
 from orchestrator.contract import format_value
 from orchestrator.spec.plan import Plan
 from orchestrator.search import param_names
-from orchestrator.spec.model import SpecError, parse_set
+from orchestrator.spec.model import SpecError
+from orchestrator.spec.overrides import parse_set
 
 ARGS_MACRO = "${args_no_hyphens}"
 HOME_MACRO = "${envvar:ORCH_HOME}"
@@ -95,7 +96,7 @@ def sweep_config(plan: Plan, root: Path | None = None) -> dict[str, Any]:
     for key, value in plan.fixed.items():
         if key in parameters:
             continue  # the agent passes it
-        if key == "data.path" and isinstance(value, str) and os.path.isabs(value):
+        if key in plan.described.data_files and isinstance(value, str) and os.path.isabs(value):
             value = portable(value, root)
         fixed.append(f"{key}={format_value(value)}")
     program, head = program_and_head(spec.program)

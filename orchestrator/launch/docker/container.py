@@ -5,7 +5,8 @@ A trial container sees only what it needs, at fixed paths:
     /orch/run      the trial's run dir (read-write; files owned by the user it runs as)
     /orch/cache    the sweep's data cache (read-only; filled before, by a `prepare` container)
     /orch/config/  the trainer base config (read-only)
-    /orch/data/    the titles file's directory (read-only; `data.path` rewritten to point here)
+    /orch/data/    the data file's directory (read-only; the program's data file key, from
+                   `describe`, rewritten to point here; a second file's at /orch/data-2/, ...)
     /orch/secrets/ the W&B API key as a 0600 file, only when there is a key and W&B is on
 
 The API key never enters a command, label or environment variable (`docker inspect` shows all
@@ -24,7 +25,8 @@ from urllib.parse import urlparse
 
 import yaml
 
-from orchestrator.contract import format_value
+from orchestrator.contract import Description, format_value
+from orchestrator.launch.command import TrialCommand
 from orchestrator.launch.protocol import Launch
 from orchestrator.spec.model import LauncherSettings, read_yaml
 
@@ -34,31 +36,6 @@ KEY_FILE = f"{SECRETS}/wandb_api_key"
 # W&B variables that hold host paths (meaningless in a container) or the secret itself.
 WANDB_HOST_ONLY = ("WANDB_API_KEY", "WANDB_DIR", "WANDB_CONFIG_DIR", "WANDB_CACHE_DIR",
                    "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR")
-
-# Runs the trial program inside the container and ends it when its stdin reaches EOF, which
-# happens when the orchestrator's attach closes: the kernel closes it even on kill -9. It is
-# the container's counterpart of the local launcher's parent-death signal. Exit codes pass
-# through (a signal N as 128 + N, as a shell reports it); SIGTERM and SIGINT are forwarded.
-WATCHDOG = """\
-import os, signal, subprocess, sys, threading
-grace, argv = float(sys.argv[1]), sys.argv[2:]
-child = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
-for s in (signal.SIGTERM, signal.SIGINT):
-    signal.signal(s, lambda n, _f: child.send_signal(n))
-def orphaned():
-    while os.read(0, 65536):  # unbuffered: no stdin lock held at interpreter exit
-        pass
-    print("[orch] the orchestrator is gone: stopping the trial", file=sys.stderr, flush=True)
-    child.terminate()
-    try:
-        child.wait(grace)
-    except subprocess.TimeoutExpired:
-        child.kill()
-threading.Thread(target=orphaned, daemon=True).start()
-code = child.wait()
-sys.exit(128 - code if code < 0 else code)
-"""
-
 
 def api_key() -> str | None:
     """The W&B API key of the invoking user: WANDB_API_KEY, else their netrc entry."""
@@ -111,11 +88,11 @@ class Layout:
     """Maps a trial's host paths and settings to what its container is given."""
 
     def __init__(self, settings: LauncherSettings, spec_dir: Path, cache_dir: Path,
-                 program: list[str]) -> None:
+                 described: Description | None = None) -> None:
         self.settings = settings
         self.spec_dir = spec_dir
         self.cache_dir = cache_dir
-        self.program = program
+        self.described = described or Description()
         self._bases: dict[Path, dict[str, Any]] = {}
 
     def _base(self, base: Path) -> dict[str, Any]:
@@ -129,26 +106,31 @@ class Layout:
 
     def setting(self, launch: Launch, key: str) -> Any:
         """A dotted config value as the trial will see it: its overrides, else the base file."""
-        if key in launch.point:
-            return launch.point[key]
-        node: Any = self._base(launch.base)
+        command = trial(launch)
+        if key in command.overrides:
+            return command.overrides[key]
+        node: Any = self._base(command.config)
         for part in key.split("."):
             node = node.get(part) if isinstance(node, dict) else None
         return node
 
     def mounts(self, launch: Launch) -> tuple[dict[str, dict[str, str]], dict[str, Any]]:
         """(binds, point): the trial's bind mounts, and its overrides with in-container paths."""
+        command = trial(launch)
         binds = {str(launch.run_dir.resolve()): {"bind": RUN, "mode": "rw"},
                  str(self.cache_dir): {"bind": CACHE, "mode": "ro"},
-                 str(launch.base.resolve()): {"bind": self.config(launch), "mode": "ro"}}
-        point = dict(launch.point)
-        data = self.setting(launch, "data.path")
-        if data is not None:
+                 str(command.config.resolve()): {"bind": self.config(launch), "mode": "ro"}}
+        point = dict(command.overrides)
+        for i, key in enumerate(self.described.data_files):
+            data = self.setting(launch, key)
+            if data is None:
+                continue
             # Relative to where orch runs, as a local trial (started there) would read it.
             path = Path(str(data))
             path = (path if path.is_absolute() else Path.cwd() / path).resolve()
-            binds[str(path.parent)] = {"bind": DATA, "mode": "ro"}
-            point["data.path"] = f"{DATA}/{path.name}"
+            inside = DATA if i == 0 else f"{DATA}-{i + 1}"
+            binds[str(path.parent)] = {"bind": inside, "mode": "ro"}
+            point[key] = f"{inside}/{path.name}"
         for spec in self.settings.volumes:
             host, _, rest = spec.partition(":")
             inside, _, mode = rest.partition(":")
@@ -157,16 +139,16 @@ class Layout:
 
     def config(self, launch: Launch) -> str:
         """The base config's path inside the container."""
-        return f"{CONFIG}/{launch.base.name}"
+        return f"{CONFIG}/{trial(launch).config.name}"
 
     def argv(self, launch: Launch, point: dict[str, Any]) -> list[str]:
-        """The trial's command inside the container (the contract, with container paths)."""
-        return [*self.program, "--config", self.config(launch), "--out", RUN,
-                *[f"{k}={format_value(v)}" for k, v in point.items()]]
+        """The trial's command inside the container: its program as written, container paths."""
+        command = trial(launch)
+        return command.render(command.program, self.config(launch), RUN, point)
 
     def prepare_argv(self, launch: Launch, sets: dict[str, Any]) -> list[str]:
         """`PROGRAM prepare`: fill the data cache for these data and tokenizer settings."""
-        return [*self.program, "prepare", "--config", self.config(launch),
+        return [*trial(launch).program, "prepare", "--config", self.config(launch),
                 *[f"{k}={format_value(v)}" for k, v in sets.items()]]
 
     def env(self, launch: Launch, online: bool) -> dict[str, str]:
@@ -180,3 +162,9 @@ class Layout:
             env["WANDB_MODE"] = "offline"  # no network: W&B must not try to reach its servers
         env.update(self.settings.env)
         return env
+
+
+def trial(launch: Launch) -> TrialCommand:
+    """The trial command of a launch (the Docker launcher runs trials only)."""
+    assert isinstance(launch.command, TrialCommand)
+    return launch.command

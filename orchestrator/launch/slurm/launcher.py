@@ -27,18 +27,19 @@ import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from signal import SIGTERM, Signals
 from typing import TYPE_CHECKING, Callable
 
-from orchestrator.launch.slurm import commands as slurm
-from orchestrator.contract import train_argv
+from orchestrator.launch.command import TrialCommand
 from orchestrator.launch.protocol import MARKER, Launch, LauncherError, Run
+from orchestrator.launch.slurm import commands as slurm
 from orchestrator.ledger import Ledger
 from orchestrator.states import INTERRUPTED, TrialState
 
 if TYPE_CHECKING:
     from orchestrator.ledger import Trial
-    from orchestrator.spec.plan import Plan
     from orchestrator.spec.model import LauncherSettings
+    from orchestrator.spec.plan import Plan
 
 LOST_AFTER = 120.0  # seconds a job may be unknown to squeue, sacct and scontrol before it is lost
 QUICK_POLL = 0.5  # seconds between polls while a trial has written result.json (it is ending)
@@ -127,8 +128,6 @@ class SlurmRun(Run):
 
     job_id: str
     number: int
-    timeout: float | None = None
-    begun: float | None = None  # when Slurm started it (None while queued)
     cancel_sent: bool = False
     missing_since: float | None = None
 
@@ -141,11 +140,8 @@ class SlurmLauncher:
         self.sweep = plan.spec.name
         self.home = home
         self.say = say
-        self.kill_grace = plan.spec.resources.kill_grace
-        self.timeout = plan.spec.resources.timeout
-        self.time_limit = slurm_time(self.settings.time, self.timeout, self.kill_grace)
-        program = plan.spec.program
-        self.program = shlex.split(program) if isinstance(program, str) else list(program)
+        resources = plan.spec.resources
+        self.time_limit = slurm_time(self.settings.time, resources.timeout, resources.kill_grace)
         self._runs: dict[str, SlurmRun] = {}
         self._ended: dict[str, slurm.JobState] = {}
         self._next_poll = self._last_poll = 0.0
@@ -184,9 +180,8 @@ class SlurmLauncher:
             if state is None or not t.run_dir:
                 continue
             run = SlurmRun(trial_id=t.id, number=t.number, run_dir=Path(t.run_dir),
-                           started=state.start or t.started_at or now, deadline=None,
-                           log=Path(t.run_dir) / "trial.log", job_id=job_id, job=job_id,
-                           timeout=self.timeout)
+                           started=state.start or t.started_at or now,
+                           log=Path(t.run_dir) / "trial.log", job_id=job_id, job=job_id)
             self._runs[job_id] = run
             self._note_start(run, state.start)
             if state.ended:
@@ -213,9 +208,11 @@ class SlurmLauncher:
         """The trial command in the job. With setup lines or a container the program runs as
         the spec writes it (`python` is the job's, after `module load` or in the image);
         otherwise as on this machine, with this interpreter (on the shared filesystem)."""
+        command = launch.command
+        assert isinstance(command, TrialCommand)  # the Slurm launcher runs trials only
         if self.settings.setup or self.settings.container_prefix:
-            return train_argv(self.program, launch.base, launch.run_dir, launch.point)
-        return launch.argv
+            return command.as_written()
+        return command.host()
 
     def start(self, launch: Launch) -> SlurmRun:
         """Write RUN_DIR/job.sh and submit it; the job's output goes to RUN_DIR/trial.log."""
@@ -239,8 +236,7 @@ class SlurmLauncher:
             raise LauncherError(f"submitting trial {launch.number}: {err}") from None
         now = time.time()
         run = SlurmRun(trial_id=launch.trial_id, number=launch.number, run_dir=run_dir,
-                       started=now, deadline=None, log=log, job_id=job_id, job=job_id,
-                       timeout=launch.timeout)
+                       started=now, log=log, job_id=job_id, job=job_id)
         self._runs[job_id] = run
         self.say(f"trial {launch.number}: Slurm job {job_id} submitted")
         return run
@@ -259,9 +255,8 @@ class SlurmLauncher:
 
     def _note_start(self, run: SlurmRun, start: float | None) -> None:
         if start is not None and run.begun is None:
-            run.begun = run.started = start  # program_wall counts from here, not submission
-            if run.timeout:
-                run.deadline = start + run.timeout  # orch's timeout counts running time only
+            # program_wall and orch's timeout count from here, not from the submission.
+            run.begun = run.started = start
 
     def _refresh(self) -> None:
         """One squeue call for all live jobs, then one sacct call for those that left the queue:
@@ -303,26 +298,20 @@ class SlurmLauncher:
         """Sleep `timeout` seconds: Slurm has no event to wait on (polls are rate-limited)."""
         time.sleep(timeout)
 
-    def terminate(self, run: Run, reason: str | None = None, timed_out: bool = False) -> None:
-        """SIGTERM to every process of the job (once); a queued job is simply cancelled."""
+    def signal(self, run: Run, sig: Signals) -> None:
+        """SIGTERM to every process of the job (a queued job is simply cancelled); SIGKILL
+        cancels the job (Slurm's own TERM, then KILL after its KillWait), once."""
         assert isinstance(run, SlurmRun)
-        if run.request_stop(reason, timed_out):
-            # --signal fails on a job that has not started: then cancel it outright.
-            if run.begun is None or not slurm.cancel([run.job_id], signal="TERM"):
-                self._cancel(run)
+        # --signal fails on a job that has not started: then cancel it outright.
+        if sig == SIGTERM and run.begun is not None and slurm.cancel([run.job_id],
+                                                                     signal="TERM"):
+            return
+        self._cancel(run)
 
     def _cancel(self, run: SlurmRun) -> None:
         if not run.cancel_sent:
             run.cancel_sent = True
             slurm.cancel([run.job_id])
-
-    def enforce(self, run: Run, now: float) -> None:
-        """Apply orch's timeout (running time), and scancel the job after the grace period."""
-        assert isinstance(run, SlurmRun)
-        if run.deadline is not None and now >= run.deadline and run.term_sent is None:
-            self.terminate(run, timed_out=True)
-        if run.term_sent is not None and now - run.term_sent >= self.kill_grace:
-            self._cancel(run)
 
     def reap(self, run: Run) -> int | None:
         """The job's exit code once Slurm records its end (run.verdict says what Slurm saw)."""

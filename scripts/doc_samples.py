@@ -1,10 +1,11 @@
-"""Regenerate the README's sample outputs from real runs, so that what it shows is what orch prints.
+"""Regenerate the sample outputs in README.md and docs/ from real runs, so that what they show
+is what orch prints.
 
-    .venv/bin/python scripts/readme_samples.py
+    .venv/bin/python scripts/doc_samples.py
 
-Runs each sample's command as the README writes it (from the repository root, with the ledger
+Runs each sample's command as its page writes it (from the repository root, with the ledger
 in a temporary ORCH_HOME and run dirs in a temporary folder; the quick start's titles file must
-be at ../shared/data/hacker_news.csv) and writes what it printed into README.md between
+be at ../shared/data/hacker_news.csv) and writes what it printed into that page between
 `<!-- sample:NAME:start -->` and `<!-- sample:NAME:end -->`. It takes a few minutes on a 2-core
 CPU (the quick-start sweep trains six tiny models). tests/test_readme.py runs the same commands
 and compares their output with these samples through `normalised`, which blanks only what varies
@@ -27,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 QUICK_START = "orch sweep sweeps/smoke.yaml --data ../shared/data/hacker_news.csv"
 BY_HAND = ("python -m trainer --config sweeps/base_tiny.yaml --out runs/tiny "
            "data.path=../shared/data/hacker_news.csv")
-# The README's example of a spec error: line 5 names a field the trainer does not have.
+# docs/sweeps.md's example of a spec error: line 5 names a field the trainer does not have.
 BAD_SPEC = """\
 name: bad
 base: {base}
@@ -46,27 +47,30 @@ VOLATILE_TEXT = [  # (pattern, stable form) for the same in running text
 
 @dataclass(frozen=True)
 class Sample:
-    """A printed output the README shows: the command that prints it, as the README writes it,
-    which streams it shows (stderr first: warnings come before the run), and its fence."""
+    """A printed output a page shows: the command that prints it, as the page writes it, the
+    page (relative to the repository root), which streams it shows (stderr first: warnings come
+    before the run), and its fence."""
 
     name: str
     command: str
+    page: str
     streams: tuple[str, ...] = ("stdout",)
     fence: bool = True
 
 
 SAMPLES = [
-    Sample("quick-start", QUICK_START),
-    Sample("quick-start-markdown", "orch results smoke --format markdown", fence=False),
+    Sample("quick-start", QUICK_START, "docs/sweeps.md"),
+    Sample("quick-start-markdown", "orch results smoke --format markdown", "README.md",
+           fence=False),
     Sample("quick-start-baseline", "orch results smoke --baseline "
-           "optim.lr=0.001,model.n_layer=1 --format markdown", fence=False),
-    Sample("by-hand", BY_HAND, ("stderr", "stdout")),
-    Sample("spec-error", "orch validate bad.yaml", ("stderr",)),
+           "optim.lr=0.001,model.n_layer=1 --format markdown", "docs/results.md", fence=False),
+    Sample("by-hand", BY_HAND, "docs/trainer.md", ("stderr", "stdout")),
+    Sample("spec-error", "orch validate bad.yaml", "docs/sweeps.md", ("stderr",)),
 ]
 
 
 def as_here(command: str, tmp: Path) -> list[str]:
-    """The README's command for this interpreter (`orch`, `python` and their `.venv/bin/`
+    """A page's command for this interpreter (`orch`, `python` and their `.venv/bin/`
     forms), writing its run dirs under tmp."""
     argv = shlex.split(command)
     python = [sys.executable]
@@ -85,7 +89,7 @@ def env_for(tmp: Path) -> dict[str, str]:
 
 def execute(command: str, tmp: Path, cwd: Path = ROOT,
             timeout: float = 1800) -> subprocess.CompletedProcess[str]:
-    """Run the README's command here; its output as text with each `\\r` kept (text mode would
+    """Run a page's command here; its output as text with each `\\r` kept (text mode would
     turn them into line breaks)."""
     res = subprocess.run(as_here(command, tmp), cwd=cwd, env=env_for(tmp), capture_output=True,
                          timeout=timeout)
@@ -94,8 +98,8 @@ def execute(command: str, tmp: Path, cwd: Path = ROOT,
 
 
 def run(sample: Sample, tmp: Path) -> str:
-    """What the sample's command prints, with tmp written as `.` (the README's paths are
-    relative). Raises when it fails, since a sample of a failure the README does not mean
+    """What the sample's command prints, with tmp written as `.` (the pages' paths are
+    relative). Raises when it fails, since a sample of a failure the page does not mean
     would be a lie (the spec error is meant: exit 2)."""
     res = execute(sample.command, tmp, tmp if sample.name == "spec-error" else ROOT)
     expected = 2 if sample.name == "spec-error" else 0
@@ -141,41 +145,45 @@ def normalised(text: str) -> str:
 
 
 def marked(name: str) -> tuple[str, str]:
-    """The start and end markers of a sample in the README."""
+    """The start and end markers of a sample in its page."""
     return f"<!-- sample:{name}:start -->\n", f"<!-- sample:{name}:end -->"
 
 
-def embedded(readme: str, sample: Sample) -> str:
-    """The sample as the README holds it, without its fence."""
+def page_text(sample: Sample) -> str:
+    """The page that shows the sample, as it is now."""
+    return (ROOT / sample.page).read_text()
+
+
+def embedded(page: str, sample: Sample) -> str:
+    """The sample as its page holds it, without its fence."""
     start, end = marked(sample.name)
-    text = readme[readme.index(start) + len(start): readme.index(end)]
+    text = page[page.index(start) + len(start): page.index(end)]
     return text.removeprefix("```\n").removesuffix("```\n") if sample.fence else text
 
 
-def embed(readme: str, sample: Sample, text: str) -> str:
-    """The README with the sample's text between its markers."""
+def embed(page: str, sample: Sample, text: str) -> str:
+    """The page with the sample's text between its markers."""
     start, end = marked(sample.name)
-    i, j = readme.index(start) + len(start), readme.index(end)
-    return readme[:i] + (f"```\n{text}```\n" if sample.fence else text) + readme[j:]
+    i, j = page.index(start) + len(start), page.index(end)
+    return page[:i] + (f"```\n{text}```\n" if sample.fence else text) + page[j:]
 
 
-def shown(readme: str, command: str) -> bool:
-    """Whether the README writes the command (a `\\` continuation joined)."""
-    return command in readme.replace("\\\n    ", "")
+def shown(page: str, command: str) -> bool:
+    """Whether the page writes the command (a `\\` continuation joined)."""
+    return command in page.replace("\\\n    ", "")
 
 
 def main() -> None:
-    readme_path = ROOT / "README.md"
-    readme = readme_path.read_text()
     for sample in SAMPLES:
-        assert shown(readme, sample.command), f"the README no longer shows `{sample.command}`"
+        assert shown(page_text(sample), sample.command), \
+            f"{sample.page} no longer shows `{sample.command}`"
     with tempfile.TemporaryDirectory(prefix="orch-samples-") as name:
         tmp = Path(name)
         (tmp / "bad.yaml").write_text(BAD_SPEC.format(base=ROOT / "sweeps" / "base_tiny.yaml"))
         for sample in SAMPLES:  # in order: the results sample reads the quick start's ledger
             print(f"running `{sample.command}`", file=sys.stderr)
-            readme = embed(readme, sample, run(sample, tmp))
-    readme_path.write_text(readme)
+            text = run(sample, tmp)
+            (ROOT / sample.page).write_text(embed(page_text(sample), sample, text))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,82 @@
+"""W&B's own checks of a sweep's search section, run without importing W&B's `sweeps` package
+where its JSON schema suffices (the package pulls in numpy, scipy and requests)."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+from orchestrator.search import plain_parameter
+from orchestrator.spec.model import SpecDoc
+
+
+@functools.cache
+def sweeps_validator() -> Any:
+    """W&B's sweep config validator (`sweeps.config.schema.validator`), built the same way from
+    the schema file its package ships, without importing the package (numpy and requests, most
+    of the start-up of `orch validate`)."""
+    import jsonschema
+
+    root = importlib.util.find_spec("sweeps").submodule_search_locations[0]
+    schema = json.loads((Path(root) / "config" / "schema.json").read_text())
+    formats = jsonschema.FormatChecker()
+    formats.checks("float")(lambda value: isinstance(value, float))
+    formats.checks("integer")(lambda value: isinstance(value, int))
+    return jsonschema.Draft7Validator(schema=schema, format_checker=formats)
+
+
+def sweeps_schema_errors(doc: SpecDoc,
+                         search: dict[str, Any]) -> list[tuple[tuple[Any, ...], str]]:
+    """(YAML location, paragraph) of every problem W&B's checks find in a search config."""
+    import jsonschema.exceptions
+
+    validator = sweeps_validator()
+    out = []
+    for err in validator.iter_errors(search):
+        loc = tuple(err.absolute_path)
+        best = jsonschema.exceptions.best_match(err.context) if err.context else None
+        if loc[:1] == ("parameters",) and len(loc) == 2:
+            out.append((loc, doc.error(loc, "not a valid W&B parameter. Allowed forms: {value: V}, "
+                                      "{values: [..]}, {min: A, max: B, distribution: D}, "
+                                      "{distribution: normal, mu, sigma}, or {parameters: {..}} "
+                                      "for nesting" + (f" ({best.message})" if best else ""))))
+        else:
+            out.append((loc, doc.error(loc, f"{err.message} (W&B sweep config schema)")))
+    try:
+        extra = _sweeps_violations(search)
+    except ValueError as err:
+        extra = [str(err)]
+    seen = {err.message for err in validator.iter_errors(search)}
+    names = sorted(search.get("parameters", {}), key=len, reverse=True)
+    for msg in dict.fromkeys(extra):
+        if msg in seen:
+            continue
+        name = next((n for n in names if n in msg), None)
+        loc = ("parameters", name) if name else ()
+        if not loc or loc not in {l for l, _ in out}:
+            out.append((loc, doc.error(loc, msg)))
+    return out
+
+
+def _sweeps_violations(search: dict[str, Any]) -> list[str]:
+    """W&B's own checks of a sweep config (`schema_violations_from_proposed_config`).
+
+    Beyond its JSON schema, it checks each parameter (bounds, probabilities, deprecated
+    distributions) by building the engine's scipy-based parameters, seconds of every `orch
+    validate`; plain parameters pass those checks, so they skip them. A spec's search config
+    never has `scheduler` or `metrics`, the function's other checks.
+    """
+    params = search.get("parameters")
+    if isinstance(params, dict) and all(
+            plain_parameter(p) or (isinstance(p, dict) and set(p) == {"parameters"})
+            for p in params.values()):
+        return [err.message for err in sweeps_validator().iter_errors(search)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from sweeps import schema_violations_from_proposed_config
+
+    return schema_violations_from_proposed_config(search)
