@@ -59,10 +59,12 @@ def best(name: str = typer.Argument(..., help="Sweep name."),
              None, "--out", help="Write to FILE (default: stdout; with --as-spec, "
              "SWEEP-best-seeds.yaml)."),
          as_spec: bool = typer.Option(False, "--as-spec", help="Write a sweep spec that "
-                                      "re-runs the best config over --seeds train seeds (its "
-                                      "config goes beside it as SPEC.config.yaml)."),
-         seeds: int = typer.Option(3, "--seeds", min=1, help="With --as-spec: how many train "
-                                   "seeds, from the best trial's own.")) -> None:
+                                      "re-runs the best config over --seeds seeds (the "
+                                      "program's first declared seed key: train.seed for the "
+                                      "trainer); its config goes beside it as "
+                                      "SPEC.config.yaml."),
+         seeds: int = typer.Option(3, "--seeds", min=1, help="With --as-spec: how many seeds, "
+                                   "counting up from the best trial's own.")) -> None:
     """The best finished trial's full trainer config: `python -m trainer --config FILE` trains
     it unchanged (the same config hash, which this command checks with the program)."""
     from orchestrator.report import best as best_mod
@@ -77,8 +79,12 @@ def best(name: str = typer.Argument(..., help="Sweep name."),
     if as_spec:
         spec_file = out_file or Path(f"{name}-best-seeds.yaml")
         config_file = spec_file.with_name(spec_file.stem + ".config.yaml")
+        try:
+            spec = best_mod.seeds_spec(ledger, win, config_file.name, seeds)
+        except ResultsError as e:
+            fail(str(e))
+            raise typer.Exit(2) from None
         _write(config_file, text)
-        spec = best_mod.seeds_spec(ledger, win, config_file.name, seeds)
         _write(spec_file, yaml.safe_dump(spec, sort_keys=False))
         checked = config_file
     elif out_file is None:

@@ -16,7 +16,8 @@ from typing import Any
 
 import yaml
 
-from orchestrator.contract import ContractError, Validator, program_argv, read_result
+from orchestrator.contract import (ContractError, Validator, describe_recorded, program_argv,
+                                   read_result)
 from orchestrator.ledger import Ledger, Trial
 from orchestrator.report.results import ResultsError, load
 from orchestrator.spec.model import LauncherSettings, Resources, Tracking, read_yaml
@@ -119,10 +120,19 @@ def program_of(ledger: Ledger, name: str) -> list[str]:
 
 
 def seeds_spec(ledger: Ledger, win: Winner, config_file: str, seeds: int) -> dict[str, Any]:
-    """A grid spec re-running the winner's config over `seeds` train seeds, starting at its
-    own (so its first trial is the winner again: the same config hash)."""
+    """A grid spec re-running the winner's config over `seeds` values of the program's first
+    declared seed (the trainer's train.seed), starting at its own: its first trial is the
+    winner again (the same config hash)."""
     spec = dict((ledger.sweep(win.sweep) or {}).get("spec") or {})
-    seed = int((win.config.get("train") or {}).get("seed", 1337))
+    declared = describe_recorded(spec.get("program")).seeds
+    if not declared:
+        raise ResultsError(f"the program of sweep {win.sweep} declares no seed key "
+                           f"(`PROGRAM describe`): there is nothing to re-run it over")
+    key = declared[0]
+    node: Any = win.config
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    seed = node if isinstance(node, int) and not isinstance(node, bool) else 0
     keep = ("program", "resources", "launcher", "tracking")
     out: dict[str, Any] = {
         "name": f"{win.sweep}-best-seeds",
@@ -131,7 +141,7 @@ def seeds_spec(ledger: Ledger, win: Winner, config_file: str, seeds: int) -> dic
         "base": config_file, "method": "grid",
         "metric": {"name": win.metric, "goal": (spec.get("metric") or {}).get("goal",
                                                                            "minimize")},
-        "parameters": {"train.seed": {"values": [seed + i for i in range(seeds)]}},
+        "parameters": {key: {"values": [seed + i for i in range(seeds)]}},
     }
     for key in keep:
         if spec.get(key):
