@@ -22,6 +22,7 @@ from typing import Optional
 import typer
 
 from orchestrator.cli import ledger as cli_ledger
+from orchestrator.cli import report as cli_report
 from orchestrator.cli import reports, sweep
 from orchestrator.cli import wandb as cli_wandb
 from orchestrator.cli.terminal import err, fail
@@ -41,6 +42,8 @@ app.command()(reports.status)
 app.command()(reports.results)
 app.command()(reports.plot)
 app.command()(sweep.stop)
+app.command()(cli_report.report)
+app.command()(cli_report.best)
 
 
 @app.command()

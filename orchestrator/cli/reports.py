@@ -11,6 +11,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
+from orchestrator.cli import report as cli_report
 from orchestrator.cli import wandb as cli_wandb
 from orchestrator.cli.terminal import err, out, show
 from orchestrator.ledger import Ledger, orch_home
@@ -83,6 +84,8 @@ def results(
     backend: Optional[str] = typer.Option(
         None, "--backend", help="`wandb`: first read each SWEEP (ENTITY/PROJECT/SWEEP_ID or a "
         "ledger name) from the W&B API into the ledger."),
+    importance: bool = typer.Option(False, "--importance", help="Also print each parameter's "
+                                    "importance (fANOVA) and correlation sign, on stderr."),
 ) -> None:
     """The comparison table: rows sorted by the sweep's metric, best marked; CI gates."""
     if form not in tables.FORMATS:
@@ -124,6 +127,8 @@ def results(
         with open(summary, "a", encoding="utf-8") as fh:
             fh.write(tables.markdown(grid) + "".join(f"\n**gate failed:** {m}\n"
                                                      for m in failures) + "\n")
+    if importance:
+        cli_report.print_importance(ledger, names, report)
     for message in failures:
         err.print(f"[bold red]gate failed:[/] {message}", highlight=False)
     if failures:
