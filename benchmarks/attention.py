@@ -45,7 +45,8 @@ def _setup(variant: str, T: int, batch: int, heads: int, device: str):
     import torch.nn.functional as F
     from pydantic import TypeAdapter
 
-    from trainer.attention import AttentionConfig, SelfAttention
+    from trainer.attention import SelfAttention
+    from trainer.attention_config import AttentionConfig
 
     torch.manual_seed(0)
     d = 64
