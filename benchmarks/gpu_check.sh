@@ -48,10 +48,11 @@ run() {
 
 if [ "$install" -eq 1 ]; then
   # --system-site-packages: a CUDA torch already in the image satisfies the pin and stays.
-  run install 240 bash -c "python3 -m venv --system-site-packages .venv-gpu &&
-    .venv-gpu/bin/pip install 'torch>=2.4,<2.15' -e '.[dev]'"
-  py=.venv-gpu/bin/python
+  run install 240 bash -c "python3 -m venv --system-site-packages .venv &&
+    .venv/bin/pip install 'torch>=2.4,<2.15' -e '.[dev]'"
+  py=.venv/bin/python
 fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # this checkout's trainer, installed or not
 
 data=${DATA:-}
 for candidate in ../shared/data/hacker_news.csv shared/data/hacker_news.csv; do

@@ -101,7 +101,7 @@ def measure(config: Path, args: argparse.Namespace, run_dir: Path) -> dict[str, 
     seconds = step_seconds(events, args.warmup)
     tokens_per_s = B * T / seconds
     flops = flops_per_token(cfg, vocab)
-    peak = peak_flops(args.device, info["precision"], 256 if args.smoke else args.matmul)
+    peak = peak_flops(args.device, info["precision"], 1024 if args.smoke else args.matmul)
     return {"config": str(config), "device": info["device"], "gpu": info["cuda"],
             "cpu": cpu_features(), "precision": info["precision"], "threads": info["threads"],
             "compile": cfg.train.compile, "set": args.set, "steps": args.steps,
