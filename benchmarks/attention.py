@@ -1,6 +1,7 @@
 """Attention variants: forward+backward time and peak memory against dense causal SDPA.
 
     python benchmarks/attention.py [--T 256 1024 4096 8192] [--batch 1 --heads 8] [--reps 3]
+        [--device cpu|cuda] [--no-memory]
 
 Each (variant, T) measures memory in its own subprocess so that its peak is its own; the
 variants of one T are timed together in one subprocess, interleaved. Memory is the
@@ -45,7 +46,8 @@ def _setup(variant: str, T: int, batch: int, heads: int, device: str):
     import torch.nn.functional as F
     from pydantic import TypeAdapter
 
-    from trainer.attention import AttentionConfig, SelfAttention
+    from trainer.attention import SelfAttention
+    from trainer.attention_config import AttentionConfig
 
     torch.manual_seed(0)
     d = 64
@@ -111,6 +113,8 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    p.add_argument("--no-memory", action="store_true",
+                   help="time only: skip the per-variant memory processes (each compiles anew)")
     p.add_argument("--child", nargs=2, metavar=("VARIANT", "T"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.device is None:
@@ -130,8 +134,11 @@ def main() -> None:
         return
     import torch
 
+    from trainer.precision import cpu_features
+
+    where = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu: {cpu_features()}"
     print(f"device={args.device} threads={torch.get_num_threads()} B={args.batch} "
-          f"H={args.heads} head_dim=64 fp32; forward+backward, best of {args.reps}")
+          f"H={args.heads} head_dim=64 fp32; forward+backward, best of {args.reps} [{where}]")
     print(f"{'T':>6} {'variant':>8} {'ms':>10} {'x dense':>8} {'peak MiB':>9} {'mem/dense':>9}")
 
     def child(kind: str, T: int):
@@ -144,7 +151,7 @@ def main() -> None:
 
     for T in args.T:
         ms = child("time", T)
-        mem = {v: child(v, T) for v in args.variants}
+        mem = {v: float("nan") if args.no_memory else child(v, T) for v in args.variants}
         for v in args.variants:
             print(f"{T:>6} {v:>8} {ms[v]:>10.1f} {ms['dense'] / ms[v]:>7.2f}x "
                   f"{mem[v]:>9.1f} {mem[v] / max(mem['dense'], 0.1):>9.2f}", flush=True)

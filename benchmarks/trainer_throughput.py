@@ -2,7 +2,13 @@
 
     python benchmarks/trainer_throughput.py [--steps 6] [--warmup 2] [--rounds 2]
         [--precision fp32|bf16|fp16] [--compile] [--threads N] [--set key.path=value ...]
-        [--quick] [--data-prep] [--no-train]
+        [--quick] [--data-prep] [--no-train] [--optim [--optim-config F]]
+
+Every figure is printed with the CPU features it was measured on (`trainer.precision.
+cpu_features`: the capability torch's kernels use, and whether the CPU has AVX-512, AVX512-BF16,
+AMX), since the ratios differ several-fold between an AVX2-only CPU and one with AMX. The ratio
+ours/ref is against `ref`, this file's re-implementation of the challenge's train.py, not
+against that file itself.
 
 Shape: the challenge baseline (d_model 512, 6 layers, 8 heads, context 128, batch 64, vocab
 16000) on batches of real token ids: the 20k shared Hacker News titles prepared by
@@ -30,6 +36,13 @@ Measurements:
 - val loss: `val_loss_tok` (nats per token) over the fixed slice; deterministic on a CPU.
 - compile/warm-up time: the warm-up steps' wall time, reported apart (it holds torch.compile's
   compilation when --compile is on).
+
+`--optim`: Muon's optimizer step alone, torch.optim.Muon (orthogonalizes in bf16) against
+`trainer.optim.Fp32Muon` (in fp32), on the block matrices of --optim-config (default
+sweeps/mainrun_best.yaml) at the shape above, from the same weights and random gradients. Each
+distinct matrix shape is timed as a one-matrix step, torch's and ours alternated in one process;
+a full step's time is the sum over the step's matrices (time of its shape x how many). Also
+prints how far ours is from torch's update (relative Frobenius norm of the difference).
 """
 
 from __future__ import annotations
@@ -186,6 +199,8 @@ def run_child(opts: dict[str, Any]) -> dict[str, Any]:
     from trainer.config import load_config
     from trainer.metrics import evaluate
     from trainer.model import GPT
+    from trainer.optim import lr_factor, make_optimizer
+    from trainer.precision import cpu_features
 
     if opts["threads"]:
         torch.set_num_threads(opts["threads"])
@@ -200,7 +215,8 @@ def run_child(opts: dict[str, Any]) -> dict[str, Any]:
     # A fixed validation slice: whole eval batches of the challenge's layout (span B*T+1).
     val_ids = data.val_ids[: min(len(data.val_ids), opts["eval_batches"] * (B * T + 1))]
     torch.manual_seed(SEED)
-    info: dict[str, Any] = {"variant": variant, "threads": torch.get_num_threads()}
+    info: dict[str, Any] = {"variant": variant, "threads": torch.get_num_threads(),
+                            "cpu": cpu_features()}
 
     if variant == "ref":
         model = build_reference(shape, data.vocab_size)
@@ -233,9 +249,9 @@ def run_child(opts: dict[str, Any]) -> dict[str, Any]:
             loop.keep_freed_memory()  # as trainer.loop.train does on a CPU
         model = GPT(cfg, data.vocab_size, eos_id=data.eos_id)
         step_model = torch.compile(model) if cfg.train.compile else model
-        opt = loop.make_optimizer(model, cfg.optim)
+        opt = make_optimizer(model, cfg.optim)
         sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda k: loop.lr_factor(cfg.schedule, k, max_steps))
+            opt, lambda k: lr_factor(cfg.schedule, k, max_steps))
         scaler = torch.amp.GradScaler("cpu", enabled=cfg.train.precision == "fp16")
 
         def step(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -266,6 +282,68 @@ def run_child(opts: dict[str, Any]) -> dict[str, Any]:
                 train_losses=losses, val_loss_tok=metrics["val_loss_tok"],
                 val_tokens=len(val_ids) - 1)
     return info
+
+
+def run_optim(opts: dict[str, Any]) -> dict[str, Any]:
+    """Muon's step per distinct block-matrix shape, torch's and ours alternated (see --optim)."""
+    from collections import Counter
+
+    import torch
+
+    from trainer.config import load_config
+    from trainer.model import GPT
+    from trainer.optim import Fp32Muon, muon_split
+    from trainer.precision import cpu_features
+
+    if opts["threads"]:
+        torch.set_num_threads(opts["threads"])
+    shape = opts["shape"]
+    cfg = load_config(REPO / opts["config"], [
+        f"model.d_model={shape['d_model']}", f"model.n_layer={shape['n_layer']}",
+        f"model.n_head={shape['n_head']}", f"train.context_length={shape['context']}"])
+    o = cfg.optim
+    hyper = {"lr": o.muon_lr, "weight_decay": o.muon_weight_decay, "momentum": o.muon_momentum,
+             "nesterov": o.muon_nesterov, "ns_steps": o.muon_ns_steps,
+             "adjust_lr_fn": o.muon_lr_adjust}
+    matrices, _ = muon_split(GPT(cfg, shape["vocab"], eos_id=0))
+    torch.manual_seed(SEED)
+    rows = []
+    for dims, count in Counter(tuple(p.shape) for p in matrices).items():
+        weight, grad = 0.02 * torch.randn(dims), torch.randn(dims)
+        times: dict[str, list[float]] = {"torch": [], "ours": []}
+        change = {}
+        for _ in range(opts["rounds"]):
+            for name, cls in (("torch", torch.optim.Muon), ("ours", Fp32Muon)):
+                p = torch.nn.Parameter(weight.clone())
+                p.grad = grad.clone()
+                opt = cls([p], **hyper)
+                t = time.perf_counter()
+                opt.step()
+                times[name].append(time.perf_counter() - t)
+                change[name] = p.detach() - weight
+        diff = (change["ours"] - change["torch"]).norm() / change["torch"].norm()
+        rows.append({"shape": list(dims), "count": count, "rel_diff": diff.item(),
+                     **{f"{n}_s": statistics.median(t) for n, t in times.items()}})
+    return {"rows": rows, "cpu": cpu_features(), "threads": torch.get_num_threads(),
+            "matrices": len(matrices)}
+
+
+def optim_section(shape: dict[str, int], args: argparse.Namespace) -> None:
+    """Print the --optim table: per shape, then a full Muon step as the sum over its matrices."""
+    res = spawn({"mode": "optim", "shape": shape, "config": str(args.optim_config),
+                 "rounds": args.rounds, "threads": args.threads})
+    print(f"\nMuon step, block matrices of {args.optim_config} at d{shape['d_model']} "
+          f"L{shape['n_layer']} H{shape['n_head']}; threads {res['threads']}; median of "
+          f"{args.rounds} alternated rounds; cpu: {res['cpu']}")
+    print(f"  {'matrix':>11} {'count':>5} {'torch.optim.Muon s':>18} {'Fp32Muon s':>10} "
+          f"{'speed-up':>8} {'update diff':>11}")
+    for r in res["rows"]:
+        print(f"  {'x'.join(map(str, r['shape'])):>11} {r['count']:>5} {r['torch_s']:>18.3f} "
+              f"{r['ours_s']:>10.3f} {r['torch_s'] / r['ours_s']:>7.1f}x {r['rel_diff']:>11.4f}")
+    total = {n: sum(r[f"{n}_s"] * r["count"] for r in res["rows"]) for n in ("torch", "ours")}
+    print(f"  one step over all {res['matrices']} matrices: torch.optim.Muon {total['torch']:.2f} s, "
+          f"Fp32Muon {total['ours']:.2f} s: {total['torch'] / total['ours']:.1f}x "
+          f"[cpu: {res['cpu']}]")
 
 
 def run_data_prep(opts: dict[str, Any]) -> dict[str, Any]:
@@ -329,12 +407,16 @@ def main() -> None:
     p.add_argument("--data-prep", action="store_true", help="also time data preparation")
     p.add_argument("--data-prep-reps", type=int, default=3)
     p.add_argument("--no-train", action="store_true", help="skip the throughput section")
+    p.add_argument("--optim", action="store_true", help="also time Muon's step: torch vs ours")
+    p.add_argument("--optim-config", type=Path, default=Path("sweeps/mainrun_best.yaml"),
+                   help="--optim: the config whose block matrices Muon steps (repo-relative)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
 
     if args.child:  # inside a spawned child: measure and print one JSON line
         opts = json.loads(args.child)
-        result = run_data_prep(opts) if opts["mode"] == "data-prep" else run_child(opts)
+        run = {"data-prep": run_data_prep, "optim": run_optim, "train": run_child}[opts["mode"]]
+        result = run(opts)
         print(json.dumps(result))
         return
 
@@ -355,8 +437,10 @@ def main() -> None:
                 runs[variant].append(res)
                 print(f"  round {r + 1} {variant:4s}: {res['tokens_per_s']:8.0f} tok/s  "
                       f"warm-up {res['warmup_s']:.1f} s  peak RSS {res['peak_rss_mib']:.0f} MiB  "
-                      f"val_loss_tok {res['val_loss_tok']:.5f}", flush=True)
+                      f"val_loss_tok {res['val_loss_tok']:.5f}  [cpu: {res['cpu']}]", flush=True)
         report(shape, args, baseline, runs)
+    if args.optim:
+        optim_section(shape, args)
     if args.data_prep:
         data_prep_section(shape, args.data_prep_reps)
 
@@ -370,6 +454,10 @@ def report(shape: dict[str, int], args: argparse.Namespace, baseline: dict[str, 
     print(f"\nshape d{shape['d_model']} L{shape['n_layer']} H{shape['n_head']} T{shape['context']} "
           f"B{shape['batch']} V{shape['vocab']}; {args.warmup} warm-up + {args.steps} timed steps; "
           f"median of {args.rounds} alternated rounds; threads {runs['ours'][0]['threads']}")
+    cpu = runs["ours"][0]["cpu"]
+    print(f"cpu: {cpu}")
+    print("ref: the challenge's model and loop as re-implemented in this file (not the "
+          "challenge's train.py itself); ours: trainer.loop.train_step on sweeps/base.yaml")
     print("peak memory: child's getrusage ru_maxrss after the timed steps minus a baseline child "
           f"that imports torch + trainer and loads the ids ({base:.0f} MiB)")
     print("val loss: val_loss_tok (nats/token) on the first "
@@ -377,14 +465,17 @@ def report(shape: dict[str, int], args: argparse.Namespace, baseline: dict[str, 
     for v in ("ref", "ours"):
         r = runs[v][0]
         print(f"  {v:4s} {tps[v]:9.0f} tok/s  peak +{mem[v]:6.0f} MiB  val_loss_tok "
-              f"{r['val_loss_tok']:.5f}  warm-up {r['warmup_s']:.1f} s  [{r['settings']}]")
+              f"{r['val_loss_tok']:.5f}  warm-up {r['warmup_s']:.1f} s  [{r['settings']}] "
+              f"[cpu: {cpu}]")
     # Each round's pair ran back to back, so its ratio cancels most of the machine's drift.
     pairs = [o["tokens_per_s"] / r["tokens_per_s"] for r, o in zip(runs["ref"], runs["ours"])]
     print(f"  per-round ratios ours/ref: {', '.join(f'{x:.2f}' for x in pairs)} "
           f"(median {statistics.median(pairs):.2f})")
-    print(f"  ratio ours/ref: {tps['ours'] / tps['ref']:.2f}x tokens/s, "
+    print(f"  ratio ours/ref (ref = this file's re-implementation of the challenge): "
+          f"{tps['ours'] / tps['ref']:.2f}x tokens/s, "
           f"{mem['ours'] / mem['ref']:.2f}x peak memory, val_loss_tok delta "
-          f"{runs['ours'][0]['val_loss_tok'] - runs['ref'][0]['val_loss_tok']:+.5f}")
+          f"{runs['ours'][0]['val_loss_tok'] - runs['ref'][0]['val_loss_tok']:+.5f} "
+          f"[cpu: {cpu}]")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from trainer import sparse
-from trainer.attention import (CausalAttention, LocalAttention, SelfAttention, SparseAttention)
+from trainer.attention import SelfAttention
+from trainer.attention_config import CausalAttention, LocalAttention, SparseAttention
 from trainer.config import ConfigError, build_config
 
 # (config, n_head, context_length): small shapes that still cross chunk and block boundaries.
@@ -135,6 +136,29 @@ def test_dropout_drops_weights_in_training():
     m.train()
     assert not torch.allclose(m(x), y_eval)
     assert torch.equal(m.eval()(x), y_eval)
+
+
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")  # a device object needs no GPU
+
+
+@pytest.mark.parametrize("cfg,device,dropout,kernel", [
+    (CausalAttention(), CUDA, 0.0, "_causal"),
+    (LocalAttention(window=4), CPU, 0.0, "_local"),
+    (LocalAttention(window=4), CUDA, 0.0, "_flex"),
+    (LocalAttention(window=4), CUDA, 0.1, "_local"),  # FlexAttention cannot drop weights
+    (SparseAttention(pattern="strided", local_attn_ctx=4), CPU, 0.0, "_strided"),
+    (SparseAttention(pattern="fixed", block=2, local_attn_ctx=8), CPU, 0.1, "_fixed"),
+    (SparseAttention(pattern="fixed", block=2, local_attn_ctx=8), CUDA, 0.0, "_flex"),
+    (CausalAttention(doc_mask=True), CPU, 0.0, "_doc_blocked"),
+    (LocalAttention(window=4, doc_mask=True), CUDA, 0.0, "_doc_flex"),
+    (LocalAttention(window=4, doc_mask=True), CUDA, 0.1, "_doc_blocked"),
+])
+def test_kernel_dispatch_follows_its_rules(cfg, device, dropout, kernel):
+    """`kernel` picks by config, device and dropout as its docstring lists; reference overrides."""
+    m = layer(cfg, 2, 24, dropout=dropout)
+    assert m.kernel(device, dropout).__name__ == kernel
+    m.impl = "reference"
+    assert m.kernel(device, dropout).__name__ == "_reference"
 
 
 def test_strided_heads_split_in_halves():
@@ -334,3 +358,55 @@ def test_doc_mask_needs_segments():
     m = doc_layer(CausalAttention(), 2, 8)
     with pytest.raises(ValueError, match="segments"):
         m(torch.randn(1, 8, D_MODEL))
+
+
+# --- on a GPU: benchmarks/gpu_check.sh runs these on CUDA (FlexAttention); `-k cpu` smoke-runs them
+
+ON_DEVICE = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device (benchmarks/gpu_check.sh runs these)"))]
+# One config per kernel: each FlexAttention block mask compiles, and the GPU check has minutes.
+KERNEL_VARIANTS = [VARIANTS[i] for i in (1, 4, 6, 8, 9)]
+KERNEL_IDS = [IDS[i] for i in (1, 4, 6, 8, 9)]
+
+
+def run_on(m: SelfAttention, x: torch.Tensor, g: torch.Tensor, ids: torch.Tensor | None):
+    x = x.detach().clone().requires_grad_(True)
+    m.zero_grad()
+    y = m(x, segments.Segments.from_tokens(ids, EOS) if ids is not None else None)
+    y.backward(g)
+    return y, x.grad, m.qkv.weight.grad.clone()
+
+
+@pytest.mark.parametrize("device", ON_DEVICE)
+@pytest.mark.parametrize("doc", [False, True], ids=["pattern", "doc"])
+@pytest.mark.parametrize("cfg,n_head,ctx", KERNEL_VARIANTS, ids=KERNEL_IDS)
+def test_on_device_fast_path_equals_reference(cfg, n_head, ctx, doc, device):
+    """The kernel the device picks (FlexAttention on CUDA) equals the dense reference: values
+    and gradients, fp32 and bf16, with and without the title mask."""
+    cfg = cfg.model_copy(update={"doc_mask": doc})
+    fp32_tol = 2e-5 if device == "cpu" else 1e-4  # GPU kernels sum in other orders
+    for dtype, tol in ((torch.float32, fp32_tol), (torch.bfloat16, 4e-2)):
+        fast = layer(cfg, n_head, ctx, rotary=True).to(device, dtype)
+        ref = copy.deepcopy(fast)
+        ref.impl = "reference"
+        x, g = (torch.randn(3, ctx, D_MODEL, dtype=dtype).to(device) for _ in range(2))
+        ids = doc_ids(3, ctx).to(device) if doc else None
+        for a, b in zip(run_on(fast, x, g, ids), run_on(ref, x, g, ids)):
+            torch.testing.assert_close(a.float(), b.float(), atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("device", ON_DEVICE)
+@pytest.mark.parametrize("doc", [False, True], ids=["pattern", "doc"])
+@pytest.mark.parametrize("cfg,n_head,ctx", KERNEL_VARIANTS, ids=KERNEL_IDS)
+def test_on_device_causal(cfg, n_head, ctx, doc, device):
+    """d out[t] / d x[s] is exactly zero for every s after t (or in another title)."""
+    m = layer(cfg.model_copy(update={"doc_mask": doc}), n_head, ctx, rotary=True).to(device)
+    ids = doc_ids(1, ctx)
+    seg = segments.segment_ids(ids, EOS)[0].to(device)
+    x = torch.randn(1, ctx, D_MODEL, device=device, requires_grad=True)
+    y = m(x, segments.Segments.from_tokens(ids.to(device), EOS) if doc else None)
+    later = torch.arange(ctx, device=device)[None, :] > torch.arange(ctx, device=device)[:, None]
+    for t in range(ctx):
+        (grad,) = torch.autograd.grad(y[0, t].sum(), x, retain_graph=True)
+        hidden = later[t] | (seg != seg[t]) if doc else later[t]
+        assert torch.all(grad[0, hidden] == 0), f"output {t} sees a later input or another title"

@@ -364,6 +364,17 @@ def test_cpu_flags_that_mean_native_bf16() -> None:
     assert cpu_native({"amx_tile", "amx_bf16", "amx_fp16"}) == {"bf16", "fp16"}
 
 
+def test_cpu_features_name_what_decides_cpu_speed(monkeypatch) -> None:
+    from trainer import precision
+
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx2", "avx512f", "amx_bf16"})
+    line = precision.cpu_features()
+    assert line.startswith("torch ") and "AVX-512 yes" in line and "AVX512-BF16 no" in line
+    assert "AMX-BF16 yes" in line and line.endswith("bf16 native")
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx2"})
+    assert "AVX-512 no" in precision.cpu_features() and "bf16 emulated" in precision.cpu_features()
+
+
 def test_emulated_low_precision_runs_as_asked_with_a_warning() -> None:
     used, warning = resolve("bf16", AVX2)
     assert used == "bf16" and "emulates bf16" in warning and "auto uses fp32" in warning

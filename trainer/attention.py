@@ -17,8 +17,11 @@ import torch.nn.functional as F
 
 from trainer import segments as seg_mask
 from trainer import sparse
-from trainer.attention_config import (AttentionConfig, CausalAttention,  # noqa: F401 (re-export)
-                                      LocalAttention, SparseAttention)
+from trainer.attention_config import CausalAttention, LocalAttention, SparseAttention
+
+Tensor = torch.Tensor
+# (q, k, v, scale, dropout_p, segments or None) -> attention output
+Kernel = Callable[[Tensor, Tensor, Tensor, float, float, seg_mask.Segments | None], Tensor]
 
 
 class Rotary(nn.Module):
@@ -69,7 +72,7 @@ class SelfAttention(nn.Module):
         self.q_norm = nn.RMSNorm(self.qk_head_dim) if qk_norm else None
         self.k_norm = nn.RMSNorm(self.qk_head_dim) if qk_norm else None
         self.impl: Literal["auto", "reference"] = "auto"
-        self._flex: dict[tuple[int, str], Callable] = {}  # (T, device) -> compiled kernel
+        self._flex_fns: dict[tuple[int, str], Callable] = {}  # (T, device) -> compiled kernel
 
     def forward(self, x: torch.Tensor,
                 segments: seg_mask.Segments | None = None) -> torch.Tensor:
@@ -88,40 +91,87 @@ class SelfAttention(nn.Module):
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                segments: seg_mask.Segments | None = None) -> torch.Tensor:
         """The pattern's attention of (B, H, T, d) tensors (q, k may be narrower than v);
-        with doc_mask, AND same segment of `segments`."""
-        cfg, T = self.cfg, q.shape[2]
-        p = self.dropout if self.training else 0.0
-        scale = sparse.default_scale(q.shape[-1])
-        if cfg.doc_mask and segments is None:
+        with doc_mask, AND same segment of `segments`. `kernel` says which function runs."""
+        if self.cfg.doc_mask and segments is None:
             raise ValueError("attention.doc_mask is on: attend needs the batch's segments")
-        doc = segments if cfg.doc_mask else None
-        if self.impl == "reference":
-            mask = (sparse.pattern_mask(cfg, self.n_head, T, q.device) if doc is None
-                    else seg_mask.reference_mask(cfg, self.n_head, doc.ids))
-            return sparse.reference_attention(q, k, v, mask, p, scale)
-        if q.shape[-1] < v.shape[-1]:
+        p = self.dropout if self.training else 0.0
+        scale = sparse.default_scale(q.shape[-1])  # of the real q width, before any padding
+        kernel = self.kernel(q.device, p)
+        if kernel != self._reference and q.shape[-1] < v.shape[-1]:
             # Fused kernels want one head size: zero columns leave q.k unchanged (scale is fixed
             # above), and the extra gradient columns are simply dropped by the slice.
             q, k = (F.pad(t, (0, v.shape[-1] - t.shape[-1])) for t in (q, k))
-        if doc is not None:
-            if q.device.type == "cuda" and p == 0.0:
-                return seg_mask.flex_attention(q, k, v, cfg, doc, scale)
-            return seg_mask.segment_attention(q, k, v, cfg, doc, scale, p)
+        return kernel(q, k, v, scale, p, segments if self.cfg.doc_mask else None)
+
+    def kernel(self, device: torch.device, dropout_p: float) -> Kernel:
+        """The function that computes this layer's attention on `device`; the first rule that
+        matches wins:
+
+        1. impl="reference": the dense-mask reference (tests, debugging).
+        2. doc_mask: FlexAttention under pattern AND same title on CUDA without dropout, else the
+           blocked kernel with title masks (`trainer.segments`).
+        3. causal: PyTorch's fused causal SDPA.
+        4. CUDA without dropout: FlexAttention with the pattern's block mask (it cannot drop
+           attention weights, so dropout takes the blocked kernels below).
+        5. local, sparse strided, sparse fixed: the blocked kernels of `trainer.sparse`.
+        """
+        cfg = self.cfg
+        flex = device.type == "cuda" and dropout_p == 0.0
+        if self.impl == "reference":
+            return self._reference
+        if cfg.doc_mask:
+            return self._doc_flex if flex else self._doc_blocked
         if cfg.type == "causal":
-            return F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True,
-                                                  scale=scale)
-        if q.device.type == "cuda" and p == 0.0:
-            key = (T, str(q.device))
-            if key not in self._flex:
-                self._flex[key] = sparse.flex_attention_fn(cfg, self.n_head, T, q.device)
-            return self._flex[key](q, k, v, scale)
+            return self._causal
+        if flex:
+            return self._flex
         if cfg.type == "local":
-            return sparse.local_attention(q, k, v, cfg.window, scale, p)
-        if cfg.pattern == "strided":
-            h = self.n_head // 2
-            return torch.cat([
-                sparse.local_attention(q[:, :h], k[:, :h], v[:, :h], cfg.local_attn_ctx, scale, p),
-                sparse.strided_heads_attention(q[:, h:], k[:, h:], v[:, h:], cfg.local_attn_ctx,
-                                               scale, p)], dim=1)
-        return sparse.fixed_attention(q, k, v, cfg.block, cfg.local_attn_ctx, cfg.num_verts,
-                                      cfg.vertsize, scale, p)
+            return self._local
+        return self._strided if cfg.pattern == "strided" else self._fixed
+
+    # The kernels: each takes (q, k, v, scale, dropout_p, segments or None), q and k as wide as v
+    # except in the reference.
+
+    def _reference(self, q: Tensor, k: Tensor, v: Tensor, scale: float, p: float,
+                   doc: seg_mask.Segments | None) -> Tensor:
+        T = q.shape[2]
+        mask = (sparse.pattern_mask(self.cfg, self.n_head, T, q.device) if doc is None
+                else seg_mask.reference_mask(self.cfg, self.n_head, doc.ids))
+        return sparse.reference_attention(q, k, v, mask, p, scale)
+
+    def _doc_flex(self, q: Tensor, k: Tensor, v: Tensor, scale: float, p: float,
+                  doc: seg_mask.Segments) -> Tensor:
+        return seg_mask.flex_attention(q, k, v, self.cfg, doc, scale)
+
+    def _doc_blocked(self, q: Tensor, k: Tensor, v: Tensor, scale: float, p: float,
+                     doc: seg_mask.Segments) -> Tensor:
+        return seg_mask.segment_attention(q, k, v, self.cfg, doc, scale, p)
+
+    def _causal(self, q: Tensor, k: Tensor, v: Tensor, scale: float, p: float,
+                doc: None) -> Tensor:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True, scale=scale)
+
+    def _flex(self, q: Tensor, k: Tensor, v: Tensor, scale: float, p: float, doc: None) -> Tensor:
+        key = (q.shape[2], str(q.device))
+        if key not in self._flex_fns:  # the block mask and compilation depend on T and device
+            self._flex_fns[key] = sparse.flex_attention_fn(self.cfg, self.n_head, q.shape[2],
+                                                           q.device)
+        return self._flex_fns[key](q, k, v, scale)
+
+    def _local(self, q: Tensor, k: Tensor, v: Tensor, scale: float, p: float,
+               doc: None) -> Tensor:
+        return sparse.local_attention(q, k, v, self.cfg.window, scale, p)
+
+    def _strided(self, q: Tensor, k: Tensor, v: Tensor, scale: float, p: float,
+                 doc: None) -> Tensor:
+        # The first half of the heads are local heads, the second half strided heads.
+        h, L = self.n_head // 2, self.cfg.local_attn_ctx
+        return torch.cat([
+            sparse.local_attention(q[:, :h], k[:, :h], v[:, :h], L, scale, p),
+            sparse.strided_heads_attention(q[:, h:], k[:, h:], v[:, h:], L, scale, p)], dim=1)
+
+    def _fixed(self, q: Tensor, k: Tensor, v: Tensor, scale: float, p: float,
+               doc: None) -> Tensor:
+        c = self.cfg
+        return sparse.fixed_attention(q, k, v, c.block, c.local_attn_ctx, c.num_verts,
+                                      c.vertsize, scale, p)

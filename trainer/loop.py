@@ -13,6 +13,7 @@ import sys
 import time
 import traceback
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,10 +26,10 @@ from trainer.data import DataError, batches_per_epoch, prepare_data
 from trainer.events import EventLog, write_json_atomic
 from trainer.metrics import METRICS, evaluate
 from trainer.model import GPT
-from trainer.optim import EMA, lr_factor, make_optimizer  # noqa: F401 (benchmarks use them here)
+from trainer.optim import EMA, lr_factor, make_optimizer
 from trainer.precision import probe as probe_device
 from trainer.precision import resolve as resolve_precision
-from trainer.tracking import start_tracking
+from trainer.tracking import Tracker, start_tracking
 
 
 class Stop(Exception):
@@ -41,6 +42,25 @@ class Stop(Exception):
 
 class Diverged(Exception):
     """Raised when a loss is NaN or infinite."""
+
+
+@dataclass
+class RunState:
+    """What a run has done so far. `train` fills it in as it goes, so that a stopped, diverged
+    or crashed run still writes an honest result.json from it."""
+
+    t0: float = field(default_factory=time.time)  # when the run began (data prep included)
+    tracker: Tracker | None = None
+    max_steps: int | None = None
+    parameters: int | None = None
+    t_train: float | None = None  # when the training loop began; None while still preparing
+    steps: int = 0
+    tokens: int = 0
+    eval_s: float = 0.0  # seconds spent evaluating: not counted in tokens/s
+    final: dict[str, Any] | None = None  # the latest evaluation's metrics
+    best: dict[str, Any] | None = None  # the best evaluation's metrics and its step
+    best_score: float | None = None  # what "best" compares: val_loss, else val_loss_tok
+    signal: int | None = None  # SIGINT/SIGTERM received: the loop stops after this step
 
 
 def pick_device(choice: str) -> torch.device:
@@ -134,8 +154,8 @@ class Console:
                   end="", flush=True)
 
 
-def train(cfg: Config, out_dir: Path, cache_dir: Path, events: EventLog, console: Console,
-          state: dict[str, Any]) -> dict[str, Any]:
+def train(cfg: Config, cache_dir: Path, events: EventLog, console: Console,
+          state: RunState) -> None:
     """Run the whole training; fills `state` as it goes so an interrupted run can still report."""
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -161,17 +181,17 @@ def train(cfg: Config, out_dir: Path, cache_dir: Path, events: EventLog, console
     if cfg.train.max_steps:
         max_steps = min(max_steps, cfg.train.max_steps)
     eval_interval = max(1, batches // cfg.train.evals_per_epoch)
-    state["max_steps"] = max_steps
+    state.max_steps = max_steps
     events.log("dataset_info", titles_count=data.info["train_titles"], epochs=cfg.train.epochs,
                batches_per_epoch=batches, tokens_per_epoch=len(data.train_ids),
                vocab_size=data.vocab_size, **data.info)
 
     torch.manual_seed(cfg.train.seed)
     model = GPT(cfg, data.vocab_size, eos_id=data.eos_id).to(device)
-    state["parameters"] = model.num_parameters()
+    state.parameters = model.num_parameters()
     events.log("model_configured", model=cfg.model.model_dump(mode="json"),
                attention=cfg.attention.model_dump(mode="json"))
-    events.log("model_info", parameters_count=state["parameters"])
+    events.log("model_info", parameters_count=state.parameters)
     step_model = torch.compile(model) if cfg.train.compile else model
     opt = make_optimizer(model, cfg.optim)
     ema = EMA(model, cfg.train.ema) if cfg.train.ema else None
@@ -179,7 +199,6 @@ def train(cfg: Config, out_dir: Path, cache_dir: Path, events: EventLog, console
         opt, lambda k: lr_factor(cfg.schedule, k, max_steps))
     amp = autocast_for(precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    tracker = state["tracker"]
     train_ids = data.train_ids.to(device)
     span = B * T + 1
     eval_batch = cfg.eval.batch_for(T)
@@ -199,23 +218,22 @@ def train(cfg: Config, out_dir: Path, cache_dir: Path, events: EventLog, console
             metrics = evaluate(step_model, data.val_ids, T, eval_batch, data.val_chars,
                                data.val_bytes, device, autocast_for(precision, device))
         model.train()
-        state["eval_s"] = state.get("eval_s", 0.0) + time.time() - t_eval
-        elapsed = time.time() - state["t0"]
-        state["final"] = dict(metrics)
-        best = state.get("best")
+        state.eval_s += time.time() - t_eval
+        elapsed = time.time() - state.t0
+        state.final = dict(metrics)
         score = metrics["val_loss"] if metrics["val_loss"] is not None else metrics["val_loss_tok"]
         if not math.isfinite(score):
             raise Diverged(f"validation loss is {score} at step {step}")
-        if best is None or score < best["_score"]:
-            state["best"] = {**metrics, "step": step, "_score": score}
+        if state.best_score is None or score < state.best_score:
+            state.best, state.best_score = {**metrics, "step": step}, score
         events.log("validation_step", step=step, max_steps=max_steps,
                    epoch=(step - 1) // batches + 1, elapsed=elapsed, **metrics)
-        tracker.log(metrics, step)
+        state.tracker.log(metrics, step)
         console.eval_line(step, max_steps, metrics, elapsed)
 
     ptr, step = 0, 0
     model.train()
-    state["t_train"] = time.time()
+    state.t_train = time.time()
     while step < max_steps:
         step += 1
         if ptr + span >= len(train_ids):  # the challenge's wrap-around
@@ -230,17 +248,16 @@ def train(cfg: Config, out_dir: Path, cache_dir: Path, events: EventLog, console
             raise Diverged(f"training loss is {loss_value} at step {step}")
         if ema is not None:
             ema.update()
-        state["steps"] = step
-        state["tokens"] = step * B * T
+        state.steps = step
+        state.tokens = step * B * T
         events.log("training_step", step=step, max_steps=max_steps, loss=loss_value, lr=lr,
-                   elapsed=time.time() - state["t0"])
-        tracker.log({"train_loss": loss_value, "lr": lr}, step)
+                   elapsed=time.time() - state.t0)
+        state.tracker.log({"train_loss": loss_value, "lr": lr}, step)
         console.progress(step, max_steps, loss_value)
         if step == 1 or step % eval_interval == 0 or step == max_steps:
             run_eval(step)
-        if state.get("signal"):
-            raise Stop(state["signal"])
-    return state
+        if state.signal:
+            raise Stop(state.signal)
 
 
 def run(cfg: Config, out_dir: Path, cache_dir: Path, quiet: bool = False) -> int:
@@ -248,23 +265,22 @@ def run(cfg: Config, out_dir: Path, cache_dir: Path, quiet: bool = False) -> int
     out_dir.mkdir(parents=True, exist_ok=True)
     events = EventLog(out_dir / "events.jsonl")
     console = Console(quiet)
-    state: dict[str, Any] = {"t0": time.time(), "steps": 0, "tokens": 0}
+    state = RunState()
 
     def on_signal(signum: int, _frame: Any) -> None:
-        if "t_train" not in state:  # before the loop starts (data prep), stop at once
+        if state.t_train is None:  # before the loop starts (data prep), stop at once
             raise Stop(signum)
-        state["signal"] = signum  # the loop stops after the current step
+        state.signal = signum  # the loop stops after the current step
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     status, reason, code = "finished", None, exitcodes.FINISHED
-    state["tracker"] = None
     try:
         tracker, cfg = start_tracking(cfg, out_dir)
-        state["tracker"] = tracker
+        state.tracker = tracker
         events.log("hyperparameters_configured", config=cfg.model_dump(mode="json"),
                    config_hash=cfg.hash())
-        train(cfg, out_dir, cache_dir, events, console, state)
+        train(cfg, cache_dir, events, console, state)
     except Stop as stop:
         status, reason = "stopped", f"received {stop}"
         code = exitcodes.STOPPED_SIGINT if stop.signum == signal.SIGINT else exitcodes.STOPPED_SIGTERM
@@ -283,16 +299,16 @@ def run(cfg: Config, out_dir: Path, cache_dir: Path, quiet: bool = False) -> int
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if not quiet and sys.stdout.isatty():
         print()
-    wall = time.time() - state["t0"]
+    wall = time.time() - state.t0
     # Throughput counts training steps only, not evaluation passes.
-    train_time = time.time() - state.get("t_train", time.time()) - state.get("eval_s", 0.0)
-    best = {k: v for k, v in (state.get("best") or {}).items() if k != "_score"}
+    train_time = (time.time() - state.t_train - state.eval_s) if state.t_train is not None else 0.0
+    best = state.best or {}
     result = {
         "status": status, "reason": reason, "exit_code": code,
-        "steps": state["steps"], "max_steps": state.get("max_steps"),
-        "final": state.get("final") or {m: None for m in METRICS}, "best": best or None,
-        "tokens_per_s": state["tokens"] / train_time if train_time > 0 else None,
-        "parameters": state.get("parameters"), "wall_time_s": wall,
+        "steps": state.steps, "max_steps": state.max_steps,
+        "final": state.final or {m: None for m in METRICS}, "best": best or None,
+        "tokens_per_s": state.tokens / train_time if train_time > 0 else None,
+        "parameters": state.parameters, "wall_time_s": wall,
         "config_hash": cfg.hash(), "config": cfg.model_dump(mode="json"),
         "versions": {"python": platform.python_version(), "torch": torch.__version__},
     }
@@ -300,12 +316,12 @@ def run(cfg: Config, out_dir: Path, cache_dir: Path, quiet: bool = False) -> int
                reason=reason)
     events.close()
     write_json_atomic(out_dir / "result.json", result)
-    if state["tracker"] is not None:
-        state["tracker"].summary({f"final_{k}": v for k, v in result["final"].items()}
+    if state.tracker is not None:
+        state.tracker.summary({f"final_{k}": v for k, v in result["final"].items()}
                                  | {f"best_{k}": v for k, v in best.items()}
                                  # W&B's run state says only finished/failed: these say why.
                                  | {k: result[k] for k in ("status", "reason", "exit_code",
                                                            "steps", "max_steps", "config_hash",
                                                            "wall_time_s")})
-        state["tracker"].finish(ok=status == "finished")
+        state.tracker.finish(ok=status == "finished")
     return code

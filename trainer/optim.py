@@ -1,8 +1,9 @@
 """Optimizers, learning-rate schedules and the weight EMA.
 
-- `make_optimizer`: the configured torch optimizer. `muon` is torch.optim.Muon for the 2-D
-  weight matrices inside the blocks and AdamW for every other parameter, wrapped as one
-  optimizer (`Combined`) so that one LambdaLR schedule, grad clipping and GradScaler drive both.
+- `make_optimizer`: the configured torch optimizer. `muon` is Muon for the 2-D weight matrices
+  inside the blocks and AdamW for every other parameter, wrapped as one optimizer (`Combined`)
+  so that one LambdaLR schedule, grad clipping and GradScaler drive both. Muon is torch's own
+  where the device computes bf16 natively, else `Fp32Muon` (`muon_for`).
 - `lr_factor`: the schedule (cosine, linear, constant, wsd) as a multiplier of each group's lr.
 - `EMA`: an exponential moving average of the weights, swapped in for evaluation.
 """
@@ -17,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from trainer.config import OptimConfig, ScheduleConfig
+from trainer.precision import probe
 
 
 def muon_split(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
@@ -30,6 +32,76 @@ def muon_split(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]
             continue
         (muon if id(p) in blocks and p.ndim == 2 else adamw).append(p)
     return muon, adamw
+
+
+def orthogonalize(update: torch.Tensor, coefficients: tuple[float, float, float], steps: int,
+                  eps: float, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """torch.optim.Muon's quintic Newton-Schulz iteration (its `_zeropower_via_newtonschulz`,
+    step for step), computed in `dtype` instead of its fixed bf16: roughly U V^T of the update
+    U S V^T, returned in `dtype`."""
+    a, b, c = coefficients
+    x = update.to(dtype)
+    tall = update.size(0) > update.size(1)
+    if tall:  # iterate on the wide orientation: the Gram matrix is the smaller square
+        x = x.T
+    x = x / x.norm().clamp(min=eps)  # spectral norm at most 1
+    for _ in range(steps):
+        gram = x @ x.T
+        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return x.T if tall else x
+
+
+def muon_lr(lr: float, adjust: str | None, shape: torch.Size) -> float:
+    """torch.optim.Muon's per-matrix learning rate: `original` scales by sqrt(max(1, A/B)),
+    `match_rms_adamw` by 0.2 sqrt(max(A, B))."""
+    A, B = shape[:2]
+    if adjust is None or adjust == "original":
+        return lr * math.sqrt(max(1, A / B))
+    if adjust == "match_rms_adamw":
+        return lr * 0.2 * math.sqrt(max(A, B))
+    return lr
+
+
+class Fp32Muon(torch.optim.Muon):
+    """torch.optim.Muon with its Newton-Schulz orthogonalization in fp32 instead of bf16.
+
+    Same hyper-parameters, state (`momentum_buffer`) and update rule; only the precision of the
+    orthogonalization differs, so the updates agree with torch's to bf16 rounding
+    (tests/test_trainer.py holds them so). For devices that emulate bf16, where torch's step is
+    many times slower than fp32 (benchmarks/trainer_throughput.py --optim measures both).
+    """
+
+    ns_dtype: torch.dtype = torch.float32  # bf16 gives torch's updates bit for bit (the tests)
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, momentum = float(group["lr"]), group["momentum"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p.grad)
+                buf = state["momentum_buffer"]
+                buf.lerp_(p.grad, 1 - momentum)
+                update = p.grad.lerp(buf, momentum) if group["nesterov"] else buf
+                update = orthogonalize(update, group["ns_coefficients"], group["ns_steps"],
+                                       group["eps"], self.ns_dtype)
+                p.mul_(1 - lr * group["weight_decay"])
+                p.add_(update.to(p.dtype), alpha=-muon_lr(lr, group["adjust_lr_fn"], p.shape))
+        return loss
+
+
+def muon_for(device: torch.device) -> type[torch.optim.Muon]:
+    """torch.optim.Muon where `device` computes bf16 natively, else Fp32Muon: torch's
+    orthogonalizes in bf16, which an AVX2-only CPU emulates (about 100 s a step for the base
+    shape's 36 block matrices)."""
+    return torch.optim.Muon if "bf16" in probe(device).native else Fp32Muon
 
 
 class Combined(torch.optim.Optimizer):
@@ -66,7 +138,7 @@ def make_optimizer(params: Any, o: OptimConfig) -> torch.optim.Optimizer:
         if not isinstance(params, nn.Module):
             raise TypeError("optim.name=muon: pass the model, not its parameters")
         matrices, rest = muon_split(params)
-        muon = torch.optim.Muon(matrices, lr=o.muon_lr, weight_decay=o.muon_weight_decay,
+        muon = muon_for(next(params.parameters()).device)(matrices, lr=o.muon_lr, weight_decay=o.muon_weight_decay,
                                 momentum=o.muon_momentum, nesterov=o.muon_nesterov,
                                 ns_steps=o.muon_ns_steps, adjust_lr_fn=o.muon_lr_adjust)
         adamw = torch.optim.AdamW(rest, lr=o.lr, betas=o.betas, eps=o.eps,

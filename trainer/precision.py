@@ -56,6 +56,25 @@ def cpu_native(flags: set[str]) -> frozenset[str]:
     return frozenset(p for p, names in CPU_NATIVE_FLAGS.items() if flags & names)
 
 
+# /proc/cpuinfo flags worth naming beside a CPU timing: the vector width and the matrix units.
+CPU_FEATURES = {"AVX2": "avx2", "AVX-512": "avx512f", "AVX512-BF16": "avx512_bf16",
+                "AMX-BF16": "amx_bf16"}
+
+
+def cpu_features() -> str:
+    """One line for beside a CPU timing: torch's kernel capability, then which of the features
+    that decide fp32/bf16 speed the CPU has (from /proc/cpuinfo; omitted where there is none),
+    e.g. `torch AVX2; AVX2 yes, AVX-512 no, AVX512-BF16 no, AMX-BF16 no; bf16 emulated`."""
+    line = f"torch {torch.backends.cpu.get_cpu_capability()}"
+    flags = cpu_flags()
+    if flags:
+        have = ", ".join(f"{name} {'yes' if flag in flags else 'no'}"
+                         for name, flag in CPU_FEATURES.items())
+        native = "native" if "bf16" in cpu_native(flags) else "emulated"
+        line += f"; {have}; bf16 {native}"
+    return line
+
+
 def probe(device: torch.device) -> Device:
     """The precision-relevant facts of a torch device."""
     if device.type == "cuda":

@@ -277,18 +277,18 @@ def _pad_to(x: Tensor, multiple: int) -> Tensor:
 PIECES = 2
 
 
-def band_parts(kc: Tensor, vc: Tensor, back: int, pieces: int | None = None) -> list[Part]:
+def band_parts(kc: Tensor, vc: Tensor, back: int) -> list[Part]:
     """Parts for query chunk n against key chunk n - back (keys kc, vc: (N, n, c, d)), in pieces.
 
     back=0: the chunk itself, causally (key a visible to row r iff a <= r); back=1: the previous
     chunk, key a visible to row r iff a > r (the rest of a window of c). The CPU flash kernel
     skips nothing inside one key block of up to 512, so one c x c call costs the full square.
-    Cut into `pieces` key pieces of h = c/pieces, each piece p goes only to the rows that see
+    Cut into PIECES key pieces of h = c/PIECES, each piece p goes only to the rows that see
     some of it: rows [p*h, c) for back=0 (causally), rows [0, (p+1)*h) for back=1 (masked).
-    That is (pieces + 1) / (2 * pieces) of the square: 3/4 for 2 pieces.
+    That is (PIECES + 1) / (2 * PIECES) of the square: 3/4 for 2 pieces.
     """
     n, c = kc.shape[1], kc.shape[2]
-    h = -(-c // min(pieces or PIECES, c))
+    h = -(-c // min(PIECES, c))
     r = torch.arange(c, device=kc.device)
     parts = []
     for lo in range(0, c, h):
