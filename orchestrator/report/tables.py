@@ -201,6 +201,7 @@ def _report_record(report: Report, row: Row, cols: list[Column]) -> dict[str, An
                     "delta_pct": _num(row.delta_pct)})
         if report.grouped:
             rec["delta_std"] = _num(row.delta_std)
+    rec["reused_from"] = row.reused_from if report.grouped else next(iter(row.reused_from), None)
     rec["note"] = row.note
     return rec
 
