@@ -47,6 +47,11 @@ class Trial:
     # `SWEEP/N` when this trial's result was reused from that finished trial, not run here.
     reused_from: str | None = None
 
+    @property
+    def reused_note(self) -> str:
+        """`reused from SWEEP/N` for a trial taken from another sweep, else empty."""
+        return f"reused from {self.reused_from}" if self.reused_from else ""
+
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Trial:
         d = dict(row)

@@ -242,17 +242,12 @@ def load(ledger: Ledger, names: list[str], group_by: list[str] | None = None,
     return report
 
 
-def _reused_note(origins: list[str]) -> str:
-    return f"reused from {', '.join(origins)}" if origins else ""
-
-
 def _trial_row(t: Trial, metrics: Sequence[str]) -> Row:
     values = {k: Stat(v, None, 0 if v is None else 1)
               for k, v in trial_values(t, metrics).items()}
     note = (t.reason or "") if t.state != TrialState.FINISHED else ""
-    reused = [t.reused_from] if t.reused_from else []
     return Row(t.sweep, [t.number], dict(t.params), {t.state: 1}, values,
-               note or _reused_note(reused), reused_from=reused)
+               note or t.reused_note, reused_from=[t.reused_from] if t.reused_from else [])
 
 
 def _group(trials: list[Trial], keys: list[str], metrics: Sequence[str]) -> list[Row]:
@@ -274,7 +269,8 @@ def _group(trials: list[Trial], keys: list[str], metrics: Sequence[str]) -> list
         reused = [t.reused_from for t in members if t.reused_from]
         rows.append(Row(members[0].sweep, [t.number for t in members],
                         {k: members[0].params.get(k) for k in keys}, states, values,
-                        "; ".join([*notes, _reused_note(reused)] if reused else notes),
+                        "; ".join([*notes, f"reused from {', '.join(reused)}"] if reused
+                                  else notes),
                         members=_members(finished, keys), reused_from=reused))
     return rows
 
