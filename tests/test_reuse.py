@@ -80,6 +80,8 @@ def test_reuse_runs_only_what_no_other_sweep_finished(home: Path, fake_schema_fi
     assert rows[4]["reused_from"] is None and rows[4]["note"] == ""
     table = run_orch(["results", "second", "--group-by", "none"], orch_env(home)).stdout
     assert "reused from first/2" in table
+    compared = _records(home, "second", "--compare", "first")
+    assert [r["this_reused_from"] for r in compared] == [["first/1", "first/2"]]
     status = json.loads(run_orch(["status", "second", "--format", "json"], orch_env(home)).stdout)
     assert {t["number"]: t["reused_from"] for t in status["trials"]}[second[1].number] == "first/1"
 
