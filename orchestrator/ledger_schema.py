@@ -105,6 +105,7 @@ def _reused_from(db: sqlite3.Connection) -> None:
     """4: where a trial's result came from when it was reused, not run (`SWEEP/N`, a finished
     trial of the same program and config hash in another sweep; spec `reuse: true`)."""
     _add_column(db, "trials", "reused_from", "TEXT")
+    db.execute("CREATE INDEX IF NOT EXISTS trials_hash ON trials (config_hash)")
 
 
 # MIGRATIONS[i] brings a ledger from version i to i + 1.

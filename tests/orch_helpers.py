@@ -97,6 +97,7 @@ def old_ledger(source: Path, target: Path) -> Path:
     try:
         src.backup(dst)
         dst.execute("DROP INDEX IF EXISTS sweeps_wandb")
+        dst.execute("DROP INDEX IF EXISTS trials_hash")
         for table, column in (("trials", "job"), ("sweeps", "wandb_sweep"),
                               ("trials", "result_json"), ("trials", "reused_from")):
             dst.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
