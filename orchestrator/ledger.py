@@ -186,7 +186,7 @@ class Ledger:
         spec's), config (result.json's), device, program_wall; what run-time estimates use."""
         rows = self.db.execute(
             "SELECT s.spec_json, t.config_json, t.device, t.program_wall FROM trials t "
-            "JOIN sweeps s ON s.name = t.sweep WHERE t.state = ? "
+            "JOIN sweeps s ON s.name = t.sweep WHERE t.state = ? AND t.reused_from IS NULL "
             "AND t.config_json IS NOT NULL AND t.program_wall > 0", (TrialState.FINISHED,))
         return [{"program": json.loads(r["spec_json"] or "{}").get("program"),
                  "config": json.loads(r["config_json"]), "device": r["device"],
@@ -302,6 +302,38 @@ class Ledger:
                 self.db.execute("INSERT INTO metrics VALUES (?,?,?,?,?)",
                                 (trial_id, 1, h.get("step"), h.get("time"), json.dumps(values)))
         return self.trial(trial_id)
+
+    def finished_elsewhere(self, sweep: str, config_hash: str) -> list[tuple[Trial, Any]]:
+        """Finished trials of other sweeps with this config hash, each with its sweep spec's
+        `program` as recorded: ones that were run before ones that were reused, earliest first
+        (what a reusing sweep picks from)."""
+        rows = self.db.execute(
+            "SELECT t.*, s.spec_json FROM trials t JOIN sweeps s ON s.name = t.sweep WHERE"
+            " t.config_hash=? AND t.sweep != ? AND t.state=? ORDER BY t.reused_from IS NOT"
+            " NULL, t.ended_at, t.id", (config_hash, sweep, TrialState.FINISHED)).fetchall()
+        return [(Trial.from_row(r), json.loads(r["spec_json"] or "{}").get("program"))
+                for r in rows]
+
+    def reuse(self, trial_id: int, source: Trial) -> str:
+        """Record a pending trial as finished with `source`'s result, without running it: its
+        metrics, result values, config and the validation history of its counted attempt (as
+        attempt 0: nothing ran here). Where it came from (`SWEEP/N`, the original when `source`
+        was itself reused) is returned and kept in `reused_from`. One transaction."""
+        origin = source.reused_from or f"{source.sweep}/{source.number}"
+        copied = ("exit_code", "started_at", "ended_at", "run_dir", "device", "step",
+                  "max_steps", "last_metric", "best_metric", "final_json", "best_json",
+                  "program_wall", "config_json", "result_json")
+        sets = ", ".join(f"{c}=(SELECT {c} FROM trials WHERE id=:src)" for c in copied)
+        with self._tx():
+            self.db.execute(f"UPDATE trials SET {sets}, state=:state, reason=NULL, pid=NULL,"
+                            f" pgid=NULL, slot=NULL, job=NULL, attempts=0, reused_from=:origin"
+                            f" WHERE id=:id", {"src": source.id, "state": TrialState.FINISHED,
+                                               "origin": origin, "id": trial_id})
+            self.db.execute("DELETE FROM metrics WHERE trial_id=?", (trial_id,))
+            self.db.execute("INSERT INTO metrics SELECT ?, 0, step, time, values_json FROM"
+                            " metrics WHERE trial_id=? AND attempt=? ORDER BY rowid",
+                            (trial_id, source.id, source.attempts))
+        return origin
 
     def requeue(self, trial_id: int, reason: str, refund_attempt: bool) -> None:
         """Back to pending: a retry, or an attempt an interruption cut short (refunded).

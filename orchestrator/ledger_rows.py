@@ -42,6 +42,15 @@ class Trial:
     # The latest attempt's result.json values besides final/best/config (ledger_schema's
     # result_record): tokens_per_s, parameters, wall_time_s, ...; empty until it ends.
     result: dict[str, Any] = field(default_factory=dict)
+    # The whole config the program resolved (result.json's `config`), when it reported one.
+    config: dict[str, Any] = field(default_factory=dict)
+    # `SWEEP/N` when this trial's result was reused from that finished trial, not run here.
+    reused_from: str | None = None
+
+    @property
+    def reused_note(self) -> str:
+        """`reused from SWEEP/N` for a trial taken from another sweep, else empty."""
+        return f"reused from {self.reused_from}" if self.reused_from else ""
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Trial:
@@ -56,7 +65,8 @@ class Trial:
             max_steps=d["max_steps"], last_metric=d["last_metric"],
             best_metric=d["best_metric"], final=json.loads(d["final_json"] or "{}"),
             best=json.loads(d["best_json"] or "{}"), program_wall=d["program_wall"],
-            job=d["job"], result=json.loads(d["result_json"] or "{}"))
+            job=d["job"], result=json.loads(d["result_json"] or "{}"),
+            config=json.loads(d.get("config_json") or "{}"), reused_from=d.get("reused_from"))
 
 
 @dataclass

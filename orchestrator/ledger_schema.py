@@ -37,7 +37,7 @@ TABLES = (
     run_dir TEXT, pid INTEGER, pgid INTEGER, slot INTEGER, device TEXT,
     step INTEGER, max_steps INTEGER, last_metric REAL, best_metric REAL,
     final_json TEXT, best_json TEXT, program_wall REAL,
-    job TEXT, result_json TEXT,
+    job TEXT, result_json TEXT, reused_from TEXT,
     UNIQUE (sweep, config_hash)
 )""",
     """CREATE TABLE IF NOT EXISTS metrics (
@@ -101,8 +101,16 @@ def _results(db: sqlite3.Connection) -> None:
                        (json.dumps(result_record(result)), trial_id))
 
 
+def _reused_from(db: sqlite3.Connection) -> None:
+    """4: where a trial's result came from when it was reused, not run (`SWEEP/N`, a finished
+    trial of the same program and config hash in another sweep; spec `reuse: true`)."""
+    _add_column(db, "trials", "reused_from", "TEXT")
+    db.execute("CREATE INDEX IF NOT EXISTS trials_hash ON trials (config_hash)")
+
+
 # MIGRATIONS[i] brings a ledger from version i to i + 1.
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_job, _wandb_sweep, _results)
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_job, _wandb_sweep, _results,
+                                                                 _reused_from)
 VERSION = len(MIGRATIONS)
 
 

@@ -19,7 +19,8 @@ Behaviour fields: mode (finish | crash | hang | diverge | oom | noresult | badco
 curve (val_loss per validation), step_time (seconds per validation), stubborn (ignore SIGTERM),
 device (what its device_info event reports, default cpu), pause_after + pause_until (after that
 many validations, wait until the file pause_until exists: a fault test's chosen moment).
-With FAKE_LOG set, every start appends one line `<overrides as JSON>` to that file.
+With FAKE_LOG set, every start appends one line `<overrides as JSON>` to that file. With
+FAKE_CONFIG set, result.json also holds the resolved `config`, as the real trainer's does.
 
     python tests/fake_trainer.py probe --config F k=v ...   -> FAKE_PROBE's stages, then blocks
 
@@ -64,6 +65,15 @@ def _behaviour(overrides: dict[str, str]) -> dict:
     return chosen
 
 
+def _resolved(argv: list[str]) -> dict:
+    """The whole config the run resolved, by the real trainer's rules."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from trainer.config import load_config
+
+    overrides = [a for a in argv if "=" in a and not a.startswith("--")]
+    return load_config(Path(argv[argv.index("--config") + 1]), overrides).model_dump(mode="json")
+
+
 def train(argv: list[str]) -> int:
     """One scripted run: events.jsonl, result.json, and the contract's exit codes."""
     out = Path(argv[argv.index("--out") + 1])
@@ -92,7 +102,8 @@ def train(argv: list[str]) -> int:
         _write_json(out / "result.json", {
             "status": status, "reason": reason, "exit_code": code, "final": _metrics(final),
             "best": best, "steps": steps, "max_steps": steps, "tokens_per_s": 1000.0,
-            "parameters": 1, "wall_time_s": time.time() - start, "config_hash": config_hash})
+            "parameters": 1, "wall_time_s": time.time() - start, "config_hash": config_hash,
+            **({"config": _resolved(argv)} if os.environ.get("FAKE_CONFIG") else {})})
         return code
 
     last: list[float | None] = [None]

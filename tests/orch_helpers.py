@@ -90,14 +90,16 @@ def pid_alive(pid: int) -> bool:
 
 def old_ledger(source: Path, target: Path) -> Path:
     """A copy of the ledger at `source` as orch made it before schema versions: without the
-    columns added since (trials.job, sweeps.wandb_sweep, trials.result_json), user_version 0."""
+    columns added since (trials.job, sweeps.wandb_sweep, trials.result_json,
+    trials.reused_from), user_version 0."""
     target.parent.mkdir(parents=True, exist_ok=True)
     src, dst = sqlite3.connect(source), sqlite3.connect(target)
     try:
         src.backup(dst)
         dst.execute("DROP INDEX IF EXISTS sweeps_wandb")
+        dst.execute("DROP INDEX IF EXISTS trials_hash")
         for table, column in (("trials", "job"), ("sweeps", "wandb_sweep"),
-                              ("trials", "result_json")):
+                              ("trials", "result_json"), ("trials", "reused_from")):
             dst.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
         dst.execute("PRAGMA user_version=0")
         dst.commit()

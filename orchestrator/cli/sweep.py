@@ -84,6 +84,9 @@ def sweep(spec: Path = typer.Argument(..., help="Sweep spec YAML."),
         on_wandb = (backend or plan.spec.tracking.backend) == "wandb"
         ledger = Ledger(orch_home(), readonly=dry_run and not on_wandb)
         if on_wandb:
+            if plan.spec.reuse:
+                err.print("note: reuse: W&B agents train every trial; reuse applies to the "
+                          "local backend only", highlight=False)
             cli_wandb.sweep_on_wandb(plan, ledger, dry_run, max_trials)
             return
         if dry_run:

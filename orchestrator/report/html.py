@@ -208,11 +208,11 @@ def _trials_table(trials: list[Trial], keys: list[str], named: figures.Names,
         vals = ([t.sweep] if multi else []) + [t.number, *[t.params.get(k) for k in keys],
                                                str(t.state), got.get(metric),
                                                got.get("best_step"), got.get("wall_time_s"),
-                                               t.run_dir, t.reason or ""]
+                                               t.run_dir, t.reason or t.reused_note]
         shown = ([t.sweep] if multi else []) + [
             str(t.number), *[named[k][repr(t.params.get(k))] for k in keys],
             str(t.state), fmt("loss", got.get(metric)), fmt("step", got.get("best_step")),
-            fmt("seconds", got.get("wall_time_s")), t.run_dir or MISSING, t.reason or ""]
+            fmt("seconds", got.get("wall_time_s")), t.run_dir or MISSING, t.reason or t.reused_note]
         cells.append(shown)
         values.append(vals)
         styles.append("" if t.state == TrialState.FINISHED else "dim")

@@ -22,6 +22,7 @@ import yaml
 
 from orchestrator.contract import Metric, describe_recorded, finite
 from orchestrator.ledger import Ledger, Trial
+from orchestrator.report.known import known_params, sweep_fixed
 from orchestrator.spec.overrides import split_assignment
 from orchestrator.states import TrialState
 
@@ -86,6 +87,7 @@ class Row:
     # Finished trials by the parameters the row aggregates over (`[seed]`): what pairs it
     # trial for trial with a baseline row.
     members: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    reused_from: list[str] = field(default_factory=list)  # `SWEEP/N` of its reused trials
 
     @property
     def finished(self) -> int:
@@ -199,6 +201,7 @@ def load(ledger: Ledger, names: list[str], group_by: list[str] | None = None,
     trials: list[Trial] = []
     seeds: list[str] = []
     metrics: dict[str, Metric] = {}
+    recorded: dict[str, tuple[dict[str, Any], list[str], list[Trial]]] = {}
     for name in names:
         row = ledger.sweep(name)
         if row is None:
@@ -212,7 +215,14 @@ def load(ledger: Ledger, names: list[str], group_by: list[str] | None = None,
         described = describe_recorded(row["spec"].get("program"))
         seeds += described.seeds
         metrics.update({m.name: m for m in described.metrics if m.name not in metrics})
-        trials += [t for t in ledger.trials(name) if t.state != TrialState.INVALID]
+        own = [t for t in ledger.trials(name) if t.state != TrialState.INVALID]
+        recorded[name] = (row["spec"], row["varied"], own)
+        trials += own
+    # A parameter one sweep did not vary still has a value there: the one its trials ran with.
+    asked = [*varied, *(group_by or [])]
+    fixed = {name: sweep_fixed(spec, own_varied, own, asked)
+             for name, (spec, own_varied, own) in recorded.items()}
+    trials = [known_params(t, asked, fixed[t.sweep]) for t in trials]
     assert metric is not None and goal is not None
     if group_by is None and not per_trial:
         keys = [v for v in varied if v not in seeds]
@@ -236,7 +246,8 @@ def _trial_row(t: Trial, metrics: Sequence[str]) -> Row:
     values = {k: Stat(v, None, 0 if v is None else 1)
               for k, v in trial_values(t, metrics).items()}
     note = (t.reason or "") if t.state != TrialState.FINISHED else ""
-    return Row(t.sweep, [t.number], dict(t.params), {t.state: 1}, values, note)
+    return Row(t.sweep, [t.number], dict(t.params), {t.state: 1}, values,
+               note or t.reused_note, reused_from=[t.reused_from] if t.reused_from else [])
 
 
 def _group(trials: list[Trial], keys: list[str], metrics: Sequence[str]) -> list[Row]:
@@ -255,9 +266,12 @@ def _group(trials: list[Trial], keys: list[str], metrics: Sequence[str]) -> list
         for t in members:
             states[t.state] = states.get(t.state, 0) + 1
         notes = sorted({t.reason for t in members if t.state != TrialState.FINISHED and t.reason})
+        reused = [t.reused_from for t in members if t.reused_from]
         rows.append(Row(members[0].sweep, [t.number for t in members],
                         {k: members[0].params.get(k) for k in keys}, states, values,
-                        "; ".join(notes), members=_members(finished, keys)))
+                        "; ".join([*notes, f"reused from {', '.join(reused)}"] if reused
+                                  else notes),
+                        members=_members(finished, keys), reused_from=reused))
     return rows
 
 

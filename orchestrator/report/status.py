@@ -48,6 +48,7 @@ def status_record(ledger: Ledger, name: str) -> dict[str, Any]:
         trials.append({
             "number": t.number, "params": t.params, "state": t.state, "reason": t.reason,
             "exit_code": t.exit_code, "attempts": t.attempts, "device": t.device,
+            "reused_from": t.reused_from,
             "step": t.step, "max_steps": t.max_steps, "last_metric": _value(t.last_metric),
             "best_metric": _value(t.best_metric), "run_dir": t.run_dir,
             "history": [{"step": p.step, "time": p.time,
@@ -76,7 +77,8 @@ def status_table(ledger: Ledger, name: str) -> Table:
         step = "—" if t.step is None else f"{t.step}/{t.max_steps or '?'}"
         params = [fmt_param(t.params.get(n), [u.params.get(n) for u in trials])
                   for n in row["varied"]]
-        table.add_row(str(t.number), *params, t.state, t.device or "—", step,
+        state = f"{t.state} ({t.reused_note})" if t.reused_from else t.state
+        table.add_row(str(t.number), *params, state, t.device or "—", step,
                       _num(t.last_metric), _num(t.best_metric), str(t.attempts),
                       "—" if t.exit_code is None else str(t.exit_code), t.run_dir or "—")
     return table

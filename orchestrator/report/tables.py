@@ -201,6 +201,7 @@ def _report_record(report: Report, row: Row, cols: list[Column]) -> dict[str, An
                     "delta_pct": _num(row.delta_pct)})
         if report.grouped:
             rec["delta_std"] = _num(row.delta_std)
+    rec["reused_from"] = row.reused_from if report.grouped else next(iter(row.reused_from), None)
     rec["note"] = row.note
     return rec
 
@@ -228,18 +229,27 @@ def compare_grid(comp: Comparison) -> Grid:
             fmt_stat(metric_col, ours.values.get(m) if ours and ours.finished else None),
             _signed(p.change, "loss"), _signed(p.change_pct, "pct"),
             _verdict(p.change, this.goal),
-            theirs.status if theirs else "absent", ours.status if ours else "absent"])
+            _side_status(theirs), _side_status(ours)])
         grid.styles.append("" if p.change is not None else "dim")
         rec: dict[str, Any] = dict(p.params)
         for side, r in (("other", theirs), ("this", ours)):
             stat = r.values.get(m) if r and r.finished else None
             rec.update({f"{side}_{m}": _num(stat.mean if stat else None),
                         f"{side}_n": r.finished if r else 0,
-                        f"{side}_status": r.status if r else "absent"})
+                        f"{side}_status": r.status if r else "absent",
+                        f"{side}_reused_from": r.reused_from if r else []})
         rec.update({"change": _num(p.change), "change_pct": _num(p.change_pct),
                     "verdict": _verdict(p.change, this.goal)})
         grid.records.append(rec)
     return grid
+
+
+def _side_status(row: Row | None) -> str:
+    """A compared row's status, with where its reused trials came from."""
+    if row is None:
+        return "absent"
+    return row.status + (f" (reused from {', '.join(row.reused_from)})" if row.reused_from
+                         else "")
 
 
 # -- renderers ------------------------------------------------------------------------------------

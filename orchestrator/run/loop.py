@@ -29,6 +29,7 @@ from orchestrator.run.attempt import (Live, attempt_dir, host_env, metrics, outc
                                       write_trial_json)
 from orchestrator.run.estimate import points_to_run
 from orchestrator.run.progress import Progress
+from orchestrator.run.reuse import reuse
 from orchestrator.run.slots import Slot, make_slots, ran_on, sweep_slots
 from orchestrator.run.stopping import Stopper
 from orchestrator.run.suggest import suggest
@@ -124,7 +125,7 @@ class RunLoop:
         if leftovers:
             self.progress.note(f"ended {leftovers} leftover trial(s) of a dead orchestrator")
         for t in self.ledger.trials(self.name):
-            if t.attempts:
+            if t.attempts or t.reused_from:
                 self._histories[t.id] = [p.metrics for p in self.ledger.history(t)]
         todo = len(points_to_run(self.plan, self.ledger.trials(self.name), self.max_trials))
         self.progress.stage(f"launching {todo} trial(s) on {len(self.slots)} slot(s)")
@@ -298,9 +299,19 @@ class RunLoop:
         return started, exhausted
 
     def _next_pending(self) -> Trial | None:
+        """The next pending trial to launch; with `reuse`, pending trials another sweep already
+        finished are recorded from there on the way (they need no slot)."""
         running = set(self._live)
-        return next((t for t in self.ledger.trials(self.name)
-                     if t.state == TrialState.PENDING and t.id not in running), None)
+        for t in self.ledger.trials(self.name):
+            if t.state != TrialState.PENDING or t.id in running:
+                continue
+            reused = reuse(self.plan, self.ledger, t)
+            if reused is None:
+                return t
+            self._histories[t.id] = [p.metrics for p in self.ledger.history(
+                self.ledger.trial(t.id))]
+            self.progress.note(reused)
+        return None
 
     def _start(self, launcher: Launcher, trial: Trial, slot: Slot) -> None:
         attempt = trial.attempts + 1

@@ -219,6 +219,11 @@ class SweepSpec(_Strict):
         False, description="Run the points the trainer accepts and skip the rest. Without it, "
         "a grid with any invalid point (or a random/bayes space where a sample of 200 "
         "proposals has one) fails validation, so a combination is never dropped unnoticed.")
+    reuse: bool = Field(
+        False, description="Reuse results across sweeps: a trial whose program (as written) "
+        "and config hash match a finished trial of another sweep in the ledger is recorded as "
+        "finished with that trial's metrics and history, marked `reused from SWEEP/N`, and "
+        "not run. Off: every trial trains.")
     resources: Resources = Field(default_factory=Resources)
     launcher: LauncherSettings = Field(default_factory=LauncherSettings)
     tracking: Tracking = Field(default_factory=Tracking)

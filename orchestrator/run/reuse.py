@@ -1,0 +1,32 @@
+"""Reusing results across sweeps (spec `reuse: true`): a pending trial whose program and config
+hash match a finished trial of another sweep is recorded as finished from it, not run.
+
+The config hash is the program's own (`validate`), over its whole resolved config, so the same
+hash and the same program (argv as the spec writes it) train the same thing.
+"""
+
+from __future__ import annotations
+
+from orchestrator.contract import finite
+from orchestrator.launch.command import written
+from orchestrator.ledger import Ledger, Trial
+from orchestrator.spec.plan import Plan
+
+
+def reuse(plan: Plan, ledger: Ledger, trial: Trial) -> str | None:
+    """Record `trial` from a finished trial of another sweep with the same program and config
+    hash, if the spec asks for reuse and there is one; the line that says so, else None."""
+    if not plan.spec.reuse:
+        return None
+    program = written(plan.spec.program)
+    source = next((t for t, recorded in ledger.finished_elsewhere(plan.spec.name,
+                                                                   trial.config_hash)
+                   if recorded is not None and written(recorded) == program), None)
+    if source is None:
+        return None
+    origin = ledger.reuse(trial.id, source)
+    metric = plan.spec.metric.name
+    value = finite(source.final.get(metric))
+    shown = f" {metric}={value:.4f}" if value is not None else ""
+    params = " ".join(f"{k}={v}" for k, v in trial.params.items()) or "(base config)"
+    return f"trial {trial.number} reused from {origin}{shown}, not run: {params}"
