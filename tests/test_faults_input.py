@@ -18,13 +18,12 @@ import pytest
 import yaml
 from docker_fixtures import (base_image, deps_image, docker_client, shared_cache,  # noqa: F401
                              trainer_image)
-from orch_helpers import BASE_TINY, REPO, message_lines, orch_env, run_orch, starts, write_spec
+from orch_helpers import BASE_TINY, message_lines, orch_env, run_orch, starts, write_spec
 
 from orchestrator.launch.dataprep import data_settings
 from orchestrator.ledger import Ledger
-from orchestrator.spec.plan import build_plan
 from orchestrator.run.slots import detect_gpus, make_slots
-from orchestrator.spec.model import SpecError
+from orchestrator.spec.plan import build_plan
 from trainer.config import load_config
 
 

@@ -106,7 +106,8 @@ def test_wandb_checks_match_wandb_without_its_scipy_import(params: dict) -> None
 
 def test_set_and_baseline_read_key_value_alike() -> None:
     # `--set` and `results --baseline key=value` split one way: the key before the first `=`.
-    from orchestrator.report.results import ResultsError, parse_config
+    from orchestrator.report.compare import parse_config
+    from orchestrator.report.results import ResultsError
 
     for text in ("optim.lr=3e-4", " model.norm = rmsnorm", "data.path=a=b.csv"):
         key, raw = split_assignment(text)

@@ -15,6 +15,7 @@ from orchestrator.cli import report as cli_report
 from orchestrator.cli import wandb as cli_wandb
 from orchestrator.cli.terminal import err, out, show
 from orchestrator.ledger import Ledger, orch_home
+from orchestrator.report import compare as compare_mod
 from orchestrator.report import gates
 from orchestrator.report import results as results_mod
 from orchestrator.report import status as status_mod
@@ -102,8 +103,8 @@ def results(
     try:
         report = results_mod.load(ledger, names, keys, per_trial=group_by == "none")
         if baseline:
-            results_mod.set_baseline(report, ledger, baseline)
-        comp = None if compare is None else results_mod.compare(report, results_mod.load(
+            compare_mod.set_baseline(report, ledger, baseline)
+        comp = None if compare is None else compare_mod.compare(report, results_mod.load(
             ledger, [compare], report.keys if report.grouped else None,
             per_trial=not report.grouped))
     except results_mod.ResultsError as e:

@@ -5,7 +5,8 @@ Each returns the message that fails the step, or None when the gate passes.
 
 from __future__ import annotations
 
-from orchestrator.report.results import Comparison, Report, difference
+from orchestrator.report.compare import Comparison, difference
+from orchestrator.report.results import Report
 
 
 def worse_than(report: Report, threshold: float) -> str | None:

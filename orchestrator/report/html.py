@@ -18,6 +18,7 @@ import yaml
 
 from orchestrator.ledger import Ledger, Trial, iter_states
 from orchestrator.report import best as best_mod
+from orchestrator.report import compare as compare_mod
 from orchestrator.report import figures, importance
 from orchestrator.report import results as results_mod
 from orchestrator.report.results import ResultsError, trial_values
@@ -65,7 +66,7 @@ def render(ledger: Ledger, names: list[str], baseline: str | None = None) -> str
     """The whole page of sweeps `names` (ResultsError for an unknown sweep or baseline)."""
     report = results_mod.load(ledger, names)
     if baseline:
-        results_mod.set_baseline(report, ledger, baseline)
+        compare_mod.set_baseline(report, ledger, baseline)
     sweeps = [ledger.sweep(n) or {} for n in names]
     trials = [t for n in names for t in ledger.trials(n) if t.state != TrialState.INVALID]
     # The parameters that make a configuration: the varied ones less the seeds the programs

@@ -1,4 +1,5 @@
-"""Results: the rows of the comparison table, read from the ledger, with baselines and compare.
+"""Results: the rows of the comparison table, read from the ledger (baselines and compare:
+compare.py).
 
 A row is one trial, or one configuration aggregated over its seeds (mean, sample std and n over
 its *finished* trials only). Numbers are only what the trials computed: metrics and best step
@@ -13,17 +14,13 @@ diverged, stopped and unfinished rows after them, whatever their partial numbers
 from __future__ import annotations
 
 import json
-import math
 import statistics
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-import yaml
-
 from orchestrator.contract import Metric, describe_recorded, finite
 from orchestrator.ledger import Ledger, Trial
 from orchestrator.report.known import known_params, sweep_fixed
-from orchestrator.spec.overrides import split_assignment
 from orchestrator.states import TrialState
 
 # A row's states, finished first (as the rows are ordered), unfinished last.
@@ -138,26 +135,6 @@ class Report:
         return next((r for r in self.rows if r.best), None)
 
 
-@dataclass
-class Pair:
-    """One configuration in two sweeps: `other` (before) and `this` (now)."""
-
-    params: dict[str, Any]
-    this: Row | None
-    other: Row | None
-    change: float | None = None
-    change_pct: float | None = None
-
-
-@dataclass
-class Comparison:
-    """`this` sweep against `other`, configurations matched by their parameters."""
-
-    this: Report
-    other: Report
-    pairs: list[Pair] = field(default_factory=list)
-
-
 # -- reading --------------------------------------------------------------------------------------
 
 
@@ -174,7 +151,7 @@ def trial_values(t: Trial, metrics: Sequence[str]) -> dict[str, float | None]:
     return values
 
 
-def _canon(value: Any) -> str:
+def canon(value: Any) -> str:
     """A parameter value as a stable, hashable key (1 and 1.0 are the same setting)."""
     if isinstance(value, float) and value.is_integer():
         value = int(value)
@@ -236,13 +213,13 @@ def load(ledger: Ledger, names: list[str], group_by: list[str] | None = None,
     report = Report(names, metric, goal, varied if per_trial else keys, not per_trial, [],
                     metrics=list(metrics.values()))
     shown = report.metric_names()
-    report.rows = [_trial_row(t, shown) for t in trials] if per_trial else \
+    report.rows = [trial_row(t, shown) for t in trials] if per_trial else \
         _group(trials, keys, shown)
     _order(report)
     return report
 
 
-def _trial_row(t: Trial, metrics: Sequence[str]) -> Row:
+def trial_row(t: Trial, metrics: Sequence[str]) -> Row:
     values = {k: Stat(v, None, 0 if v is None else 1)
               for k, v in trial_values(t, metrics).items()}
     note = (t.reason or "") if t.state != TrialState.FINISHED else ""
@@ -253,7 +230,7 @@ def _trial_row(t: Trial, metrics: Sequence[str]) -> Row:
 def _group(trials: list[Trial], keys: list[str], metrics: Sequence[str]) -> list[Row]:
     groups: dict[tuple[str, ...], list[Trial]] = {}
     for t in trials:
-        groups.setdefault((t.sweep, *[_canon(t.params.get(k)) for k in keys]), []).append(t)
+        groups.setdefault((t.sweep, *[canon(t.params.get(k)) for k in keys]), []).append(t)
     rows = []
     for members in groups.values():
         finished = [(t, trial_values(t, metrics)) for t in members
@@ -278,7 +255,7 @@ def _group(trials: list[Trial], keys: list[str], metrics: Sequence[str]) -> list
 def _members(finished: list[tuple[Trial, dict[str, float | None]]],
              keys: list[str]) -> dict[str, dict[str, float | None]]:
     """Finished trials' values keyed by their other parameters (`{"train.seed": 1338}`)."""
-    return {_canon({k: v for k, v in t.params.items() if k not in keys}): values
+    return {canon({k: v for k, v in t.params.items() if k not in keys}): values
             for t, values in finished}
 
 
@@ -288,7 +265,7 @@ def _order(report: Report) -> None:
     def key(r: Row) -> tuple[Any, ...]:
         v = r.value(report.metric)
         return (r.finished == 0, v is None, sign * v if v is not None else 0.0,
-                r.sweep, [_canon(r.params.get(k)) for k in report.keys], r.trials)
+                r.sweep, [canon(r.params.get(k)) for k in report.keys], r.trials)
 
     report.rows.sort(key=key)
     for r in report.rows:
@@ -296,133 +273,3 @@ def _order(report: Report) -> None:
     top = report.rows[0] if report.rows else None
     if top is not None and top.finished and top.value(report.metric) is not None:
         top.best = True
-
-
-# -- baseline and compare -------------------------------------------------------------------------
-
-
-def _matches(value: Any, text: str) -> bool:
-    """Whether a parameter value is what `key=text` on the command line means."""
-    parsed = yaml.safe_load(text)
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        try:
-            return math.isclose(float(value), float(text), rel_tol=1e-9)
-        except ValueError:
-            return False
-    return value == parsed or str(value) == text
-
-
-def parse_config(text: str) -> dict[str, str]:
-    """`key=value,key=value` as a dict (values kept as text, matched loosely)."""
-    out = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        try:
-            k, v = split_assignment(part)
-        except ValueError:
-            raise ResultsError(f"baseline config {text!r}: expected key=value,... ") from None
-        out[k] = v.strip()
-    return out
-
-
-def set_baseline(report: Report, ledger: Ledger, spec: str) -> None:
-    """Resolve `--baseline` and fill every row's delta (absolute and %) against it.
-
-    spec: `trial:N` (or a bare N) is trial N of the first sweep, `trial:SWEEP/N` one of another
-    sweep (in a grouped table, the row that holds that trial); `sweep:NAME` is NAME's best row
-    under the same grouping; `key=value,...` (or `config:key=value,...`) the one row with those
-    parameters.
-    """
-    metric = report.metric
-    if spec.startswith("sweep:"):
-        name = spec.removeprefix("sweep:")
-        other = load(ledger, [name], report.keys if report.grouped else None,
-                     per_trial=not report.grouped)
-        row = other.best
-        if row is None:
-            raise ResultsError(f"baseline sweep {name} has no finished trial with {metric}")
-        label = f"best of sweep {name}"
-    elif spec.startswith("trial:") or spec.isdigit():
-        ref = spec.removeprefix("trial:")
-        name, _, number = ref.rpartition("/")
-        name = name or report.sweeps[0]
-        if not number.isdigit():
-            raise ResultsError(f"--baseline {spec}: expected trial:N or trial:SWEEP/N")
-        found = [t for t in ledger.trials(name) if t.number == int(number)]
-        if not found:
-            raise ResultsError(f"--baseline {spec}: sweep {name} has no trial {number}")
-        # In a grouped table, the trial's own row (its configuration's mean over seeds), so
-        # that rows and baseline are the same kind of number.
-        row = next((r for r in report.rows if report.grouped and r.sweep == name
-                    and int(number) in r.trials), None)
-        label = f"the row of trial {number} of {name}" if row else f"trial {number} of {name}"
-        row = row or _trial_row(found[0], report.metric_names())
-        if row.finished == 0:
-            raise ResultsError(f"--baseline {spec}: trial {number} of {name} did not finish "
-                               f"({found[0].state})")
-    else:
-        want = parse_config(spec.removeprefix("config:"))
-        hits = [r for r in report.rows
-                if all(k in r.params and _matches(r.params[k], v) for k, v in want.items())]
-        if len(hits) != 1:
-            raise ResultsError(f"--baseline {spec}: matches {len(hits)} rows, not one; name "
-                               f"more parameters or use trial:N")
-        row = hits[0]
-        label = ", ".join(f"{k}={v}" for k, v in want.items())
-    base = row.value(metric)
-    if base is None or row.finished == 0:
-        raise ResultsError(f"--baseline {spec}: it has no finished {metric}")
-    report.baseline_label, report.baseline_value = label, base
-    for r in report.rows:
-        r.baseline = (r.sweep, r.trials) == (row.sweep, row.trials)
-        v = r.value(metric)
-        r.delta, r.delta_pct = difference(base, v)
-        r.delta_std = None if r.baseline else paired_std(r, row, metric)
-
-
-def paired_std(row: Row, base: Row, metric: str) -> float | None:
-    """Sample std of the trial-by-trial differences `row - base`, where the two rows' finished
-    trials pair one to one by their other parameters (the seeds), at least two pairs; else None.
-
-    Only then: their mean is exactly the difference of the rows' means, so Δ ± this std is the
-    paired effect over the seeds, not an unpaired comparison dressed as one.
-    """
-    if len(row.members) < 2 or row.members.keys() != base.members.keys():
-        return None
-    diffs = []
-    for key, values in row.members.items():
-        a, b = values.get(metric), base.members[key].get(metric)
-        if a is None or b is None:
-            return None
-        diffs.append(a - b)
-    return statistics.stdev(diffs)
-
-
-def difference(before: float | None, now: float | None) -> tuple[float | None, float | None]:
-    """`now - before` and that as a % of |before|; None where either is missing."""
-    if before is None or now is None:
-        return None, None
-    delta = now - before
-    return delta, (delta / abs(before) * 100.0 if before else None)
-
-
-def compare(this: Report, other: Report) -> Comparison:
-    """Match `this`'s rows with `other`'s by their parameters (the report's keys)."""
-    keys = this.keys
-
-    def key(r: Row) -> tuple[str, ...]:
-        return tuple(_canon(r.params.get(k)) for k in keys)
-
-    theirs: dict[tuple[str, ...], Row] = {}
-    for r in other.rows:
-        theirs.setdefault(key(r), r)
-    out = Comparison(this, other)
-    for r in this.rows:
-        o = theirs.pop(key(r), None)
-        ok = r.finished and o is not None and o.finished
-        change = (difference(o.value(this.metric), r.value(this.metric)) if ok and o
-                  else (None, None))
-        out.pairs.append(Pair({k: r.params.get(k) for k in keys}, r, o, *change))
-    for o in other.rows:  # configurations the new sweep no longer has
-        if key(o) in theirs:
-            out.pairs.append(Pair({k: o.params.get(k) for k in keys}, None, o))
-    return out

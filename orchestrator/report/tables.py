@@ -16,7 +16,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from orchestrator.report.results import Column, Comparison, Report, Row, Stat, columns
+from orchestrator.report.compare import Comparison
+from orchestrator.report.results import Column, Report, Row, Stat, columns
 
 MISSING = "—"
 FORMATS = ("table", "markdown", "csv", "json")
