@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
 import uuid
 from pathlib import Path
@@ -20,9 +19,9 @@ import pytest
 import yaml
 from docker_fixtures import base_image, deps_image, docker_client  # noqa: F401
 from orch_helpers import REPO, orch_env, run_orch
+from slurm_fixtures import cluster  # noqa: F401
 
 from orchestrator.ledger import Ledger
-from orchestrator.launch.slurm import commands as slurm
 
 EXAMPLE = REPO / "examples" / "comments"
 PROGRAM = "python examples/comments/comments.py"  # relative: the same path in its image
@@ -117,19 +116,6 @@ def test_the_example_swept_in_docker(tmp_path: Path, hn_rows: Path, deps_image: 
         assert config["titles"]["csv"] == f"/orch/data/{hn_rows.name}"
     left = docker_client.containers.list(all=True, filters={"label": "orch.sweep=ex-docker"})
     assert [c for c in left if c.labels.get("orch.home") == str(home)] == []
-
-
-@pytest.fixture
-def cluster() -> None:
-    """A Slurm controller that answers (start-slurm.sh); skip, or fail in CI, without one."""
-    try:
-        why = slurm.unavailable()
-    except (OSError, subprocess.TimeoutExpired) as err:
-        why = f"Slurm did not answer: {err}"
-    if why:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{why}; CI starts one with ../shared/slurm/start-slurm.sh")
-        pytest.skip(f"{why}; start one with bash ../shared/slurm/start-slurm.sh")
 
 
 def test_the_example_swept_on_slurm(cluster: None, orch_home: Path, tmp_path: Path,

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from orch_helpers import BASE_TINY, orch_env, run_orch, start_orch, starts, wait_for, write_spec
 from pydantic import ValidationError
+from slurm_fixtures import cluster  # noqa: F401
 
 from orchestrator.launch.slurm import commands as slurm
 from orchestrator.ledger import Ledger, Trial
@@ -29,19 +30,6 @@ from orchestrator.states import INTERRUPTED
 # A trial that trains until it is stopped (or for 10 s), one that ends at once.
 SLOW = {"step_time": 0.5, "curve": [3.0 - 0.1 * i for i in range(20)]}
 FAST = {"curve": [2.0]}
-
-
-@pytest.fixture(scope="module")
-def cluster() -> None:
-    """A Slurm controller that answers (start-slurm.sh); skip, or fail in CI, without one."""
-    try:
-        why = slurm.unavailable()
-    except (OSError, subprocess.TimeoutExpired) as err:
-        why = f"Slurm did not answer: {err}"
-    if why:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{why}; CI starts one with ../shared/slurm/start-slurm.sh")
-        pytest.skip(f"{why}; start one with bash ../shared/slurm/start-slurm.sh")
 
 
 def _name() -> str:

@@ -19,6 +19,7 @@ from plotly.subplots import make_subplots
 from orchestrator.ledger import Trial, Validation
 from orchestrator.report.importance import Importances, scored
 from orchestrator.report.plots import UNITS
+from orchestrator.report.results import curve
 from orchestrator.report.tables import fmt_param
 from orchestrator.states import TrialState
 
@@ -71,15 +72,7 @@ def curves(histories: dict[int, list[Validation]], trials: list[Trial], keys: li
     traces: list[dict[str, Any]] = []
     named: set[str] = set()
     for t in trials:
-        xs, ys = [], []
-        for p in histories.get(t.id, []):
-            value = p.metrics.get(metric)
-            x = p.step if axis == "step" else (
-                p.time - t.started_at if p.time is not None and t.started_at else None)
-            if x is None or not isinstance(value, (int, float)) or not math.isfinite(value):
-                continue
-            xs.append(x)
-            ys.append(value)
+        xs, ys = curve(histories.get(t.id, []), metric, t.started_at, axis)
         if not xs:
             continue
         group = labels[t.id]

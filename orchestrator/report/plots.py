@@ -7,7 +7,6 @@ plots show only what trials computed: parameter plots and the heatmap use finish
 
 from __future__ import annotations
 
-import math
 import re
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from matplotlib.patches import Rectangle
 
 from orchestrator.contract import describe_recorded
 from orchestrator.ledger import Ledger, Trial
-from orchestrator.report.results import Report, load, trial_values
+from orchestrator.report.results import Report, curve, load, trial_values
 from orchestrator.report.tables import fmt_param
 from orchestrator.states import TrialState
 
@@ -111,15 +110,7 @@ def curves(ledger: Ledger, name: str, trials: list[Trial], keys: list[str], repo
     ax = fig.add_subplot()
     drawn, labelled = 0, set()
     for t in trials:
-        points = [(p.step, p.time, p.metrics.get(metric)) for p in ledger.history(t)]
-        xs, ys = [], []
-        for step, when, value in points:
-            x = step if axis == "step" else (when - t.started_at
-                                             if when is not None and t.started_at else None)
-            if x is None or not isinstance(value, (int, float)) or not math.isfinite(value):
-                continue
-            xs.append(x)
-            ys.append(value)
+        xs, ys = curve(ledger.history(t), metric, t.started_at, axis)
         if not xs:
             continue
         group = _label(t.params, keys, trials)

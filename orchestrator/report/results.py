@@ -14,12 +14,13 @@ diverged, stopped and unfinished rows after them, whatever their partial numbers
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from orchestrator.contract import Metric, describe_recorded, finite
-from orchestrator.ledger import Ledger, Trial
+from orchestrator.ledger import Ledger, Trial, Validation
 from orchestrator.report.known import known_params, sweep_fixed
 from orchestrator.states import TrialState
 
@@ -149,6 +150,22 @@ def trial_values(t: Trial, metrics: Sequence[str]) -> dict[str, float | None]:
         # No result.json (killed, timed out): the process wall time the orchestrator measured.
         values["wall_time_s"] = finite(t.program_wall)
     return values
+
+
+def curve(history: Sequence[Validation], metric: str, started_at: float | None,
+          axis: str) -> tuple[list[float], list[float]]:
+    """A trial's learning curve as (x, y): x the step, or (axis `time`) the seconds since the
+    trial started; points without a finite value are left out, never drawn as 0."""
+    xs, ys = [], []
+    for p in history:
+        value = p.metrics.get(metric)
+        x = p.step if axis == "step" else (
+            p.time - started_at if p.time is not None and started_at else None)
+        if x is None or not isinstance(value, (int, float)) or not math.isfinite(value):
+            continue
+        xs.append(x)
+        ys.append(value)
+    return xs, ys
 
 
 def canon(value: Any) -> str:
