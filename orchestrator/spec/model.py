@@ -204,15 +204,18 @@ class SweepSpec(_Strict):
                                       description="Dotted trainer config keys set for all trials.")
     program: str | list[str] = Field("python -m trainer",
                                      description="Command running one trial (the contract).")
-    method: Literal["grid", "random", "bayes"] = Field(description="W&B search method.")
+    method: Literal["grid", "random", "bayes", "tpe", "cmaes"] = Field(
+        description="Search method: W&B's grid, random, bayes, or Optuna's tpe, cmaes "
+        "(tracking.backend local only).")
     metric: Metric = Field(default_factory=Metric)
     parameters: dict[str, dict[str, Any]] = Field(
         min_length=1, description="W&B parameter specs keyed by dotted trainer config paths: "
         "value, values, min/max, distribution (incl. log_uniform_values), q, mu/sigma, or "
         "nested `parameters`.")
     early_terminate: dict[str, Any] | None = Field(
-        None, description="W&B early termination, e.g. {type: hyperband, min_iter: 3, eta: 3}; "
-        "one iteration is one validation_step.")
+        None, description="Early termination: W&B's {type: hyperband, min_iter: 3, eta: 3} for "
+        "grid/random/bayes, Optuna's {type: asha, min_iter: 1, eta: 3} for tpe/cmaes; one "
+        "iteration is one validation_step.")
     run_cap: int | None = Field(None, gt=0, description="Most trials the sweep runs (random "
                                 "and bayes need it, or --max-trials).")
     skip_invalid: bool = Field(
