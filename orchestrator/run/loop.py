@@ -55,6 +55,10 @@ def make_launcher(plan: Plan, home: Path, say: Callable[[str], None]) -> Launche
         from orchestrator.launch.slurm.launcher import SlurmLauncher
 
         return SlurmLauncher(plan, home, say)
+    if plan.spec.launcher.type == "replay":
+        from orchestrator.launch.replay import ReplayLauncher
+
+        return ReplayLauncher(str(plan.spec.launcher.from_), plan.doc.path.parent, home)
     return LocalLauncher()
 
 
@@ -159,7 +163,7 @@ class RunLoop:
     def _prepare_data(self, launcher: Launcher) -> None:
         """Each distinct data setting once, before anything launches (dataprep.py)."""
         settings = data_settings(self.plan)
-        if not settings:
+        if not settings or self.plan.spec.launcher.type == "replay":  # a replay reads no data
             return
         self.progress.note(f"checking the data and filling its cache ({len(settings)} "
                            "setting(s)) before the first trial")

@@ -87,9 +87,16 @@ class LauncherSettings(_Strict):
     shows one row per field.
     """
 
-    type: Literal["local", "docker", "slurm"] = Field(
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    type: Literal["local", "docker", "slurm", "replay"] = Field(
         "local", description="`local`: a process on this machine; `docker`: a container each; "
-        "`slurm`: a Slurm batch job each (on a login node; run dirs on a shared filesystem).")
+        "`slurm`: a Slurm batch job each (on a login node; run dirs on a shared filesystem); "
+        "`replay`: no program, each trial answered with the recorded curve of the same point "
+        "(`from`).")
+    from_: str | None = Field(
+        None, alias="from", description="Replay: the recording, a finished sweep of this "
+        "ledger or a table file (.json, relative to the spec, e.g. from benchmarks/tables/).")
     image: str | None = Field(
         None, description="Docker: pin the image to run, used as it is (never built; e.g. one "
         "`orch build --base-image X --tag TAG` made); default `orch-trainer:<hash of the build "
@@ -170,6 +177,9 @@ class LauncherSettings(_Strict):
         misplaced = sorted(slurm_only & self.model_fields_set)
         if self.type != "slurm" and misplaced:
             raise ValueError(f"{', '.join(misplaced)}: Slurm settings; they need `type: slurm`")
+        if (self.type == "replay") != (self.from_ is not None):
+            raise ValueError("`type: replay` and `from` (the recorded sweep or table) go "
+                             "together: a replay needs its recording, and only a replay has one")
         return self
 
 
