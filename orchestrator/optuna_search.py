@@ -1,4 +1,4 @@
-"""The second embedded search engine: Optuna's TPE and CMA-ES samplers and its asynchronous
+"""The second embedded search engine: Optuna's TPE sampler and its asynchronous
 successive halving (ASHA) pruner, behind the same boundary as search.py's W&B engine.
 
 The ledger stays the one source of truth: every proposal and every stop decision rebuilds an
@@ -22,7 +22,7 @@ from orchestrator.ledger import Trial
 from orchestrator.search import Engine, param_names
 from orchestrator.states import TrialState
 
-OPTUNA_METHODS = ("tpe", "cmaes")
+OPTUNA_METHODS = ("tpe",)  # cmaes would need the `cmaes` package, not a dependency
 OPTUNA_EARLY_TERMINATE = ("asha",)
 BOUNDED = ("uniform", "int_uniform", "log_uniform_values", "log_uniform", "q_uniform",
            "q_log_uniform_values", "categorical")
@@ -112,7 +112,7 @@ def _key(point: dict[str, Any]) -> str:
 
 
 class OptunaEngine(Engine):
-    """Suggests points (TPE, CMA-ES) and early stops (ASHA) from a study rebuilt each time."""
+    """Suggests points (TPE) and early stops (ASHA) from a study rebuilt each time."""
 
     def __init__(self, search_config: dict[str, Any], seed: int = 0) -> None:
         super().__init__(search_config)
@@ -209,10 +209,7 @@ class OptunaEngine(Engine):
         optuna = _optuna()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # constant_liar is marked experimental
-            if self.method == "cmaes":
-                sampler = optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
-            else:
-                sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True)
+            sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True)
         study = optuna.create_study(sampler=sampler, direction=self.goal)
         for run in runs:
             frozen = self._frozen(run, rungs or [])
@@ -284,7 +281,7 @@ def _rungs(min_iter: int, eta: int, count: int = 12) -> list[int]:
 
 
 def make_engine(search_config: dict[str, Any], seed: int = 0) -> Engine:
-    """The engine a search config's method names: Optuna's for tpe/cmaes, else W&B's."""
+    """The engine a search config's method names: Optuna's for tpe, else W&B's."""
     if search_config["method"] in OPTUNA_METHODS:
         return OptunaEngine(search_config, seed)
     return Engine(search_config)
@@ -313,11 +310,11 @@ def spec_problems(spec: Any, doc: Any) -> list[str]:
         problems.append(doc.error(loc, f"{what} is Optuna's, run by orch's embedded engine, "
                                   "but tracking.backend is wandb, whose cloud sweeps offer only "
                                   "grid, random and bayes with hyperband; use `tracking.backend: "
-                                  "local` for tpe, cmaes and asha, or a W&B method"))
+                                  "local` for tpe and asha, or a W&B method"))
     if et.get("type") == "asha":
         if not optuna_method:
             problems.append(doc.error(("early_terminate", "type"), "asha stops trials for "
-                                      "Optuna's samplers (method tpe or cmaes); with grid, random "
+                                      "Optuna's sampler (method tpe); with grid, random "
                                       "or bayes use `type: hyperband`"))
         extra = sorted(set(et) - {"type", "min_iter", "eta", "s"})
         bad = [k for k in ("min_iter", "eta") if k in et and not (

@@ -115,3 +115,4 @@ def test_wandb_backend_refuses_optuna_methods(orch_home: Path, tmp_path: Path) -
     assert proc.returncode == 2 and "with grid, random or bayes use `type: hyperband`" in \
         proc.stderr
     assert not starts(orch_home)
+

@@ -214,8 +214,8 @@ class SweepSpec(_Strict):
                                       description="Dotted trainer config keys set for all trials.")
     program: str | list[str] = Field("python -m trainer",
                                      description="Command running one trial (the contract).")
-    method: Literal["grid", "random", "bayes", "tpe", "cmaes"] = Field(
-        description="Search method: W&B's grid, random, bayes, or Optuna's tpe, cmaes "
+    method: Literal["grid", "random", "bayes", "tpe"] = Field(
+        description="Search method: W&B's grid, random, bayes, or Optuna's tpe "
         "(tracking.backend local only).")
     metric: Metric = Field(default_factory=Metric)
     parameters: dict[str, dict[str, Any]] = Field(
@@ -224,7 +224,7 @@ class SweepSpec(_Strict):
         "nested `parameters`.")
     early_terminate: dict[str, Any] | None = Field(
         None, description="Early termination: W&B's {type: hyperband, min_iter: 3, eta: 3} for "
-        "grid/random/bayes, Optuna's {type: asha, min_iter: 1, eta: 3} for tpe/cmaes; one "
+        "grid/random/bayes, Optuna's {type: asha, min_iter: 1, eta: 3} for tpe; one "
         "iteration is one validation_step.")
     run_cap: int | None = Field(None, gt=0, description="Most trials the sweep runs (random "
                                 "and bayes need it, or --max-trials).")
