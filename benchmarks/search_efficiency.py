@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
 import statistics
@@ -35,22 +36,24 @@ from orchestrator.states import TrialState
 HERE = Path(__file__).resolve().parent
 METRIC = "val_loss"
 METHODS = {"grid": ("grid", None), "random": ("random", None), "bayes": ("bayes", None),
-           "bayes+hyperband": ("bayes", {"type": "hyperband", "min_iter": 1, "eta": 3}),
-           "tpe": ("tpe", None), "tpe+asha": ("tpe", {"type": "asha", "min_iter": 1, "eta": 3})}
+           "bayes+hyperband": ("bayes", {"type": "hyperband", "min_iter": 2, "eta": 3}),
+           "tpe": ("tpe", None), "tpe+asha": ("tpe", {"type": "asha", "min_iter": 2, "eta": 3})}
 
 
 def cpu_features() -> str:
-    """The CPU this ran on: model name and flags that matter for torch-free numpy work."""
-    model = platform.processor() or platform.machine()
+    """The CPU this ran on: model name, logical CPUs and its vector extensions (numpy's)."""
+    model, flags = platform.processor() or platform.machine(), set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 model = line.split(":", 1)[1].strip()
-                break
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    import os
-    return f"{model}, {os.cpu_count()} logical CPUs, Python {platform.python_version()}"
+    vector = [f for f in ("sse4_2", "avx", "avx2", "fma", "avx512f") if f in flags]
+    return (f"{model}, {os.cpu_count()} logical CPUs ({' '.join(vector) or 'no flags read'}), "
+            f"Python {platform.python_version()}")
 
 
 def load(path: Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]], list[str]]:
@@ -155,7 +158,7 @@ def main() -> None:
     table_best = min(t["best"][METRIC] for t in finished)
     budget = sum(t["curve"][-1][0] for t in table.values() if t["curve"])
     target = table_best * 1.01
-    print(f"table {args.table}: {len(table)} trials, best {METRIC} {table_best:.4f}, "
+    print(f"table {Path(args.table).name}: {len(table)} trials, best {METRIC} {table_best:.4f}, "
           f"grid compute {budget:.0f} trainer steps; target <= {target:.4f}")
     print(f"CPU: {cpu_features()}")
     print(f"| method | seeds reaching 1% | steps to 1% (median, share of grid) | "
