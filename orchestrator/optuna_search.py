@@ -182,6 +182,9 @@ class OptunaEngine(Engine):
             min_resource=int(et.get("min_iter", 1)), reduction_factor=int(et.get("eta", 3)),
             min_early_stopping_rate=int(et.get("s", 0)), bootstrap_count=0)
         rungs = _rungs(int(et.get("min_iter", 1)), int(et.get("eta", 3)))
+        # ASHA judges a trial only at a rung: no study to build while none has just reached one.
+        if not any(r.state == TrialState.RUNNING and len(r.history) in rungs for r in runs):
+            return set()
         study = self._study(runs, seed=self.seed, rungs=rungs)
         stop = set()
         for frozen in study.get_trials(deepcopy=False):
