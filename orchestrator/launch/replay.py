@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from signal import Signals
 from typing import Any
@@ -95,7 +95,6 @@ class ReplayRun(Run):
     shown: int = 0
     code: int | None = None
     stopped: bool = False
-    events: list[str] = field(default_factory=list)
 
 
 class ReplayLauncher:
