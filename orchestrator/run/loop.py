@@ -25,6 +25,7 @@ from orchestrator.launch.protocol import Adopter, DataPreparer, Launch, Launcher
 from orchestrator.ledger import Ledger, Trial
 from orchestrator.ledger_file import LedgerError, storage_fault
 from orchestrator.ledger_rebuild import write_outcome, write_sweep
+from orchestrator.optuna_search import make_engine
 from orchestrator.run.attempt import (Live, attempt_dir, host_env, metrics, outcome, set_aside,
                                       write_trial_json)
 from orchestrator.run.estimate import points_to_run
@@ -55,6 +56,10 @@ def make_launcher(plan: Plan, home: Path, say: Callable[[str], None]) -> Launche
         from orchestrator.launch.slurm.launcher import SlurmLauncher
 
         return SlurmLauncher(plan, home, say)
+    if plan.spec.launcher.type == "replay":
+        from orchestrator.launch.replay import ReplayLauncher
+
+        return ReplayLauncher(str(plan.spec.launcher.from_), plan.doc.path.parent, home)
     return LocalLauncher()
 
 
@@ -159,7 +164,7 @@ class RunLoop:
     def _prepare_data(self, launcher: Launcher) -> None:
         """Each distinct data setting once, before anything launches (dataprep.py)."""
         settings = data_settings(self.plan)
-        if not settings:
+        if not settings or self.plan.spec.launcher.type == "replay":  # a replay reads no data
             return
         self.progress.note(f"checking the data and filling its cache ({len(settings)} "
                            "setting(s)) before the first trial")
@@ -199,7 +204,7 @@ class RunLoop:
 
     def _loop(self, stopper: Stopper) -> SweepState:
         launcher = stopper.launcher
-        engine = Engine(self.plan.search)
+        engine = make_engine(self.plan.search)
         slots = self.slots or make_slots(self.plan.spec.resources)
         launched, exhausted, stopping = 0, False, False
         last_flag_check = 0.0
@@ -403,11 +408,12 @@ class RunLoop:
         for t in self.ledger.trials(self.name):
             history = [{metric: h.get(metric)} for h in self._histories.get(t.id, [])]
             runs.append(engine.sweep_run(t, history))
+        why = EARLY_STOP.replace("hyperband", self.plan.spec.early_terminate.get("type") or "")
         for name in engine.to_stop(runs):
             live = self._live.get(int(name))
             if live is not None and live.run.term_sent is None:
-                stopper.stop(live.run, EARLY_STOP)
-                self.progress.note(f"trial {live.trial.number}: {EARLY_STOP}")
+                stopper.stop(live.run, why)
+                self.progress.note(f"trial {live.trial.number}: {why}")
 
 
 def _show(params: dict[str, Any]) -> str:

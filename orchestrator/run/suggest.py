@@ -29,7 +29,10 @@ def suggest(plan: Plan, ledger: Ledger, engine: Engine, n: int,
     rejected: list[tuple[dict[str, Any], str, dict[str, Any]]] = []
     proposed = 0
     for _ in range(tries):
-        runs = [engine.sweep_run(t) for t in ledger.trials(name)] + extra
+        # An early-stopped trial's curve is what it gave (Optuna reads it as a pruned trial).
+        runs = [engine.sweep_run(t, [v.metrics for v in ledger.history(t)]
+                                 if t.state == TrialState.STOPPED else None)
+                for t in ledger.trials(name)] + extra
         points = engine.suggest(runs, n)
         if points is None:
             return True

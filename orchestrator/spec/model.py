@@ -87,9 +87,16 @@ class LauncherSettings(_Strict):
     shows one row per field.
     """
 
-    type: Literal["local", "docker", "slurm"] = Field(
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    type: Literal["local", "docker", "slurm", "replay"] = Field(
         "local", description="`local`: a process on this machine; `docker`: a container each; "
-        "`slurm`: a Slurm batch job each (on a login node; run dirs on a shared filesystem).")
+        "`slurm`: a Slurm batch job each (on a login node; run dirs on a shared filesystem); "
+        "`replay`: no program, each trial answered with the recorded curve of the same point "
+        "(`from`).")
+    from_: str | None = Field(
+        None, alias="from", description="Replay: the recording, a finished sweep of this "
+        "ledger or a table file (.json, relative to the spec, e.g. from benchmarks/tables/).")
     image: str | None = Field(
         None, description="Docker: pin the image to run, used as it is (never built; e.g. one "
         "`orch build --base-image X --tag TAG` made); default `orch-trainer:<hash of the build "
@@ -170,6 +177,9 @@ class LauncherSettings(_Strict):
         misplaced = sorted(slurm_only & self.model_fields_set)
         if self.type != "slurm" and misplaced:
             raise ValueError(f"{', '.join(misplaced)}: Slurm settings; they need `type: slurm`")
+        if (self.type == "replay") != (self.from_ is not None):
+            raise ValueError("`type: replay` and `from` (the recorded sweep or table) go "
+                             "together: a replay needs its recording, and only a replay has one")
         return self
 
 
@@ -204,15 +214,18 @@ class SweepSpec(_Strict):
                                       description="Dotted trainer config keys set for all trials.")
     program: str | list[str] = Field("python -m trainer",
                                      description="Command running one trial (the contract).")
-    method: Literal["grid", "random", "bayes"] = Field(description="W&B search method.")
+    method: Literal["grid", "random", "bayes", "tpe"] = Field(
+        description="Search method: W&B's grid, random, bayes, or Optuna's tpe "
+        "(tracking.backend local only).")
     metric: Metric = Field(default_factory=Metric)
     parameters: dict[str, dict[str, Any]] = Field(
         min_length=1, description="W&B parameter specs keyed by dotted trainer config paths: "
         "value, values, min/max, distribution (incl. log_uniform_values), q, mu/sigma, or "
         "nested `parameters`.")
     early_terminate: dict[str, Any] | None = Field(
-        None, description="W&B early termination, e.g. {type: hyperband, min_iter: 3, eta: 3}; "
-        "one iteration is one validation_step.")
+        None, description="Early termination: W&B's {type: hyperband, min_iter: 3, eta: 3} for "
+        "grid/random/bayes, Optuna's {type: asha, min_iter: 1, eta: 3} for tpe; one "
+        "iteration is one validation_step.")
     run_cap: int | None = Field(None, gt=0, description="Most trials the sweep runs (random "
                                 "and bayes need it, or --max-trials).")
     skip_invalid: bool = Field(

@@ -23,6 +23,7 @@ import yaml
 from orchestrator.contract import (ContractError, Description, Validator, describe, fetch_schema,
                                    program_argv)
 from orchestrator.launch.docker.container import api_key
+from orchestrator.optuna_search import spec_problems, wandb_view
 from orchestrator.run.slots import detect_gpus
 from orchestrator.search import param_names, varied
 from orchestrator.spec.model import SpecDoc, SpecError, SweepSpec, load_spec, read_spec, read_yaml
@@ -177,8 +178,9 @@ class SpecCheck:
 def check_spec(loaded: Loaded, described: Description, max_trials: int | None) -> SpecCheck:
     """The checks that need neither the program's schema nor the settings."""
     spec, doc = loaded.spec, loaded.doc
-    wandb = sweeps_schema_errors(doc, spec.search_config())
+    wandb = sweeps_schema_errors(doc, wandb_view(spec.search_config()))
     problems = [text for loc, text in wandb if loc[:1] != ("parameters",)]
+    problems += spec_problems(spec, doc)
     metrics = described.metric_names()
     if metrics and spec.metric.name not in metrics:
         problems.append(doc.error(("metric", "name"), f"unknown metric "

@@ -42,7 +42,7 @@ def _default(field: Any) -> str:
 def _rows(model: type[BaseModel], prefix: str) -> list[str]:
     rows = []
     for name, field in model.model_fields.items():
-        key = f"{prefix}{name}"
+        key = f"{prefix}{field.alias or name}"  # what a spec writes (`from`, not `from_`)
         subs = _submodels(field.annotation)
         if subs:
             for sub in subs:
