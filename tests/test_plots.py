@@ -77,3 +77,27 @@ def test_no_other_curve_takes_the_best_ones_red() -> None:
     for count in (1, 4, 9, 12):
         shades = [to_hex(_color(i, count)) for i in range(count)]
         assert BEST not in shades and len(set(shades)) == count
+
+
+def test_a_value_with_one_trial_gets_no_box() -> None:
+    """Boxes by category: a value with one finished trial is a point labelled n=1, never a box."""
+    from orchestrator.ledger_rows import Trial
+    from orchestrator.report.plots import by_parameter
+    from orchestrator.states import TrialState
+
+    def trial(number: int, norm: str, loss: float) -> Trial:
+        return Trial(id=number, sweep="s", number=number, config_hash=str(number),
+                     params={"model.norm": norm}, state=TrialState.FINISHED, reason=None,
+                     exit_code=0, attempts=1, created_at=0.0, started_at=0.0, ended_at=1.0,
+                     run_dir=None, pid=None, pgid=None, slot=None, device=None, step=None,
+                     max_steps=None, last_metric=loss, best_metric=loss,
+                     final={"val_loss": loss}, best={}, program_wall=1.0)
+
+    trials = [trial(1, "layernorm", 2.0), trial(2, "layernorm", 2.2), trial(3, "layernorm", 2.1),
+              trial(4, "rmsnorm", 1.9)]
+    ax = by_parameter("s", trials, "model.norm", "val_loss", "minimize").axes[0]
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert labels == ["layernorm\nn=3", "rmsnorm\nn=1"]
+    # Box lines (box, whiskers, caps, median) sit only around x=1, the value with three trials.
+    xs = {round(float(x)) for line in ax.lines for x in line.get_xdata()}
+    assert xs == {1}

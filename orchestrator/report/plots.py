@@ -190,7 +190,12 @@ def by_parameter(name: str, trials: list[Trial], key: str, metric: str, goal: st
     else:
         cats = _sort_values(xs)
         data = [[y for x, y, _ in pairs if x == c] for c in cats]
-        ax.boxplot(data, tick_labels=[_short(c, cats, 24) for c in cats])
+        # A box only where a value has two or more trials: one trial has no spread to draw.
+        spread = [i for i, ys in enumerate(data, 1) if len(ys) > 1]
+        if spread:
+            ax.boxplot([data[i - 1] for i in spread], positions=spread)
+        ax.set_xticks(range(1, len(cats) + 1),
+                      [f"{_short(c, cats, 24)}\nn={len(ys)}" for c, ys in zip(cats, data)])
         for i, ys in enumerate(data, 1):
             ax.scatter([i] * len(ys), ys, s=16, alpha=0.6, color="#1f77b4")
         if best:
