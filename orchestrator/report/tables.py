@@ -8,6 +8,7 @@ no timestamps, so two renderings of the same ledger diff clean.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 from dataclasses import dataclass, field
@@ -81,7 +82,7 @@ def fmt_param(value: Any, siblings: list[Any] = (), key: str | None = None) -> s
     if value is None:
         return named + MISSING
     if isinstance(value, float):
-        return named + _float(value, [v for v in siblings if isinstance(v, float)])
+        return named + _float(value, tuple(v for v in siblings if isinstance(v, float)))
     sections = [v for v in siblings if isinstance(v, dict)]  # missing ones (None) set aside
     if isinstance(value, dict) and sections:
         keys = sorted({k for v in sections for k in v})
@@ -93,19 +94,26 @@ def fmt_param(value: Any, siblings: list[Any] = (), key: str | None = None) -> s
     return named + (value if isinstance(value, str) else json.dumps(value))
 
 
-def _float(value: float, siblings: list[float]) -> str:
+def _float(value: float, siblings: tuple[float, ...]) -> str:
     """A float to 4 significant digits (a bayes lr of 0.0024839686544256994 shows as 0.002484),
     or as many more as keep it apart from its siblings."""
+    return f"{value:.{_digits(siblings)}g}"
+
+
+@functools.lru_cache(maxsize=64)
+def _digits(siblings: tuple[float, ...]) -> int:
+    """The fewest significant digits (at least 4) that keep `siblings` apart; cached, as every
+    cell of a column asks it of the same column."""
     for digits in range(4, 18):
         if len({f"{v:.{digits}g}" for v in siblings}) == len(set(siblings)):
-            break
-    return f"{value:.{digits}g}"
+            return digits
+    return 17
 
 
 def _compact(value: Any) -> str:
     """An entry of a whole-section value: floats to 4 significant digits (2.667, not
     2.6666666666666665), the rest as `fmt_param`."""
-    return _float(value, []) if isinstance(value, float) else fmt_param(value)
+    return _float(value, ()) if isinstance(value, float) else fmt_param(value)
 
 
 def _signed(value: float | None, kind: str) -> str:
