@@ -76,10 +76,25 @@ def test_quick_start_runs_and_prints_its_samples(tmp_path: Path) -> None:
         assert res.returncode == 0, command + "\n" + res.stdout[-2000:] + res.stderr[-2000:]
         if command == QUICK_START:
             assert res.stdout.count("finished") >= 6  # every grid trial, in the final table
+            _assert_the_sweep_ran_whole(tmp_path)
         if command in by_command:
             assert_prints_sample(by_command[command], res, tmp_path)
     baseline = sample("quick-start-baseline")
     assert_prints_sample(baseline, execute(baseline.command, tmp_path, timeout=60), tmp_path)
+
+
+def _assert_the_sweep_ran_whole(tmp: Path) -> None:
+    """The quick start's sweep as the ledger holds it: every trial finished with its metrics,
+    progress tailed to the last step, one data cache shared by the trials."""
+    from orchestrator.ledger import Ledger
+    from orchestrator.states import TrialState
+
+    trials = Ledger(tmp / ".orch", readonly=True).trials("smoke")
+    assert len(trials) == 6 and all(t.state == TrialState.FINISHED for t in trials)
+    assert all(t.final.get("val_loss") and 0 < t.final["val_coverage"] <= 1 for t in trials)
+    assert all(t.step == t.max_steps for t in trials)  # progress tailed from events.jsonl
+    assert len({t.final["val_loss"] for t in trials}) > 1
+    assert any((tmp / "cache").iterdir())
 
 
 def test_by_hand_sample(tmp_path: Path) -> None:
