@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import html
 import json
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import plotly.graph_objects as go
@@ -65,29 +64,24 @@ document.querySelectorAll("table.sortable").forEach(function (table) {
 
 def render(ledger: Ledger, names: list[str], baseline: str | None = None) -> str:
     """The whole page of sweeps `names` (ResultsError for an unknown sweep or baseline)."""
-    # fANOVA (its imports, then its forest, which releases the GIL) runs beside the rest of
-    # the page on a second thread: on a 500-trial ledger it is half the render time.
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pool.submit(importance.preload)
-        report = results_mod.load(ledger, names)
-        if baseline:
-            compare_mod.set_baseline(report, ledger, baseline)
-        trials = [t for n in names for t in ledger.trials(n) if t.state != TrialState.INVALID]
-        # The parameters that make a configuration: the varied ones less the seeds the
-        # programs declare (a default load leaves exactly those as its keys).
-        keys = list(report.keys)
-        metric, goal = report.metric, report.goal
-        pending = pool.submit(importance.compute, trials, keys, metric, goal)
-        sweeps = [ledger.sweep(n) or {} for n in names]
-        top = report.best
-        best_trials = {(top.sweep, n) for n in top.trials} if top else set()
-        histories = {t.id: ledger.history(t) for t in trials}
-        named = figures.names(trials, keys)
-        curves = [figures.curves(histories, trials, keys, named, metric, best_trials, axis)
-                  for axis in ("step", "time")]
-        parallel = figures.parallel(trials, keys, named, metric, goal)
-        marginals = figures.marginals(trials, keys, named, metric)
-        imp = pending.result()
+    report = results_mod.load(ledger, names)
+    if baseline:
+        compare_mod.set_baseline(report, ledger, baseline)
+    sweeps = [ledger.sweep(n) or {} for n in names]
+    trials = [t for n in names for t in ledger.trials(n) if t.state != TrialState.INVALID]
+    # The parameters that make a configuration: the varied ones less the seeds the programs
+    # declare (a default load leaves exactly those as its keys).
+    keys = list(report.keys)
+    metric, goal = report.metric, report.goal
+    imp = importance.compute(trials, keys, metric, goal)
+    top = report.best
+    best_trials = {(top.sweep, n) for n in top.trials} if top else set()
+    histories = {t.id: ledger.history(t) for t in trials}
+    named = figures.names(trials, keys)
+    curves = [figures.curves(histories, trials, keys, named, metric, best_trials, axis)
+              for axis in ("step", "time")]
+    parallel = figures.parallel(trials, keys, named, metric, goal)
+    marginals = figures.marginals(trials, keys, named, metric)
     plots = [("learning curves", curves),
              ("parameters against the metric", [parallel]),
              ("parameter importance", [figures.importance(imp)]),

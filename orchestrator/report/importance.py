@@ -84,13 +84,6 @@ def scored(trials: list[Trial], metric: str) -> list[tuple[Trial, float]]:
     return out
 
 
-def preload() -> None:
-    """Import what fANOVA needs (Optuna's evaluator, scikit-learn's forest): seconds of a
-    report, done ahead on another thread."""
-    import optuna.importance  # noqa: F401
-    from sklearn.ensemble import RandomForestRegressor  # noqa: F401
-
-
 def compute(trials: list[Trial], keys: list[str], metric: str, goal: str,
             min_trials: int = MIN_TRIALS) -> Importances:
     """fANOVA importances of `keys` for `metric` over the finished trials. `keys` are the
