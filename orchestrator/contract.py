@@ -216,11 +216,15 @@ class Validator:
         self._proc: subprocess.Popen[str] | None = None
 
     def start(self) -> subprocess.Popen[str]:
-        """Start the co-process now (it is also started on first use)."""
+        """Start the co-process now (it is also started on first use); ContractError when the
+        program cannot be started at all (not found, not executable)."""
         if self._proc is None:
-            self._proc = subprocess.Popen(self._argv, stdin=subprocess.PIPE,
-                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                          text=True, bufsize=1)
+            try:
+                self._proc = subprocess.Popen(self._argv, stdin=subprocess.PIPE,
+                                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                              text=True, bufsize=1)
+            except OSError as err:
+                raise ContractError(f"`{shlex.join(self._argv)}` could not run: {err}") from None
         return self._proc
 
     def check(self, points: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -247,3 +247,15 @@ def test_slurm_sweep_with_a_bad_titles_file_submits_nothing(orch_home: Path, tmp
     proc = run_orch(["sweep", str(spec), "--data", str(data)], orch_env(orch_home))
     _refused(proc, orch_home, str(data), "not valid UTF-8")
     assert [j for j in slurm.my_jobs() if name in j[1] or name in j[2]] == []
+
+
+def test_a_program_that_does_not_exist_is_one_paragraph(orch_home: Path, tmp_path: Path) -> None:
+    """`program:` naming no file: exit 2 naming the field, no traceback, for validate and sweep."""
+    spec = write_spec(tmp_path / "gone.yaml", name="gone", base=str(BASE_TINY),
+                      program=str(tmp_path / "no-such-program"),
+                      parameters={"optim.lr": {"values": [0.1]}})
+    for command in (["validate", str(spec)], ["sweep", str(spec)]):
+        proc = run_orch(command, orch_env(orch_home))
+        assert proc.returncode == 2, proc.stderr
+        assert "Traceback" not in proc.stderr + proc.stdout
+        assert "`program`" in proc.stderr and "no-such-program" in proc.stderr
