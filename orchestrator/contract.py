@@ -114,6 +114,8 @@ class Metric(BaseModel):
     goal: Literal["minimize", "maximize"]
     label: str | None = Field(None, description="Short column header (default: the name).")
     share: bool = Field(False, description="A fraction in [0, 1], shown as a percentage.")
+    unit: str | None = Field(None, description=(
+        "What one unit of it is, for axis titles (e.g. `nats per character`)."))
 
 
 class Tracking(BaseModel):

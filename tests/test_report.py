@@ -228,6 +228,14 @@ def test_importance_names_the_parameter_that_matters(home: Path) -> None:
     assert lines[0][-1].startswith("-") or lines[0][-1].startswith("−")
 
 
+def test_importance_beside_the_page_equals_importance_in_line(home: Path) -> None:
+    ledger = Ledger(home, readonly=True)
+    keys, trials = load(ledger, ["grid"]).keys, ledger.trials("grid")
+    beside = importance.start(trials, keys, "val_loss", "minimize")  # a forked child fits it
+    assert beside() == importance.compute(trials, keys, "val_loss", "minimize")
+    assert beside().params  # not two empty answers
+
+
 def test_importance_says_when_there_are_too_few_trials(home: Path) -> None:
     proc = orch(home, "results", "few", "--importance")
     assert proc.returncode == 0, proc.stderr
@@ -262,6 +270,21 @@ def test_wall_time_curves_start_at_zero(home: Path) -> None:
                          "val_loss", set(), "time")
     assert fig is not None and fig["layout"]["xaxis"]["rangemode"] == "tozero"
     assert len(fig["data"]) == 12 and all(min(trace["x"]) >= 0 for trace in fig["data"])
+
+
+def test_axis_titles_carry_the_unit_the_program_declares(home: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ORCH_HOME", str(home))  # the describe cache the sweeps filled
+    ledger = Ledger(home, readonly=True)
+    report = load(ledger, ["grid"])
+    assert report.axis_title() == "val_loss (nats per character)"  # trainer/describe.py
+    assert report.axis_title("val_bpb") == "val_bpb (bits per UTF-8 byte)"
+    assert report.axis_title("undeclared") == "undeclared"
+    trials = ledger.trials("grid")
+    fig = figures.curves({t.id: ledger.history(t) for t in trials}, trials, report.keys,
+                         figures.names(trials, report.keys), "val_loss", set(), "step",
+                         report.axis_title())
+    assert fig is not None and fig["layout"]["yaxis"]["title"]["text"] == report.axis_title()
 
 
 # -- the best config, runnable --------------------------------------------------------------------

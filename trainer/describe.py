@@ -15,10 +15,11 @@ from trainer.config import TrackingConfig
 
 # The metrics evaluate() returns (trainer/metrics.py), in the order tables show them.
 METRIC_GOALS: tuple[dict[str, Any], ...] = (
-    {"name": "val_loss", "goal": "minimize"},
-    {"name": "val_coverage", "goal": "maximize", "label": "coverage", "share": True},
-    {"name": "val_bpb", "goal": "minimize"},
-    {"name": "val_loss_tok", "goal": "minimize"},
+    {"name": "val_loss", "goal": "minimize", "unit": "nats per character"},
+    {"name": "val_coverage", "goal": "maximize", "label": "coverage", "share": True,
+     "unit": "share of validation tokens"},
+    {"name": "val_bpb", "goal": "minimize", "unit": "bits per UTF-8 byte"},
+    {"name": "val_loss_tok", "goal": "minimize", "unit": "nats per token"},
 )
 
 EXIT_MEANINGS = {exitcodes.FINISHED: "finished", exitcodes.CRASHED: "crashed",

@@ -18,7 +18,6 @@ from plotly.subplots import make_subplots
 
 from orchestrator.ledger import Trial, Validation
 from orchestrator.report.importance import Importances, scored
-from orchestrator.report.plots import UNITS
 from orchestrator.report.results import curve
 from orchestrator.report.tables import fmt_param
 from orchestrator.states import TrialState
@@ -59,7 +58,7 @@ def _layout(title: str, **extra: Any) -> dict[str, Any]:
 
 def curves(histories: dict[int, list[Validation]], trials: list[Trial], keys: list[str],
            named: Names, metric: str, best: set[tuple[str, int]],
-           axis: str) -> dict[str, Any] | None:
+           axis: str, axis_title: str | None = None) -> dict[str, Any] | None:
     """`metric` during training against step or wall time since the trial started (from 0).
 
     `histories`: each trial's validation points by trial id (`Ledger.history`). A colour per
@@ -95,7 +94,7 @@ def curves(histories: dict[int, list[Validation]], trials: list[Trial], keys: li
         f"{metric} during training against {'step' if axis == 'step' else 'wall time'} "
         f"({len(traces)} trials; dashed: not finished)",
         xaxis={"title": {"text": xlabel}, "rangemode": "tozero"},
-        yaxis={"title": {"text": UNITS.get(metric, metric)}})
+        yaxis={"title": {"text": axis_title or metric}})
     # Unvalidated, the figure names no template: it carries the template's own dict.
     layout["template"] = pio.templates[layout["template"]].to_plotly_json()
     return {"data": traces, "layout": layout}

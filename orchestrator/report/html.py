@@ -73,23 +73,24 @@ def render(ledger: Ledger, names: list[str], baseline: str | None = None) -> str
     # declare (a default load leaves exactly those as its keys).
     keys = list(report.keys)
     metric, goal = report.metric, report.goal
-    imp = importance.compute(trials, keys, metric, goal)
+    pending = importance.start(trials, keys, metric, goal)
     top = report.best
     best_trials = {(top.sweep, n) for n in top.trials} if top else set()
     histories = {t.id: ledger.history(t) for t in trials}
     named = figures.names(trials, keys)
-    curves = [figures.curves(histories, trials, keys, named, metric, best_trials, axis)
-              for axis in ("step", "time")]
+    curves = [figures.curves(histories, trials, keys, named, metric, best_trials, axis,
+                             report.axis_title()) for axis in ("step", "time")]
     parallel = figures.parallel(trials, keys, named, metric, goal)
     marginals = figures.marginals(trials, keys, named, metric)
-    plots = [("learning curves", curves),
-             ("parameters against the metric", [parallel]),
-             ("parameter importance", [figures.importance(imp)]),
-             ("marginal effects", [marginals])]
     title = f"sweep report: {', '.join(names)}"
     parts = [f"<h1>{_e(title)}</h1>", _summary(sweeps, trials, metric, goal),
              "<h2>best configuration</h2>", _best(ledger, names, top is not None),
              "<h2>comparison table</h2>", _grid_table(report_grid(report), report)]
+    imp = pending()
+    plots = [("learning curves", curves),
+             ("parameters against the metric", [parallel]),
+             ("parameter importance", [figures.importance(imp)]),
+             ("marginal effects", [marginals])]
     embedded = False
     for heading, figs in plots:
         parts.append(f"<h2>{_e(heading)}</h2>")

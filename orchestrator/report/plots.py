@@ -21,10 +21,6 @@ from orchestrator.report.results import Report, curve, load, trial_values
 from orchestrator.report.tables import fmt_param
 from orchestrator.states import TrialState
 
-UNITS = {"val_loss": "val_loss (nats per character)",
-         "val_loss_tok": "val_loss_tok (nats per token)",
-         "val_bpb": "val_bpb (bits per UTF-8 byte)",
-         "val_coverage": "val_coverage (share of validation tokens)"}
 BEST = "#d62728"
 SIZE = (7.5, 4.6)
 DPI = 100
@@ -51,10 +47,11 @@ def plot_sweep(ledger: Ledger, name: str, out_dir: Path) -> list[Path]:
     for key in keys:
         if done:
             others = [k for k in keys if k != key]
-            fig = by_parameter(name, done, key, metric, goal, others[0] if others else None)
+            fig = by_parameter(name, done, key, metric, goal, others[0] if others else None,
+                               report.axis_title())
             paths.append(_save(fig, out_dir / f"param_{_slug(key)}.png"))
     if sweep["spec"].get("method") == "grid" and len(keys) == 2 and done:
-        fig = heatmap(name, done, keys[0], keys[1], metric, goal)
+        fig = heatmap(name, done, keys[0], keys[1], metric, goal, report.axis_title())
         paths.append(_save(fig, out_dir / f"heatmap_{_slug(keys[0])}_{_slug(keys[1])}.png"))
     return paths
 
@@ -129,7 +126,7 @@ def curves(ledger: Ledger, name: str, trials: list[Trial], keys: list[str], repo
         return None
     ax.set_title(f"sweep {name}: {metric} during training ({drawn} trials)")
     ax.set_xlabel("training step" if axis == "step" else "wall time since trial start (s)")
-    ax.set_ylabel(UNITS.get(metric, metric))
+    ax.set_ylabel(report.axis_title())
     ax.grid(True, alpha=0.3)
     if len(labelled) <= 12:
         if max(len(line) for label in labelled for line in label.splitlines()) > 40 or \
@@ -154,7 +151,7 @@ def _color(index: int, count: int) -> Any:
 
 
 def by_parameter(name: str, trials: list[Trial], key: str, metric: str, goal: str,
-                 color_by: str | None = None) -> Figure:
+                 color_by: str | None = None, axis_title: str | None = None) -> Figure:
     """Final metric of finished trials against one parameter: scatter, or boxes by value.
 
     Scatter points are coloured by `color_by` (another varied parameter) when it has at most
@@ -204,7 +201,7 @@ def by_parameter(name: str, trials: list[Trial], key: str, metric: str, goal: st
     ax.set_title(f"sweep {name}: final {metric} by {key} "
                  f"({'lower' if goal == 'minimize' else 'higher'} is better)")
     ax.set_xlabel(key)
-    ax.set_ylabel(UNITS.get(metric, metric))
+    ax.set_ylabel(axis_title or metric)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
@@ -212,7 +209,7 @@ def by_parameter(name: str, trials: list[Trial], key: str, metric: str, goal: st
 
 
 def heatmap(name: str, trials: list[Trial], row_key: str, col_key: str, metric: str,
-            goal: str) -> Figure:
+            goal: str, axis_title: str | None = None) -> Figure:
     """Mean final metric over finished trials per (row, col) grid cell; empty cells grey."""
     import numpy as np
 
@@ -236,7 +233,7 @@ def heatmap(name: str, trials: list[Trial], row_key: str, col_key: str, metric: 
     cmap.set_bad("#dddddd")
     image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, aspect="auto")
     cbar = fig.colorbar(image, ax=ax)
-    cbar.set_label(f"mean {UNITS.get(metric, metric)}")
+    cbar.set_label(f"mean {axis_title or metric}")
     ax.set_xticks(range(len(cols)), [_short(c, cols, 24) for c in cols])
     ax.set_yticks(range(len(rows)), [_short(r, rows, 24) for r in rows])
     ax.set_xlabel(col_key)

@@ -130,6 +130,13 @@ class Report:
         """The sweep metric and the declared ones: the metric values a row holds."""
         return list(dict.fromkeys([self.metric, *(m.name for m in self.metrics)]))
 
+    def axis_title(self, name: str | None = None) -> str:
+        """A plot axis' title for metric `name` (default: the sweep's): the name and the unit
+        the program declares, e.g. `val_loss (nats per character)`."""
+        name = name or self.metric
+        unit = next((m.unit for m in self.metrics if m.name == name and m.unit), None)
+        return f"{name} ({unit})" if unit else name
+
     @property
     def best(self) -> Row | None:
         """The best finished row, if any."""
