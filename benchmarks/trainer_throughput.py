@@ -1,14 +1,15 @@
-"""Training throughput of our trainer against a faithful re-implementation of the challenge's own.
+"""Training throughput of our trainer against the challenge's train.py and a re-implementation.
 
     python benchmarks/trainer_throughput.py [--steps 6] [--warmup 2] [--rounds 2]
-        [--precision fp32|bf16|fp16] [--compile] [--threads N] [--set key.path=value ...]
-        [--quick] [--data-prep] [--no-train] [--optim [--optim-config F]]
+        [--challenge PATH/train.py] [--no-ref] [--precision fp32|bf16|fp16] [--compile]
+        [--threads N] [--set key.path=value ...] [--quick] [--data-prep] [--no-train]
 
 Every figure is printed with the CPU features it was measured on (`trainer.precision.
 cpu_features`: the capability torch's kernels use, and whether the CPU has AVX-512, AVX512-BF16,
-AMX), since the ratios differ several-fold between an AVX2-only CPU and one with AMX. The ratio
-ours/ref is against `ref`, this file's re-implementation of the challenge's train.py, not
-against that file itself.
+AMX), since the ratios differ several-fold between an AVX2-only CPU and one with AMX. Each ratio
+says what it is against: `challenge` (the challenge's own train.py, given with --challenge: it
+is not part of this repository) or `ref` (this file's re-implementation of it, always there).
+Training losses are compared step for step, every digit of the float.
 
 Shape: the challenge baseline (d_model 512, 6 layers, 8 heads, context 128, batch 64, vocab
 16000) on batches of real token ids: the 20k shared Hacker News titles prepared by
@@ -17,6 +18,9 @@ Shape: the challenge baseline (d_model 512, 6 layers, 8 heads, context 128, batc
 
 Variants, each in its own subprocess, run alternately (ref, ours, ref, ours, ...) so that the
 slow drifts of a shared machine hit both alike:
+- `challenge`: the GPT and GPTConfig classes of the challenge's own train.py (--challenge),
+  stepped by the loop of its main(): forward with the loss inside the model, zero_grad,
+  backward, clip 1.0, SGD step, CosineAnnealingLR step.
 - `ref`: the challenge's model and loop, re-implemented below (hand-written T x T attention,
   fp32, SGD + CosineAnnealingLR + clip 1.0, loss inside the model as the challenge computes it).
 - `ours`: `trainer.model.GPT` built from sweeps/base.yaml (plus --precision/--compile/--set),
@@ -36,13 +40,6 @@ Measurements:
 - val loss: `val_loss_tok` (nats per token) over the fixed slice; deterministic on a CPU.
 - compile/warm-up time: the warm-up steps' wall time, reported apart (it holds torch.compile's
   compilation when --compile is on).
-
-`--optim`: Muon's optimizer step alone, torch.optim.Muon (orthogonalizes in bf16) against
-`trainer.optim.Fp32Muon` (in fp32), on the block matrices of --optim-config (default
-sweeps/mainrun_best.yaml) at the shape above, from the same weights and random gradients. Each
-distinct matrix shape is timed as a one-matrix step, torch's and ours alternated in one process;
-a full step's time is the sum over the step's matrices (time of its shape x how many). Also
-prints how far ours is from torch's update (relative Frobenius norm of the difference).
 """
 
 from __future__ import annotations
@@ -162,6 +159,29 @@ def build_reference(shape: dict[str, int], vocab_size: int, dropout: float = 0.1
     return GPT()
 
 
+def load_challenge(path: Path):
+    """The challenge's own train.py as a module, for its GPT and GPTConfig. The imports a
+    training step does not use (the hub's `datasets`, the challenge's `utils`, its logging and
+    progress bar) are stubbed where they are not installed; its main() does not run."""
+    import importlib
+    import importlib.util
+    import types
+
+    for name in ("utils", "datasets", "structlog", "tqdm"):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            stub = types.ModuleType(name)
+            stub.__getattr__ = lambda attr: None  # `from datasets import load_dataset` works
+            sys.modules[name] = stub
+    spec = importlib.util.spec_from_file_location("challenge_train", path)
+    if spec is None or spec.loader is None:
+        sys.exit(f"--challenge: cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 # ------------------------------------------------------------------ child processes
 
 
@@ -218,8 +238,14 @@ def run_child(opts: dict[str, Any]) -> dict[str, Any]:
     info: dict[str, Any] = {"variant": variant, "threads": torch.get_num_threads(),
                             "cpu": cpu_features()}
 
-    if variant == "ref":
-        model = build_reference(shape, data.vocab_size)
+    if variant in ("ref", "challenge"):
+        if variant == "ref":
+            model = build_reference(shape, data.vocab_size)
+        else:
+            challenge = load_challenge(Path(opts["challenge"]))
+            model = challenge.GPT(challenge.GPTConfig(
+                vocab_size=data.vocab_size, block_size=T, n_layer=shape["n_layer"],
+                n_head=shape["n_head"], d_model=shape["d_model"], dropout=0.1))
         opt = torch.optim.SGD(model.parameters(), lr=6e-3, weight_decay=0.0)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max_steps)
 
@@ -236,7 +262,8 @@ def run_child(opts: dict[str, Any]) -> dict[str, Any]:
             return model(x)[0]
 
         amp_eval = None
-        info["settings"] = "challenge: fp32, manual attention"
+        info["settings"] = ("the challenge's train.py: its GPT, the loop of its main()"
+                            if variant == "challenge" else "challenge: fp32, manual attention")
     else:
         overrides = [f"data.path={DATA_CSV}", f"tokenizer.vocab_size={shape['vocab']}",
                      f"model.d_model={shape['d_model']}", f"model.n_layer={shape['n_layer']}",
@@ -282,68 +309,6 @@ def run_child(opts: dict[str, Any]) -> dict[str, Any]:
                 train_losses=losses, val_loss_tok=metrics["val_loss_tok"],
                 val_tokens=len(val_ids) - 1)
     return info
-
-
-def run_optim(opts: dict[str, Any]) -> dict[str, Any]:
-    """Muon's step per distinct block-matrix shape, torch's and ours alternated (see --optim)."""
-    from collections import Counter
-
-    import torch
-
-    from trainer.config import load_config
-    from trainer.model import GPT
-    from trainer.optim import Fp32Muon, muon_split
-    from trainer.precision import cpu_features
-
-    if opts["threads"]:
-        torch.set_num_threads(opts["threads"])
-    shape = opts["shape"]
-    cfg = load_config(REPO / opts["config"], [
-        f"model.d_model={shape['d_model']}", f"model.n_layer={shape['n_layer']}",
-        f"model.n_head={shape['n_head']}", f"train.context_length={shape['context']}"])
-    o = cfg.optim
-    hyper = {"lr": o.muon_lr, "weight_decay": o.muon_weight_decay, "momentum": o.muon_momentum,
-             "nesterov": o.muon_nesterov, "ns_steps": o.muon_ns_steps,
-             "adjust_lr_fn": o.muon_lr_adjust}
-    matrices, _ = muon_split(GPT(cfg, shape["vocab"], eos_id=0))
-    torch.manual_seed(SEED)
-    rows = []
-    for dims, count in Counter(tuple(p.shape) for p in matrices).items():
-        weight, grad = 0.02 * torch.randn(dims), torch.randn(dims)
-        times: dict[str, list[float]] = {"torch": [], "ours": []}
-        change = {}
-        for _ in range(opts["rounds"]):
-            for name, cls in (("torch", torch.optim.Muon), ("ours", Fp32Muon)):
-                p = torch.nn.Parameter(weight.clone())
-                p.grad = grad.clone()
-                opt = cls([p], **hyper)
-                t = time.perf_counter()
-                opt.step()
-                times[name].append(time.perf_counter() - t)
-                change[name] = p.detach() - weight
-        diff = (change["ours"] - change["torch"]).norm() / change["torch"].norm()
-        rows.append({"shape": list(dims), "count": count, "rel_diff": diff.item(),
-                     **{f"{n}_s": statistics.median(t) for n, t in times.items()}})
-    return {"rows": rows, "cpu": cpu_features(), "threads": torch.get_num_threads(),
-            "matrices": len(matrices)}
-
-
-def optim_section(shape: dict[str, int], args: argparse.Namespace) -> None:
-    """Print the --optim table: per shape, then a full Muon step as the sum over its matrices."""
-    res = spawn({"mode": "optim", "shape": shape, "config": str(args.optim_config),
-                 "rounds": args.rounds, "threads": args.threads})
-    print(f"\nMuon step, block matrices of {args.optim_config} at d{shape['d_model']} "
-          f"L{shape['n_layer']} H{shape['n_head']}; threads {res['threads']}; median of "
-          f"{args.rounds} alternated rounds; cpu: {res['cpu']}")
-    print(f"  {'matrix':>11} {'count':>5} {'torch.optim.Muon s':>18} {'Fp32Muon s':>10} "
-          f"{'speed-up':>8} {'update diff':>11}")
-    for r in res["rows"]:
-        print(f"  {'x'.join(map(str, r['shape'])):>11} {r['count']:>5} {r['torch_s']:>18.3f} "
-              f"{r['ours_s']:>10.3f} {r['torch_s'] / r['ours_s']:>7.1f}x {r['rel_diff']:>11.4f}")
-    total = {n: sum(r[f"{n}_s"] * r["count"] for r in res["rows"]) for n in ("torch", "ours")}
-    print(f"  one step over all {res['matrices']} matrices: torch.optim.Muon {total['torch']:.2f} s, "
-          f"Fp32Muon {total['ours']:.2f} s: {total['torch'] / total['ours']:.1f}x "
-          f"[cpu: {res['cpu']}]")
 
 
 def run_data_prep(opts: dict[str, Any]) -> dict[str, Any]:
@@ -407,15 +372,17 @@ def main() -> None:
     p.add_argument("--data-prep", action="store_true", help="also time data preparation")
     p.add_argument("--data-prep-reps", type=int, default=3)
     p.add_argument("--no-train", action="store_true", help="skip the throughput section")
-    p.add_argument("--optim", action="store_true", help="also time Muon's step: torch vs ours")
-    p.add_argument("--optim-config", type=Path, default=Path("sweeps/mainrun_best.yaml"),
-                   help="--optim: the config whose block matrices Muon steps (repo-relative)")
+    p.add_argument("--challenge", type=Path, default=None, metavar="TRAIN_PY",
+                   help="also run the challenge's own train.py (a copy of it: its GPT and loop)")
+    p.add_argument("--no-ref", action="store_true", help="skip this file's re-implementation")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.challenge and not args.challenge.is_file():
+        p.error(f"--challenge: no file {args.challenge}")
 
     if args.child:  # inside a spawned child: measure and print one JSON line
         opts = json.loads(args.child)
-        run = {"data-prep": run_data_prep, "optim": run_optim, "train": run_child}[opts["mode"]]
+        run = {"data-prep": run_data_prep, "train": run_child}[opts["mode"]]
         result = run(opts)
         print(json.dumps(result))
         return
@@ -428,26 +395,27 @@ def main() -> None:
         common = {"mode": "train", "shape": shape, "cache_dir": cache_dir, "steps": args.steps,
                   "warmup": args.warmup, "threads": args.threads, "precision": args.precision,
                   "compile": args.compile, "set": args.set, "eval_batches": args.eval_batches,
-                  "default_malloc": args.default_malloc}
+                  "default_malloc": args.default_malloc,
+                  "challenge": str(args.challenge.resolve()) if args.challenge else None}
         baseline = spawn({**common, "variant": "baseline"})  # also builds the cache if cold
-        runs: dict[str, list[dict[str, Any]]] = {"ref": [], "ours": []}
+        variants = ["challenge"] * bool(args.challenge) + ["ref"] * (not args.no_ref) + ["ours"]
+        runs: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
         for r in range(args.rounds):
-            for variant in ("ref", "ours"):
+            for variant in variants:
                 res = spawn({**common, "variant": variant})
                 runs[variant].append(res)
-                print(f"  round {r + 1} {variant:4s}: {res['tokens_per_s']:8.0f} tok/s  "
+                print(f"  round {r + 1} {variant:9s}: {res['tokens_per_s']:8.0f} tok/s  "
                       f"warm-up {res['warmup_s']:.1f} s  peak RSS {res['peak_rss_mib']:.0f} MiB  "
                       f"val_loss_tok {res['val_loss_tok']:.5f}  [cpu: {res['cpu']}]", flush=True)
         report(shape, args, baseline, runs)
-    if args.optim:
-        optim_section(shape, args)
     if args.data_prep:
         data_prep_section(shape, args.data_prep_reps)
 
 
 def report(shape: dict[str, int], args: argparse.Namespace, baseline: dict[str, Any],
            runs: dict[str, list[dict[str, Any]]]) -> None:
-    """The summary table: medians over rounds, the ratio, memory over the baseline child."""
+    """The summary: medians over rounds, ours against each reference, memory over the baseline
+    child, and whether the losses are the same numbers step for step."""
     base = baseline["peak_rss_mib"]
     tps = {v: statistics.median(r["tokens_per_s"] for r in rs) for v, rs in runs.items()}
     mem = {v: statistics.median(r["peak_rss_mib"] for r in rs) - base for v, rs in runs.items()}
@@ -456,26 +424,27 @@ def report(shape: dict[str, int], args: argparse.Namespace, baseline: dict[str, 
           f"median of {args.rounds} alternated rounds; threads {runs['ours'][0]['threads']}")
     cpu = runs["ours"][0]["cpu"]
     print(f"cpu: {cpu}")
-    print("ref: the challenge's model and loop as re-implemented in this file (not the "
-          "challenge's train.py itself); ours: trainer.loop.train_step on sweeps/base.yaml")
+    print("ref: the challenge's model and loop as re-implemented in this file; challenge: the "
+          "challenge's own train.py (--challenge); ours: trainer.loop.train_step on sweeps/base.yaml")
     print("peak memory: child's getrusage ru_maxrss after the timed steps minus a baseline child "
           f"that imports torch + trainer and loads the ids ({base:.0f} MiB)")
     print("val loss: val_loss_tok (nats/token) on the first "
           f"{runs['ours'][0]['val_tokens'] + 1} validation ids after the same steps")
-    for v in ("ref", "ours"):
-        r = runs[v][0]
-        print(f"  {v:4s} {tps[v]:9.0f} tok/s  peak +{mem[v]:6.0f} MiB  val_loss_tok "
+    for v, rs in runs.items():
+        r = rs[0]
+        print(f"  {v:9s} {tps[v]:9.0f} tok/s  peak +{mem[v]:6.0f} MiB  val_loss_tok "
               f"{r['val_loss_tok']:.5f}  warm-up {r['warmup_s']:.1f} s  [{r['settings']}] "
               f"[cpu: {cpu}]")
-    # Each round's pair ran back to back, so its ratio cancels most of the machine's drift.
-    pairs = [o["tokens_per_s"] / r["tokens_per_s"] for r, o in zip(runs["ref"], runs["ours"])]
-    print(f"  per-round ratios ours/ref: {', '.join(f'{x:.2f}' for x in pairs)} "
-          f"(median {statistics.median(pairs):.2f})")
-    print(f"  ratio ours/ref (ref = this file's re-implementation of the challenge): "
-          f"{tps['ours'] / tps['ref']:.2f}x tokens/s, "
-          f"{mem['ours'] / mem['ref']:.2f}x peak memory, val_loss_tok delta "
-          f"{runs['ours'][0]['val_loss_tok'] - runs['ref'][0]['val_loss_tok']:+.5f} "
-          f"[cpu: {cpu}]")
+    ours = runs["ours"]
+    for v in [v for v in runs if v != "ours"]:
+        # Each round's variants ran back to back, so a round's ratio cancels most of the drift.
+        pairs = [o["tokens_per_s"] / r["tokens_per_s"] for r, o in zip(runs[v], ours)]
+        same = all(r["train_losses"] == o["train_losses"] for r, o in zip(runs[v], ours))
+        print(f"  ours/{v}: {tps['ours'] / tps[v]:.2f}x tokens/s (per round "
+              f"{', '.join(f'{x:.2f}' for x in pairs)}), {mem['ours'] / mem[v]:.2f}x peak memory; "
+              f"training losses {'identical' if same else 'DIFFERENT'} step for step (every "
+              f"digit of the float), val_loss_tok delta "
+              f"{ours[0]['val_loss_tok'] - runs[v][0]['val_loss_tok']:+.5f} [cpu: {cpu}]")
 
 
 if __name__ == "__main__":

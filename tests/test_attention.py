@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from trainer import sparse
+from trainer import attention, sparse
 from trainer.attention import SelfAttention
 from trainer.attention_config import CausalAttention, LocalAttention, SparseAttention
 from trainer.config import ConfigError, build_config
@@ -410,3 +410,11 @@ def test_on_device_causal(cfg, n_head, ctx, doc, device):
         (grad,) = torch.autograd.grad(y[0, t].sum(), x, retain_graph=True)
         hidden = later[t] | (seg != seg[t]) if doc else later[t]
         assert torch.all(grad[0, hidden] == 0), f"output {t} sees a later input or another title"
+
+
+def test_causal_on_a_cpu_is_the_challenges_arithmetic_up_to_its_lengths():
+    m = layer(CausalAttention(), 2, 24, dropout=0.1)
+    assert m.kernel(CPU, 0.1, 128).__name__ == "_scores"  # the baseline's context
+    assert m.kernel(CPU, 0.0, attention.SCORES_MAX_T).__name__ == "_scores"
+    assert m.kernel(CPU, 0.0, attention.SCORES_MAX_T + 1).__name__ == "_causal"  # O(T) memory
+    assert m.kernel(CUDA, 0.1, 128).__name__ == "_causal"

@@ -395,3 +395,46 @@ def test_runs_report_the_precision_they_used_and_warn_once(tmp_path: Path,
         assert info["precision"] == ("bf16" if asked == "bf16" or native else "fp32")
         warned = [e for e in events if e["event"] == "warning" and "emulates" in e["message"]]
         assert len(warned) == (1 if asked == "bf16" and not native else 0)
+
+
+def test_training_steps_equal_the_challenges_bit_for_bit() -> None:
+    """Our GPT and train_step against the challenge's model and loop (the benchmark's faithful
+    copy) at head size 64, as the baseline's: every step's loss the same float, dropout on."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from trainer_throughput import build_reference
+
+    from trainer import loop
+
+    shape = {"d_model": 128, "n_layer": 2, "n_head": 2, "context": 32}
+    vocab, B, steps = 300, 4, 4
+    cfg = build_config({"model": {k: shape[k] for k in ("d_model", "n_layer", "n_head")},
+                        "train": {"context_length": shape["context"], "batch_size": B}})
+    torch.manual_seed(1)
+    ids = [torch.randint(0, vocab, (B, shape["context"] + 1)) for _ in range(steps)]
+    batches = [(b[:, :-1].contiguous(), b[:, 1:].contiguous()) for b in ids]
+
+    torch.manual_seed(1337)
+    ref = build_reference(shape, vocab)
+    ref_opt = torch.optim.SGD(ref.parameters(), lr=cfg.optim.lr, weight_decay=0.0)
+    ref_sched = torch.optim.lr_scheduler.CosineAnnealingLR(ref_opt, T_max=100)
+    theirs = []
+    for x, y in batches:
+        _, loss = ref(x, y)
+        ref_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(ref.parameters(), 1.0)
+        ref_opt.step()
+        ref_sched.step()
+        theirs.append(loss.item())
+
+    torch.manual_seed(1337)
+    model = GPT(cfg, vocab)
+    opt = make_optimizer(model, cfg.optim)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: lr_factor(cfg.schedule, k, 100))
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    ours = [loop.train_step(model, model, x, y, opt, sched, scaler,
+                            loop.autocast_for("fp32", torch.device("cpu")), cfg.optim.grad_clip)
+            for x, y in batches]
+    assert cfg.model.dropout > 0 and ours == theirs
+    for (name, a), b in zip(model.named_parameters(), ref.parameters()):
+        assert torch.equal(a, b), f"{name} differs after {steps} steps"

@@ -1,6 +1,7 @@
 """Self-attention: the layer that runs each variant of `trainer.attention_config`.
 
-- `causal`: full causal attention through PyTorch's fused scaled_dot_product_attention.
+- `causal`: full causal attention; on a CPU at the challenge's lengths its own arithmetic (so its
+  losses come out bit for bit), elsewhere PyTorch's fused scaled_dot_product_attention.
 - `local`: query i sees keys i - window < j <= i.
 - `sparse`: the Sparse Transformer patterns (Child et al. 2019).
 
@@ -22,6 +23,11 @@ from trainer.attention_config import CausalAttention, LocalAttention, SparseAtte
 Tensor = torch.Tensor
 # (q, k, v, scale, dropout_p, segments or None) -> attention output
 Kernel = Callable[[Tensor, Tensor, Tensor, float, float, seg_mask.Segments | None], Tensor]
+# Up to this length a CPU computes causal attention as the challenge's code does: its T x T
+# weights are materialised anyway to drop them (SDPA's math path does the same), and SDPA scales
+# q and k by sqrt(scale) each, which rounds differently whenever sqrt(scale) is not a power of 2
+# (head size 64: the baseline's losses differed in the last digits from step 1).
+SCORES_MAX_T = 512
 
 
 class Rotary(nn.Module):
@@ -73,6 +79,7 @@ class SelfAttention(nn.Module):
         self.k_norm = nn.RMSNorm(self.qk_head_dim) if qk_norm else None
         self.impl: Literal["auto", "reference"] = "auto"
         self._flex_fns: dict[tuple[int, str], Callable] = {}  # (T, device) -> compiled kernel
+        self._future: dict[tuple[int, str], Tensor] = {}  # (T, device) -> mask of j > i
 
     def forward(self, x: torch.Tensor,
                 segments: seg_mask.Segments | None = None) -> torch.Tensor:
@@ -96,24 +103,26 @@ class SelfAttention(nn.Module):
             raise ValueError("attention.doc_mask is on: attend needs the batch's segments")
         p = self.dropout if self.training else 0.0
         scale = sparse.default_scale(q.shape[-1])  # of the real q width, before any padding
-        kernel = self.kernel(q.device, p)
+        kernel = self.kernel(q.device, p, q.shape[2])
         if kernel != self._reference and q.shape[-1] < v.shape[-1]:
             # Fused kernels want one head size: zero columns leave q.k unchanged (scale is fixed
             # above), and the extra gradient columns are simply dropped by the slice.
             q, k = (F.pad(t, (0, v.shape[-1] - t.shape[-1])) for t in (q, k))
         return kernel(q, k, v, scale, p, segments if self.cfg.doc_mask else None)
 
-    def kernel(self, device: torch.device, dropout_p: float) -> Kernel:
-        """The function that computes this layer's attention on `device`; the first rule that
-        matches wins:
+    def kernel(self, device: torch.device, dropout_p: float, seq_len: int = 0) -> Kernel:
+        """The function that computes this layer's attention on `device` for `seq_len` tokens;
+        the first rule that matches wins:
 
         1. impl="reference": the dense-mask reference (tests, debugging).
         2. doc_mask: FlexAttention under pattern AND same title on CUDA without dropout, else the
            blocked kernel with title masks (`trainer.segments`).
-        3. causal: PyTorch's fused causal SDPA.
-        4. CUDA without dropout: FlexAttention with the pattern's block mask (it cannot drop
+        3. causal, not CUDA, seq_len <= SCORES_MAX_T: the challenge's own arithmetic (q @ k.T,
+           then * scale, -inf above the diagonal, softmax, dropout, @ v): its losses, bit for bit.
+        4. causal otherwise: PyTorch's fused causal SDPA.
+        5. CUDA without dropout: FlexAttention with the pattern's block mask (it cannot drop
            attention weights, so dropout takes the blocked kernels below).
-        5. local, sparse strided, sparse fixed: the blocked kernels of `trainer.sparse`.
+        6. local, sparse strided, sparse fixed: the blocked kernels of `trainer.sparse`.
         """
         cfg = self.cfg
         flex = device.type == "cuda" and dropout_p == 0.0
@@ -122,7 +131,8 @@ class SelfAttention(nn.Module):
         if cfg.doc_mask:
             return self._doc_flex if flex else self._doc_blocked
         if cfg.type == "causal":
-            return self._causal
+            return self._scores if device.type != "cuda" and seq_len <= SCORES_MAX_T \
+                else self._causal
         if flex:
             return self._flex
         if cfg.type == "local":
@@ -150,6 +160,18 @@ class SelfAttention(nn.Module):
     def _causal(self, q: Tensor, k: Tensor, v: Tensor, scale: float, p: float,
                 doc: None) -> Tensor:
         return F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True, scale=scale)
+
+    def _scores(self, q: Tensor, k: Tensor, v: Tensor, scale: float, p: float,
+                doc: None) -> Tensor:
+        T = q.shape[2]
+        key = (T, str(q.device))
+        if key not in self._future:
+            self._future[key] = torch.ones(T, T, dtype=torch.bool, device=q.device).triu_(1)
+        att = (q @ k.transpose(-2, -1)) * scale
+        att = F.softmax(att.masked_fill(self._future[key], float("-inf")), dim=-1)
+        if p:
+            att = F.dropout(att, p)
+        return att @ v
 
     def _flex(self, q: Tensor, k: Tensor, v: Tensor, scale: float, p: float, doc: None) -> Tensor:
         key = (q.shape[2], str(q.device))
