@@ -20,7 +20,7 @@ from typing import Any, Callable
 from orchestrator.contract import EXIT_BAD_INPUT, EventTail, finite
 from orchestrator.launch.command import TrialCommand, written
 from orchestrator.launch.dataprep import data_settings, prepare_on_host
-from orchestrator.launch.local import LocalLauncher
+from orchestrator.launch.choice import make_launcher
 from orchestrator.launch.protocol import Adopter, DataPreparer, Launch, Launcher
 from orchestrator.ledger import Ledger, Trial
 from orchestrator.ledger_file import LedgerError, storage_fault
@@ -44,23 +44,6 @@ EARLY_STOP = "early-terminated by hyperband"
 
 class SweepBusy(Exception):
     """Another live orchestrator owns this sweep."""
-
-
-def make_launcher(plan: Plan, home: Path, say: Callable[[str], None]) -> Launcher:
-    """The launcher `spec.launcher.type` names (the Docker SDK is imported only for docker)."""
-    if plan.spec.launcher.type == "docker":
-        from orchestrator.launch.docker.launcher import DockerLauncher
-
-        return DockerLauncher(plan, home, say)
-    if plan.spec.launcher.type == "slurm":
-        from orchestrator.launch.slurm.launcher import SlurmLauncher
-
-        return SlurmLauncher(plan, home, say)
-    if plan.spec.launcher.type == "replay":
-        from orchestrator.launch.replay import ReplayLauncher
-
-        return ReplayLauncher(str(plan.spec.launcher.from_), plan.doc.path.parent, home)
-    return LocalLauncher()
 
 
 @dataclass
