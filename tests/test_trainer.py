@@ -115,6 +115,26 @@ def test_contract_commands_import_no_torch() -> None:
     assert res.stdout.strip() == "[]"
 
 
+def test_a_data_file_is_checked_and_prepared_without_torch(tmp_path: Path,
+                                                            tiny_titles: Path) -> None:
+    # `orch sweep` validates the points and prepares the data before any trial: seconds each
+    # if they imported torch only to read a CSV.
+    script = (
+        "import contextlib, io, sys\n"
+        "from trainer.__main__ import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+        f"    args = ['--config', {str(TINY)!r}, 'data.path={tiny_titles}']\n"
+        "    main(['validate', *args])\n"
+        f"    main(['prepare', '--cache-dir', {str(tmp_path / 'cache')!r}, *args])\n"
+        "assert '\"cache_hit\": false' in out.getvalue(), out.getvalue()\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))\n")
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         cwd=ROOT, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[]"
+    assert list((tmp_path / "cache").iterdir())  # the entry a run then reads
+
+
 # --- runs --------------------------------------------------------------------------------------
 
 def test_a_run_writes_events_and_an_honest_result(tmp_path: Path, tiny_titles: Path) -> None:

@@ -117,12 +117,12 @@ def _prepare(argv: list[str]) -> int:
     p.add_argument("overrides", nargs="*", metavar="key.path=value")
     args = p.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
-    from trainer.data import DataError, batches_per_epoch, prepare_data
+    from trainer.data import DataError, batches_per_epoch, prepare_ids
 
     try:
-        data = prepare_data(cfg.data, cfg.tokenizer, args.cache_dir or default_cache_dir())
+        data = prepare_ids(cfg.data, cfg.tokenizer, args.cache_dir or default_cache_dir())
         # What a run checks right after this: a file too small for one batch fails here too.
-        batches_per_epoch(len(data.train_ids), cfg.train.batch_size, cfg.train.context_length,
+        batches_per_epoch(len(data.train), cfg.train.batch_size, cfg.train.context_length,
                           data.info["source"])
     except DataError as err:
         raise ConfigError(str(err)) from None

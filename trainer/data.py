@@ -19,13 +19,16 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import tokenizers
-import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from trainer.config import DataConfig, TokenizerConfig
+
+if TYPE_CHECKING:  # torch only where ids become tensors: `validate` checks a data file without it
+    import torch
 
 # Bump when the entry layout or the way ids are derived changes: old entries are then ignored.
 FORMAT_VERSION = 1
@@ -309,8 +312,20 @@ def _build_locked(data: DataConfig, tok: TokenizerConfig, cache_dir: Path, key: 
     return found, False
 
 
-def prepare_data(data: DataConfig, tok: TokenizerConfig, cache_dir: Path) -> Dataset:
+@dataclass(frozen=True)
+class Prepared:
+    """A cache entry as read: token ids as numpy arrays, its meta, and how it was found."""
+
+    train: np.ndarray
+    val: np.ndarray
+    meta: dict
+    info: dict
+    tokenizer_path: Path
+
+
+def prepare_ids(data: DataConfig, tok: TokenizerConfig, cache_dir: Path) -> Prepared:
     """Titles, split, tokenizer and ids for these settings, from the cache or built into it.
+    Torch-free, so `python -m trainer prepare` fills the cache without importing torch.
 
     Concurrent callers with the same settings and cache_dir build once: the first holds
     `cache_dir/<key>.lock` while it builds in a temp dir and renames it to `cache_dir/<key>`;
@@ -328,9 +343,18 @@ def prepare_data(data: DataConfig, tok: TokenizerConfig, cache_dir: Path) -> Dat
     info = {k: meta[k] for k in ("train_titles", "val_titles", "train_tokens", "val_tokens")}
     info.update(source=source, cache_key=key, cache_hit=hit,
                 seconds=round(time.perf_counter() - start, 4))
+    return Prepared(found["train"], found["val"], meta, info, cache_dir / key / "tokenizer.json")
+
+
+def prepare_data(data: DataConfig, tok: TokenizerConfig, cache_dir: Path) -> Dataset:
+    """`prepare_ids` as the Dataset a run trains on (int64 tensors)."""
+    import torch
+
+    p = prepare_ids(data, tok, cache_dir)
     return Dataset(
-        train_ids=torch.from_numpy(found["train"].astype(np.int64)),
-        val_ids=torch.from_numpy(found["val"].astype(np.int64)),
-        val_chars=meta["val_chars"], val_bytes=meta["val_bytes"], vocab_size=meta["vocab_size"],
-        eos_id=meta["eos_id"], tokenizer_path=cache_dir / key / "tokenizer.json", info=info,
+        train_ids=torch.from_numpy(p.train.astype(np.int64)),
+        val_ids=torch.from_numpy(p.val.astype(np.int64)),
+        val_chars=p.meta["val_chars"], val_bytes=p.meta["val_bytes"],
+        vocab_size=p.meta["vocab_size"], eos_id=p.meta["eos_id"],
+        tokenizer_path=p.tokenizer_path, info=p.info,
     )

@@ -11,7 +11,6 @@ import difflib
 import math
 from typing import Any
 
-import jsonschema
 
 Schema = dict[str, Any]
 
@@ -101,6 +100,8 @@ def _describe_one(alt: Schema) -> str:
 
 def value_error(value: Any, fields: list[Schema], root: Schema) -> str | None:
     """None when `value` fits one of the field schemas, else what is allowed."""
+    import jsonschema  # only a spec with parameters needs it: other commands start faster
+
     for field in fields:
         schema = {**field, "$defs": root.get("$defs", {})}
         if not any(True for _ in jsonschema.Draft202012Validator(schema).iter_errors(value)):
