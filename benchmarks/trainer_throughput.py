@@ -54,7 +54,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "hacker_news.csv"
@@ -182,6 +182,26 @@ def load_challenge(path: Path):
     return module
 
 
+def challenge_step(model: Any, max_steps: int) -> Callable[[Any, Any], float]:
+    """The training step of the challenge's main() for `model` (its GPT, or ours built the
+    same): loss inside the model, zero_grad, backward, clip 1.0, SGD lr 6e-3, cosine over
+    `max_steps`. Returns step(x, y) -> the loss."""
+    import torch
+
+    opt = torch.optim.SGD(model.parameters(), lr=6e-3, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max_steps)
+
+    def step(x: Any, y: Any) -> float:
+        _, loss = model(x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        return loss.item()
+    return step
+
+
 # ------------------------------------------------------------------ child processes
 
 
@@ -246,17 +266,7 @@ def run_child(opts: dict[str, Any]) -> dict[str, Any]:
             model = challenge.GPT(challenge.GPTConfig(
                 vocab_size=data.vocab_size, block_size=T, n_layer=shape["n_layer"],
                 n_head=shape["n_head"], d_model=shape["d_model"], dropout=0.1))
-        opt = torch.optim.SGD(model.parameters(), lr=6e-3, weight_decay=0.0)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max_steps)
-
-        def step(x: torch.Tensor, y: torch.Tensor) -> float:
-            _, loss = model(x, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            return loss.item()
+        step = challenge_step(model, max_steps)
 
         def eval_model(x: torch.Tensor) -> torch.Tensor:
             return model(x)[0]

@@ -97,41 +97,41 @@ def test_validate_batch_gives_one_verdict_per_point() -> None:
     assert "n_head" in verdicts[1]["error"] and "n_heads" in verdicts[2]["error"]
 
 
-def test_contract_commands_import_no_torch() -> None:
-    # schema/validate/docs run on every `orch validate`; a torch import would cost seconds.
-    sparse_point = json.dumps({"attention.type": "sparse", "attention.block": 48})
-    script = (
-        "import contextlib, io, sys\n"
-        "from trainer.__main__ import main\n"
-        f"sys.stdin = io.StringIO({sparse_point!r} + '\\n')\n"
-        "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
-        f"    main(['schema']); main(['docs']); main(['validate', '--config', {str(TINY)!r}])\n"
-        f"    main(['validate', '--config', {str(TINY)!r}, '--batch'])\n"
-        "assert 'local_attn_ctx' in out.getvalue(), out.getvalue()\n"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'numpy')))\n")
+def _imported(calls: str, roots: tuple[str, ...], stdin: str = "") -> list[str]:
+    """The modules under `roots` that importing the trainer and running `calls` (lines of
+    `main([...])`, output captured as `out`) left loaded."""
+    script = ("import contextlib, io, sys\n"
+              "from trainer.__main__ import main\n"
+              f"sys.stdin = io.StringIO({stdin!r})\n"
+              "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+              + "".join(f"    {line}\n" for line in calls.strip().splitlines())
+              + f"print(sorted(m for m in sys.modules if m.split('.')[0] in {roots!r}))\n")
     res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          cwd=ROOT, timeout=60)
     assert res.returncode == 0, res.stderr
-    assert res.stdout.strip() == "[]"
+    return json.loads(res.stdout.strip().splitlines()[-1].replace("'", '"'))
+
+
+def test_contract_commands_import_no_torch() -> None:
+    # schema/validate/docs run on every `orch validate`; a torch import would cost seconds.
+    sparse_point = json.dumps({"attention.type": "sparse", "attention.block": 48})
+    assert _imported(f"""
+main(['schema']); main(['docs']); main(['validate', '--config', {str(TINY)!r}])
+main(['validate', '--config', {str(TINY)!r}, '--batch'])
+assert 'local_attn_ctx' in out.getvalue(), out.getvalue()
+""", ("torch", "numpy"), stdin=sparse_point + "\n") == []
 
 
 def test_a_data_file_is_checked_and_prepared_without_torch(tmp_path: Path,
                                                             tiny_titles: Path) -> None:
     # `orch sweep` validates the points and prepares the data before any trial: seconds each
     # if they imported torch only to read a CSV.
-    script = (
-        "import contextlib, io, sys\n"
-        "from trainer.__main__ import main\n"
-        "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
-        f"    args = ['--config', {str(TINY)!r}, 'data.path={tiny_titles}']\n"
-        "    main(['validate', *args])\n"
-        f"    main(['prepare', '--cache-dir', {str(tmp_path / 'cache')!r}, *args])\n"
-        "assert '\"cache_hit\": false' in out.getvalue(), out.getvalue()\n"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))\n")
-    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         cwd=ROOT, timeout=60)
-    assert res.returncode == 0, res.stderr
-    assert res.stdout.strip() == "[]"
+    args = f"'--config', {str(TINY)!r}, 'data.path={tiny_titles}'"
+    assert _imported(f"""
+main(['validate', {args}])
+main(['prepare', '--cache-dir', {str(tmp_path / 'cache')!r}, {args}])
+assert '"cache_hit": false' in out.getvalue(), out.getvalue()
+""", ("torch",)) == []
     assert list((tmp_path / "cache").iterdir())  # the entry a run then reads
 
 
@@ -421,7 +421,7 @@ def test_training_steps_equal_the_challenges_bit_for_bit() -> None:
     """Our GPT and train_step against the challenge's model and loop (the benchmark's faithful
     copy) at head size 64, as the baseline's: every step's loss the same float, dropout on."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from trainer_throughput import build_reference
+    from trainer_throughput import build_reference, challenge_step
 
     from trainer import loop
 
@@ -435,17 +435,8 @@ def test_training_steps_equal_the_challenges_bit_for_bit() -> None:
 
     torch.manual_seed(1337)
     ref = build_reference(shape, vocab)
-    ref_opt = torch.optim.SGD(ref.parameters(), lr=cfg.optim.lr, weight_decay=0.0)
-    ref_sched = torch.optim.lr_scheduler.CosineAnnealingLR(ref_opt, T_max=100)
-    theirs = []
-    for x, y in batches:
-        _, loss = ref(x, y)
-        ref_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(ref.parameters(), 1.0)
-        ref_opt.step()
-        ref_sched.step()
-        theirs.append(loss.item())
+    step = challenge_step(ref, 100)
+    theirs = [step(x, y) for x, y in batches]
 
     torch.manual_seed(1337)
     model = GPT(cfg, vocab)
