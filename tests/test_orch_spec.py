@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 
 import pytest
@@ -86,6 +88,24 @@ def test_w_and_b_schema_errors_have_lines(orch_home: Path, tmp_path: Path) -> No
     assert any("`parameters.train.seed`: not a valid W&B parameter" in e for e in errs)
     assert any("`early_terminate" in e and "W&B sweep config schema" in e for e in errs)
     assert all(", line " in e for e in errs)
+
+
+def test_w_and_b_errors_come_in_one_order_whatever_the_hash_seed(
+        orch_home: Path, tmp_path: Path) -> None:
+    spec = write_spec(tmp_path / "s.yaml", method="random", run_cap=3,
+                      early_terminate={"type": "hyperband", "eta": 0, "min_iter": -1},
+                      parameters={"train.seed": {"values": 3},
+                                  "optim.lr": {"min": 0.1, "max": 0.01},
+                                  "model.dropout": {"values": []}})
+    outputs = set()
+    for seed in "15":  # two seeds under which jsonschema listed them in different orders
+        proc = run_orch(["validate", str(spec)], {**os.environ, "PYTHONHASHSEED": seed})
+        assert proc.returncode == 2
+        outputs.add(proc.stderr)
+    assert len(outputs) == 1
+    wandb = [int(line) for line in re.findall(r", line (\d+), `[^`]*`: not a valid W&B",
+                                              outputs.pop())]
+    assert len(wandb) >= 2 and wandb == sorted(wandb)
 
 
 @pytest.mark.parametrize("params", [

@@ -268,12 +268,16 @@ class SpecDoc:
     data: Any
     lines: dict[tuple[Any, ...], int] = field(default_factory=dict)
 
-    def where(self, loc: tuple[Any, ...] = ()) -> str:
-        """`FILE, line N`: the line of the deepest part of `loc` the file has."""
+    def line(self, loc: tuple[Any, ...] = ()) -> int | None:
+        """The line of the deepest part of `loc` the file has (None: not in the file)."""
         loc = tuple(loc)
         while loc and loc not in self.lines:
             loc = loc[:-1]
-        line = self.lines.get(loc)
+        return self.lines.get(loc)
+
+    def where(self, loc: tuple[Any, ...] = ()) -> str:
+        """`FILE, line N`: the line of the deepest part of `loc` the file has."""
+        line = self.line(loc)
         return f"{self.path}, line {line}" if line else str(self.path)
 
     def error(self, loc: tuple[Any, ...], text: str) -> str:

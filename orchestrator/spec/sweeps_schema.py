@@ -59,7 +59,8 @@ def sweeps_schema_errors(doc: SpecDoc,
         loc = ("parameters", name) if name else ()
         if not loc or loc not in {l for l, _ in out}:
             out.append((loc, doc.error(loc, msg)))
-    return out
+    # In the file's order: jsonschema's own order follows Python's hash seed from run to run.
+    return sorted(out, key=lambda item: (doc.line(item[0]) or 0, item[1]))
 
 
 def _sweeps_violations(search: dict[str, Any]) -> list[str]:
