@@ -5,6 +5,7 @@ sweep kept fixed. Real `orch sweep` runs of the fake trainer; launches counted f
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -55,12 +56,21 @@ def _records(home: Path, *args: str) -> list[dict[str, Any]]:
 
 def test_reuse_runs_only_what_no_other_sweep_finished(home: Path, fake_schema_file: Path
                                                       ) -> None:
-    proc, launches = _sweep(home, fake_schema_file, "second", reuse=True,
-                            parameters={"train.seed": {"values": [1, 2, 3, 4]}})
+    seeds = {"train.seed": {"values": [1, 2, 3, 4]}}
+    spec = write_spec(home.parent / "second.yaml", name="second", reuse=True, parameters=seeds)
+    dry = run_orch(["sweep", str(spec), "--dry-run", "--no-probe"],
+                   _env(home, {}, "second", fake_schema_file))
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    # The dry run counts what would train, and says where the rest comes from.
+    assert "2 trial(s) would run; 2 reused from other sweeps, not run" in dry.stdout
+    assert "reuse first/1" in dry.stdout and "reuse first/2" in dry.stdout
+
+    proc, launches = _sweep(home, fake_schema_file, "second", reuse=True, parameters=seeds)
     # Seeds 1 and 2 finished in `first`; 3 failed there, 4 is new: only those two train.
     assert sorted(json.loads(x["train.seed"]) for x in launches) == [3, 4]
     out = proc.stdout + proc.stderr
     assert "reused from first/1" in out and "reused from first/2" in out
+    assert re.search(r"launching 2 trial\(s\) on \d slot\(s\); 2 reused from other sweeps", out)
 
     ledger = Ledger(home, readonly=True)
     first = {t.params["train.seed"]: t for t in ledger.trials("first")}

@@ -13,20 +13,25 @@ from orchestrator.ledger import Ledger, Trial
 from orchestrator.spec.plan import Plan
 
 
-def reuse(plan: Plan, ledger: Ledger, trial: Trial) -> str | None:
-    """Record `trial` from a finished trial of another sweep with the same program and config
-    hash, if the spec asks for reuse and there is one; the line that says so, else None."""
+def reuse_source(plan: Plan, ledger: Ledger, config_hash: str) -> Trial | None:
+    """The finished trial of another sweep a trial of this config hash would be recorded from,
+    if the spec asks for reuse and there is one."""
     if not plan.spec.reuse:
         return None
     program = written(plan.spec.program)
-    source = next((t for t, recorded in ledger.finished_elsewhere(plan.spec.name,
-                                                                   trial.config_hash)
-                   if recorded is not None and written(recorded) == program), None)
-    if source is None:
+    return next((t for t, recorded in ledger.finished_elsewhere(plan.spec.name, config_hash)
+                 if recorded is not None and written(recorded) == program), None)
+
+
+def reuse(plan: Plan, ledger: Ledger, trial: Trial) -> str | None:
+    """Record `trial` from a finished trial of another sweep with the same program and config
+    hash, if the spec asks for reuse and there is one; the line that says so, else None."""
+    found = reuse_source(plan, ledger, trial.config_hash)
+    if found is None:
         return None
-    origin = ledger.reuse(trial.id, source)
+    origin = ledger.reuse(trial.id, found)
     metric = plan.spec.metric.name
-    value = finite(source.final.get(metric))
+    value = finite(found.final.get(metric))
     shown = f" {metric}={value:.4f}" if value is not None else ""
     params = " ".join(f"{k}={v}" for k, v in trial.params.items()) or "(base config)"
     return f"trial {trial.number} reused from {origin}{shown}, not run: {params}"
