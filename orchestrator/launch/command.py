@@ -28,6 +28,17 @@ class Command(Protocol):
         """The command line on this machine."""
 
 
+
+def prepare_command(program: list[str], config: str, sets: dict[str, Any]) -> list[str]:
+    """`PROGRAM prepare --config CONFIG KEY=VALUE...`: fill the data cache for one data setting
+    (on the host or in a container: the caller gives the program and path as seen there)."""
+    return [*program, "prepare", "--config", config, *assignments(sets)]
+
+
+def assignments(sets: dict[str, Any]) -> list[str]:
+    """Dotted overrides as the contract's command lines take them: `key=value`."""
+    return [f"{key}={format_value(value)}" for key, value in sets.items()]
+
 @dataclass(frozen=True)
 class TrialCommand:
     """One trial attempt's command: PROGRAM --config CONFIG --out OUT KEY=VALUE..."""
@@ -42,8 +53,7 @@ class TrialCommand:
         """The command line with the program and paths of where it runs (`overrides`: these
         instead of the trial's, e.g. with a data path the container sees)."""
         sets = self.overrides if overrides is None else overrides
-        return [*program, "--config", config, "--out", out,
-                *[f"{key}={format_value(value)}" for key, value in sets.items()]]
+        return [*program, "--config", config, "--out", out, *assignments(sets)]
 
     def host(self) -> list[str]:
         """The command line here: `python` is this interpreter (contract.program_argv)."""

@@ -17,7 +17,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from orchestrator.contract import EXIT_BAD_INPUT, format_value
+from orchestrator.contract import EXIT_BAD_INPUT
+from orchestrator.launch.command import assignments, prepare_command
 from orchestrator.launch.protocol import LauncherError
 from orchestrator.spec.plan import Plan
 from orchestrator.search import param_names
@@ -49,7 +50,7 @@ def refusal(spec_path: Path, sets: dict[str, Any], code: int, output: str) -> Ex
     (exit 2, a SpecError: bad input), else a LauncherError with the tail of its output."""
     said = [line.removeprefix("error: ") for line in output.splitlines()
             if line.startswith("error: ")]
-    shown = " ".join(f"{k}={format_value(v)}" for k, v in sets.items())
+    shown = " ".join(assignments(sets))
     at = f" (with {shown})" if shown else ""
     if code == EXIT_BAD_INPUT and said:
         return SpecError([f"{spec_path}: the data check before the first trial failed{at}, so "
@@ -64,8 +65,7 @@ def prepare_on_host(spec_path: Path, program: list[str], base: Path,
     trials' ORCH_CACHE_DIR); raise `refusal` at the first that fails."""
     env = {**os.environ, "ORCH_CACHE_DIR": str(cache_dir), "PYTHONUNBUFFERED": "1"}
     for sets in settings:
-        argv = [*program, "prepare", "--config", str(base),
-                *[f"{k}={format_value(v)}" for k, v in sets.items()]]
+        argv = prepare_command(program, str(base), sets)
         try:
             proc = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL,
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -25,8 +25,8 @@ from urllib.parse import urlparse
 
 import yaml
 
-from orchestrator.contract import Description, format_value
-from orchestrator.launch.command import TrialCommand
+from orchestrator.contract import Description
+from orchestrator.launch.command import TrialCommand, prepare_command
 from orchestrator.launch.protocol import Launch
 from orchestrator.spec.model import LauncherSettings, read_yaml
 
@@ -148,8 +148,7 @@ class Layout:
 
     def prepare_argv(self, launch: Launch, sets: dict[str, Any]) -> list[str]:
         """`PROGRAM prepare`: fill the data cache for these data and tokenizer settings."""
-        return [*trial(launch).program, "prepare", "--config", self.config(launch),
-                *[f"{k}={format_value(v)}" for k, v in sets.items()]]
+        return prepare_command(trial(launch).program, self.config(launch), sets)
 
     def env(self, launch: Launch, online: bool) -> dict[str, str]:
         """Thread counts of the slot, the host's W&B settings (no key, no host paths), ours."""
