@@ -48,6 +48,11 @@ class Trial:
     reused_from: str | None = None
 
     @property
+    def point(self) -> str:
+        """Its parameters as one line, `optim.lr=0.003 model.n_layer=2`, for progress lines."""
+        return " ".join(f"{k}={v}" for k, v in self.params.items()) or "(base config)"
+
+    @property
     def reused_note(self) -> str:
         """`reused from SWEEP/N` for a trial taken from another sweep, else empty."""
         return f"reused from {self.reused_from}" if self.reused_from else ""

@@ -326,7 +326,7 @@ class RunLoop:
                                     EventTail(run_dir / "events.jsonl"), attempt)
         # The slot is where orch put it; where it runs is what the program reports later.
         self.progress.note(f"trial {trial.number} started in slot {slot.device}: "
-                           f"{_show(trial.params)}")
+                           f"{trial.point}")
 
     # -- watching -------------------------------------------------------------------------------
 
@@ -401,8 +401,4 @@ class RunLoop:
             if live is not None and live.run.term_sent is None:
                 stopper.stop(live.run, why)
                 self.progress.note(f"trial {live.trial.number}: {why}")
-
-
-def _show(params: dict[str, Any]) -> str:
-    return " ".join(f"{k}={v}" for k, v in params.items()) or "(base config)"
 

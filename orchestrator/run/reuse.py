@@ -33,5 +33,4 @@ def reuse(plan: Plan, ledger: Ledger, trial: Trial) -> str | None:
     metric = plan.spec.metric.name
     value = finite(found.final.get(metric))
     shown = f" {metric}={value:.4f}" if value is not None else ""
-    params = " ".join(f"{k}={v}" for k, v in trial.params.items()) or "(base config)"
-    return f"trial {trial.number} reused from {origin}{shown}, not run: {params}"
+    return f"trial {trial.number} reused from {origin}{shown}, not run: {trial.point}"
