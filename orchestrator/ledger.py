@@ -319,7 +319,7 @@ class Ledger:
         metrics, result values, config and the validation history of its counted attempt (as
         attempt 0: nothing ran here). Where it came from (`SWEEP/N`, the original when `source`
         was itself reused) is returned and kept in `reused_from`. One transaction."""
-        origin = source.reused_from or f"{source.sweep}/{source.number}"
+        origin = source.origin
         copied = ("exit_code", "started_at", "ended_at", "run_dir", "device", "step",
                   "max_steps", "last_metric", "best_metric", "final_json", "best_json",
                   "program_wall", "config_json", "result_json")

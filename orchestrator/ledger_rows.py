@@ -53,6 +53,11 @@ class Trial:
         return " ".join(f"{k}={v}" for k, v in self.params.items()) or "(base config)"
 
     @property
+    def origin(self) -> str:
+        """Where its result was computed: `SWEEP/N` (for a reused trial, the original)."""
+        return self.reused_from or f"{self.sweep}/{self.number}"
+
+    @property
     def reused_note(self) -> str:
         """`reused from SWEEP/N` for a trial taken from another sweep, else empty."""
         return f"reused from {self.reused_from}" if self.reused_from else ""

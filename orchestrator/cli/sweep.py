@@ -17,9 +17,8 @@ from orchestrator.launch.protocol import LauncherError
 from orchestrator.ledger import Ledger, alive, orch_home
 from orchestrator.report import results as results_mod
 from orchestrator.report import tables
-from orchestrator.run.estimate import (PROBE_BUDGET, estimate, points_to_run, reusable,
-                                       reused_count)
-from orchestrator.run.reuse import reuse_source
+from orchestrator.run.estimate import PROBE_BUDGET, estimate, points_to_run, reused_count
+from orchestrator.run.reuse import reuse_lookup
 from orchestrator.run.loop import RunLoop, SweepBusy
 from orchestrator.run.progress import Progress, stage_line
 from orchestrator.run.slots import Slot, sweep_slots
@@ -155,16 +154,16 @@ def _dry_run(plan: Plan, ledger: Ledger, max_trials: int | None, probe: bool,
         table.add_column(n, overflow="fold")
     table.add_column("config", overflow="fold")
     table.add_column("ledger")
+    reuse_of = reuse_lookup(plan, ledger)
     for i, (point, h) in enumerate(plan.grid, 1):
         t = done.get(h)
-        found = reuse_source(plan, ledger, h) if t is None else None
-        origin = found and (found.reused_from or f"{found.sweep}/{found.number}")
-        state = t.state if t else f"reuse {origin}" if found else "new"
+        found = reuse_of(h) if t is None else None
+        state = t.state if t else f"reuse {found.origin}" if found else "new"
         table.add_row(str(i), *[tables.fmt_param(point.get(n), [p.get(n) for p, _ in plan.grid])
                                 for n in plan.varied], h, state)
     show(table)
-    todo = len(points_to_run(plan, list(done.values()), max_trials, reusable(plan, ledger)))
-    reused = reused_count(plan, ledger, list(done.values()))
+    todo = len(points_to_run(plan, list(done.values()), max_trials, reuse_of))
+    reused = reused_count(plan, list(done.values()), reuse_of)
     out.print(f"{todo} trial(s) would run"
               + (f"; {reused} reused from other sweeps, not run" if reused else ""),
               highlight=False)

@@ -26,7 +26,7 @@ from typing import Any, Callable
 from orchestrator.contract import EXIT_BAD_INPUT, ContractError, format_value, program_argv
 from orchestrator.ledger import Ledger, Trial
 from orchestrator.spec.plan import Plan
-from orchestrator.run.reuse import reuse_source
+from orchestrator.run.reuse import reuse_lookup
 from orchestrator.run.slots import Slot
 from orchestrator.states import INTERRUPTED, TERMINAL, TrialState
 
@@ -131,37 +131,35 @@ def duration(seconds: float) -> str:
 
 
 def points_to_run(plan: Plan, trials: list[Trial], max_trials: int | None,
-                  reused: Callable[[str], bool] = lambda config_hash: False) -> list[dict]:
+                  reuse_of: Callable[[str], Trial | None] = lambda config_hash: None
+                  ) -> list[dict]:
     """The points a run of this plan would start: grid points the ledger holds no result of
     (or, for random and bayes, run_cap draws at the fixed config), capped by run_cap and
     max_trials. Trials a resume runs again (interrupted, left running) count as to run; grid
-    points whose config hash `reused` says another sweep finished (`reuse: true`) do not: they
-    are recorded from there without a slot, within run_cap, outside max_trials."""
-    spec = plan.spec
+    points `reuse_of` finds finished in another sweep (`reuse: true`, `reuse_lookup`) do not:
+    they are recorded from there without a slot, within run_cap, outside max_trials."""
     if plan.grid is None:
-        count = max(0, (spec.run_cap or max_trials or 0) - len(trials))
+        count = max(0, (plan.spec.run_cap or max_trials or 0) - len(trials))
         points: list[dict] = [{}] * count
     else:
-        done = {t.config_hash for t in trials if t.state in TERMINAL
-                and not (t.state == TrialState.STOPPED and t.reason == INTERRUPTED)}
-        todo = [(p, h) for p, h in plan.grid if h not in done]
-        if spec.run_cap is not None:
-            todo = todo[:max(0, spec.run_cap - len(trials))]
-        points = [p for p, h in todo if not reused(h)]
+        points = [p for p, h in _grid_todo(plan, trials) if reuse_of(h) is None]
     return points if max_trials is None else points[:max_trials]
 
 
-def reused_count(plan: Plan, ledger: Ledger, trials: list[Trial]) -> int:
-    """How many grid points the run would record from other sweeps (`reuse: true`)."""
-    if not plan.spec.reuse or plan.grid is None:
-        return 0
-    found = points_to_run(plan, trials, None, reusable(plan, ledger))
-    return len(points_to_run(plan, trials, None)) - len(found)
+def reused_count(plan: Plan, trials: list[Trial],
+                 reuse_of: Callable[[str], Trial | None]) -> int:
+    """How many grid points the run would record from other sweeps instead of running."""
+    return 0 if plan.grid is None else \
+        sum(reuse_of(h) is not None for _, h in _grid_todo(plan, trials))
 
 
-def reusable(plan: Plan, ledger: Ledger) -> Callable[[str], bool]:
-    """Whether a trial of a config hash would be recorded from another sweep (`reuse`)."""
-    return lambda config_hash: reuse_source(plan, ledger, config_hash) is not None
+def _grid_todo(plan: Plan, trials: list[Trial]) -> list[tuple[dict, str]]:
+    """Grid points and their config hashes the ledger holds no result of, within run_cap."""
+    done = {t.config_hash for t in trials if t.state in TERMINAL
+            and not (t.state == TrialState.STOPPED and t.reason == INTERRUPTED)}
+    todo = [(p, h) for p, h in plan.grid or [] if h not in done]
+    cap = plan.spec.run_cap
+    return todo if cap is None else todo[:max(0, cap - len(trials))]
 
 
 def cost_keys(plan: Plan, points: list[dict[str, Any]]) -> list[tuple[str, float | None]]:
@@ -328,7 +326,7 @@ def estimate(plan: Plan, ledger: Ledger, slots: list[Slot], max_trials: int | No
     them by FLOPs. A cached partial probe (stopped at its budget) answers unless `budget` is
     given: then that shape is probed again, for that long."""
     trials = ledger.trials(plan.spec.name) if ledger.sweep(plan.spec.name) else []
-    points = points_to_run(plan, trials, max_trials, reusable(plan, ledger))
+    points = points_to_run(plan, trials, max_trials, reuse_lookup(plan, ledger))
     try:
         keyed = cost_keys(plan, points) if points else []
     except ContractError as err:

@@ -28,9 +28,9 @@ from orchestrator.ledger_rebuild import write_outcome, write_sweep
 from orchestrator.optuna_search import make_engine
 from orchestrator.run.attempt import (Live, attempt_dir, host_env, metrics, outcome, set_aside,
                                       write_trial_json)
-from orchestrator.run.estimate import points_to_run, reusable, reused_count
+from orchestrator.run.estimate import points_to_run, reused_count
 from orchestrator.run.progress import Progress
-from orchestrator.run.reuse import reuse
+from orchestrator.run.reuse import reuse, reuse_lookup
 from orchestrator.run.slots import Slot, make_slots, ran_on, sweep_slots
 from orchestrator.run.stopping import Stopper
 from orchestrator.run.suggest import suggest
@@ -116,9 +116,9 @@ class RunLoop:
             if t.attempts or t.reused_from:
                 self._histories[t.id] = [p.metrics for p in self.ledger.history(t)]
         trials = self.ledger.trials(self.name)
-        todo = len(points_to_run(self.plan, trials, self.max_trials,
-                                 reusable(self.plan, self.ledger)))
-        reused = reused_count(self.plan, self.ledger, trials)
+        reuse_of = reuse_lookup(self.plan, self.ledger)
+        todo = len(points_to_run(self.plan, trials, self.max_trials, reuse_of))
+        reused = reused_count(self.plan, trials, reuse_of)
         self.progress.stage(f"launching {todo} trial(s) on {len(self.slots)} slot(s)"
                             + (f"; {reused} reused from other sweeps" if reused else ""))
         self.progress.set_eta(todo, len(self.slots))

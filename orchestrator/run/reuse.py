@@ -7,6 +7,9 @@ hash and the same program (argv as the spec writes it) train the same thing.
 
 from __future__ import annotations
 
+import functools
+from typing import Callable
+
 from orchestrator.contract import finite
 from orchestrator.launch.command import written
 from orchestrator.ledger import Ledger, Trial
@@ -21,6 +24,11 @@ def reuse_source(plan: Plan, ledger: Ledger, config_hash: str) -> Trial | None:
     program = written(plan.spec.program)
     return next((t for t, recorded in ledger.finished_elsewhere(plan.spec.name, config_hash)
                  if recorded is not None and written(recorded) == program), None)
+
+
+def reuse_lookup(plan: Plan, ledger: Ledger) -> Callable[[str], Trial | None]:
+    """`reuse_source` for this plan and ledger, each config hash looked up once."""
+    return functools.cache(lambda config_hash: reuse_source(plan, ledger, config_hash))
 
 
 def reuse(plan: Plan, ledger: Ledger, trial: Trial) -> str | None:
