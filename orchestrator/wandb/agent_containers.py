@@ -25,13 +25,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from signal import Signals
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
 from orchestrator.launch.docker.container import CACHE, WANDB_HOST_ONLY, KeyFile
-from orchestrator.launch.docker.engine import ContainerEngine, ContainerRun
-from orchestrator.launch.protocol import Launch, LauncherError, Run
+from orchestrator.launch.docker.engine import ContainerCalls, ContainerEngine, ContainerRun
+from orchestrator.launch.protocol import Launch, LauncherError
 from orchestrator.ledger import Ledger
 from orchestrator.spec.model import LauncherSettings
 from orchestrator.wandb.agents import AgentCommand
@@ -58,7 +57,7 @@ def recorded_launcher(ledger: Ledger, ref: SweepRef) -> tuple[LauncherSettings, 
     return LauncherSettings.model_validate(given), row["name"], where
 
 
-class AgentContainers:
+class AgentContainers(ContainerCalls):
     """The launcher AgentPool drives to run each agent in its own container, on the container
     engine the Docker launcher uses (engine.py: image, watchdog, signals, reaping)."""
 
@@ -122,23 +121,6 @@ class AgentContainers:
             launch, launch.command.in_image(), what=f"agent {launch.number}",
             binds=self._mounts(launch.run_dir), env=self._env(launch), labels=labels,
             network=self.settings.online_network, log=log, working_dir=REPO)
-
-    def wait_any(self, timeout: float) -> None:
-        """Sleep until an agent's container ends or `timeout` seconds pass."""
-        self.engine.wait_any(timeout)
-
-    def signal(self, run: Run, sig: Signals) -> None:
-        """Send `sig` to the agent's container (the agent forwards it to its trainer)."""
-        self.engine.signal(run, sig)
-
-    def reap(self, run: Run) -> int | None:
-        """The agent's exit code once its container ended (then it is removed), else None."""
-        return self.engine.reap(run)
-
-    def close(self) -> None:
-        """Remove any agent container still known and the key file."""
-        self.engine.close()
-        self._key.remove()
 
 
 def agent_launcher(ledger: Ledger, ref: SweepRef, home: Path, kill_grace: float,

@@ -20,6 +20,7 @@ from pathlib import Path
 from signal import Signals
 from typing import Any, Callable
 
+from orchestrator.launch.docker.container import KeyFile
 from orchestrator.launch.docker.image import (connect, default_context, engine_address,
                                               ensure_image, pinned_image)
 from orchestrator.launch.protocol import Launch, LauncherError, Run
@@ -306,3 +307,29 @@ def _close(sock: Any) -> None:
                 obj.close()
         except OSError:
             pass
+
+
+class ContainerCalls:
+    """The launcher protocol's calls on running containers, answered by `self.engine`: shared
+    by the trial launcher and the W&B agent containers, which differ only in what they start.
+    `self._key` is the API key file their containers mount, removed on close."""
+
+    engine: ContainerEngine
+    _key: KeyFile
+
+    def wait_any(self, timeout: float) -> None:
+        """Sleep until a container ends (its log stream closes) or `timeout` seconds pass."""
+        self.engine.wait_any(timeout)
+
+    def signal(self, run: Run, sig: Signals) -> None:
+        """Send `sig` to the run's container (an agent forwards it to its trainer)."""
+        self.engine.signal(run, sig)
+
+    def reap(self, run: Run) -> int | None:
+        """The exit code once the container ended (then it is removed), else None."""
+        return self.engine.reap(run)
+
+    def close(self) -> None:
+        """Remove any container still known (none after a normal end) and the key file."""
+        self.engine.close()
+        self._key.remove()

@@ -22,18 +22,18 @@ import os
 import shlex
 import time
 from pathlib import Path
-from signal import Signals
 from typing import Any, Callable
 
 from orchestrator.launch.command import TrialCommand, written
 from orchestrator.launch.dataprep import refusal
 from orchestrator.launch.docker.container import CACHE, KEY_FILE, RUN, KeyFile, Layout
-from orchestrator.launch.docker.engine import ContainerEngine, ContainerRun, sweep_labels
-from orchestrator.launch.protocol import Launch, Run
+from orchestrator.launch.docker.engine import (ContainerCalls, ContainerEngine, ContainerRun,
+                                               sweep_labels)
+from orchestrator.launch.protocol import Launch
 from orchestrator.spec.plan import Plan
 
 
-class DockerLauncher:
+class DockerLauncher(ContainerCalls):
     """Runs each trial attempt in its own container of the trainer image."""
 
     def __init__(self, plan: Plan, home: Path, say: Callable[[str], None]) -> None:
@@ -149,22 +149,3 @@ class DockerLauncher:
             launch, argv, what=f"trial {launch.number}", binds=volumes, env=env,
             labels=self._labels(launch, "trial"), log=log, name=self._name(launch, "trial"),
             network=self.settings.online_network if online else self.settings.network)
-
-    # -- the loop's calls -----------------------------------------------------------------------
-
-    def wait_any(self, timeout: float) -> None:
-        """Sleep until a container's log stream ends (it exited) or `timeout` seconds pass."""
-        self.engine.wait_any(timeout)
-
-    def signal(self, run: Run, sig: Signals) -> None:
-        """Send `sig` to the trial's container."""
-        self.engine.signal(run, sig)
-
-    def reap(self, run: Run) -> int | None:
-        """The exit code once the container ended (then it is removed), else None."""
-        return self.engine.reap(run)
-
-    def close(self) -> None:
-        """Remove any container still known (none after a normal end) and the key file."""
-        self.engine.close()
-        self._key.remove()
