@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+from orch_helpers import unavailable
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DOCKER = Path(__file__).resolve().parents[2] / "shared" / "docker"
@@ -31,13 +32,6 @@ FROM ${BASE}
 COPY wheels /tmp/wheels
 RUN python3 -m pip install --no-index --find-links /tmp/wheels {reqs} && rm -rf /tmp/wheels
 """
-
-
-def unavailable(reason: str) -> None:
-    """Skip locally, but fail in CI (CI=true), where the Docker tests must run."""
-    if os.environ.get("CI"):
-        pytest.fail(reason)
-    pytest.skip(reason)
 
 
 def trainer_requirements() -> list[str]:

@@ -19,6 +19,7 @@ import yaml
 from docker_fixtures import (base_image, deps_image, docker_client, shared_cache,  # noqa: F401
                              trainer_image)
 from orch_helpers import BASE_TINY, message_lines, orch_env, run_orch, starts, write_spec
+from slurm_fixtures import cluster  # noqa: F401
 
 from orchestrator.launch.dataprep import data_settings
 from orchestrator.ledger import Ledger
@@ -233,14 +234,10 @@ def test_docker_sweep_with_a_bad_titles_file_launches_nothing(
 
 
 def test_slurm_sweep_with_a_bad_titles_file_submits_nothing(orch_home: Path, tmp_path: Path,
-                                                           tiny_titles: Path) -> None:
+                                                           tiny_titles: Path,
+                                                           cluster: None) -> None:  # noqa: F811
     from orchestrator.launch.slurm import commands as slurm
 
-    why = slurm.unavailable()
-    if why:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{why}; CI starts one with ../shared/slurm/start-slurm.sh")
-        pytest.skip(f"{why}; start one with bash ../shared/slurm/start-slurm.sh")
     data = _titles(tmp_path, tiny_titles, "not_utf8")
     name = f"bad{os.getpid()}"
     spec = write_spec(tmp_path / "s.yaml", name=name, launcher={"type": "slurm", "poll": 0.3})

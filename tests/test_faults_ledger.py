@@ -19,7 +19,7 @@ from typing import Iterator
 
 import pytest
 from orch_helpers import (message_lines, orch_env, pid_alive, run_orch, start_orch, starts,
-                          wait_for, write_spec)
+                          unavailable, wait_for, write_spec)
 
 from orchestrator.ledger import Ledger
 
@@ -31,10 +31,8 @@ SLOW = {"default": {"step_time": 0.3, "curve": [3.0, 2.8, 2.6, 2.4, 2.2, 2.0, 1.
 def _mount(args: list[str], target: Path) -> None:
     proc = subprocess.run(["mount", *args, str(target)], capture_output=True, text=True)
     if proc.returncode != 0:
-        why = f"cannot mount here (`mount {' '.join(args)}`: {proc.stderr.strip()})"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{why}; CI runs these tests as root")
-        pytest.skip(why)
+        unavailable(f"cannot mount here (`mount {' '.join(args)}`: {proc.stderr.strip()})",
+                    "CI runs these tests as root")
 
 
 @contextlib.contextmanager
@@ -203,10 +201,8 @@ def immutable(home: Path) -> Iterator[Path]:
     ledger = home / "ledger.sqlite"
     proc = subprocess.run(["chattr", "+i", str(ledger)], capture_output=True, text=True)
     if proc.returncode != 0:
-        why = f"cannot make the ledger immutable here (chattr: {proc.stderr.strip()})"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{why}; CI runs these tests as root")
-        pytest.skip(why)
+        unavailable(f"cannot make the ledger immutable here (chattr: {proc.stderr.strip()})",
+                    "CI runs these tests as root")
     try:
         yield home
     finally:

@@ -8,7 +8,6 @@ rendered page.
 from __future__ import annotations
 
 import io
-import os
 import statistics
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 from headless_browser import Browser, find_chromium
-from orch_helpers import BASE_TINY, orch_env, run_orch, wait_for, write_spec
+from orch_helpers import BASE_TINY, orch_env, run_orch, unavailable, wait_for, write_spec
 
 from orchestrator.ledger import Ledger
 from orchestrator.report import figures, importance
@@ -74,10 +73,8 @@ def orch(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def chromium() -> str:
     path = find_chromium()
     if path is None:
-        why = "no chromium installed (Debian: apt-get install chromium)"
-        if os.environ.get("CI"):
-            pytest.fail(why + "; CI installs it in .ci/run")
-        pytest.skip(why)
+        unavailable("no chromium installed (Debian: apt-get install chromium)",
+                    "CI installs it in .ci/run")
     return path
 
 
