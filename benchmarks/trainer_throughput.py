@@ -21,8 +21,9 @@ slow drifts of a shared machine hit both alike:
 - `challenge`: the GPT and GPTConfig classes of the challenge's own train.py (--challenge),
   stepped by the loop of its main(): forward with the loss inside the model, zero_grad,
   backward, clip 1.0, SGD step, CosineAnnealingLR step.
-- `ref`: the challenge's model and loop, re-implemented below (hand-written T x T attention,
-  fp32, SGD + CosineAnnealingLR + clip 1.0, loss inside the model as the challenge computes it).
+- `ref`: the challenge's model and loop, re-implemented in challenge.py (hand-written T x T
+  attention, fp32, SGD + CosineAnnealingLR + clip 1.0, loss inside the model as the challenge
+  computes it).
 - `ours`: `trainer.model.GPT` built from sweeps/base.yaml (plus --precision/--compile/--set),
   stepped by `trainer.loop.train_step`: the very function the training loop calls per step,
   after `trainer.loop.keep_freed_memory()` as the loop calls it on a CPU (--default-malloc skips
@@ -40,13 +41,17 @@ Measurements:
 - val loss: `val_loss_tok` (nats per token) over the fixed slice; deterministic on a CPU.
 - compile/warm-up time: the warm-up steps' wall time, reported apart (it holds torch.compile's
   compilation when --compile is on).
+- MFU: the share of the CPU's peak FLOP/s a variant's steps reach: FLOPs per token counted from
+  the variant's own model (6 x the weights of its nn.Linear layers, the tied head included,
+  + 12 x layers x context x d_model for attention, PaLM's convention as in trainer_mfu.py) x
+  tokens/s, over the CPU's peak: a large fp32 matmul timed in every child right after its timed
+  steps (trainer_mfu.peak_flops), the median over all children.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import resource
 import statistics
 import subprocess
@@ -54,7 +59,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+
+from challenge import build_reference, challenge_step, load_challenge  # this folder
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "hacker_news.csv"
@@ -66,148 +73,20 @@ FULL = {"d_model": 512, "n_layer": 6, "n_head": 8, "context": 128, "batch": 64, 
 QUICK = {"d_model": 64, "n_layer": 2, "n_head": 4, "context": 64, "batch": 16, "vocab": 1000}
 
 
-# ------------------------------------------------------------------ the challenge's model
-
-
-def build_reference(shape: dict[str, int], vocab_size: int, dropout: float = 0.1):
-    """The challenge's GPT, as its train.py writes it (classes defined here so that importing
-    this file does not need torch until a child process runs)."""
-    import torch
-    import torch.nn as nn
-    import torch.nn.functional as F
-
-    d, H, T = shape["d_model"], shape["n_head"], shape["context"]
-
-    class CausalSelfAttention(nn.Module):
-        """One qkv Linear with bias; the full T x T scores by hand, tril-masked, softmax,
-        dropout, @ v."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.head_dim, self.n_head = d // H, H
-            self.qkv = nn.Linear(d, 3 * d)
-            self.proj = nn.Linear(d, d)
-            self.attn_drop = nn.Dropout(dropout)
-            self.resid_drop = nn.Dropout(dropout)
-            self.register_buffer("tril", torch.tril(torch.ones(T, T)))
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            B, T_, C = x.size()
-            qkv = self.qkv(x).view(B, T_, 3, self.n_head, self.head_dim).transpose(1, 3)
-            q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
-            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
-            att = att.masked_fill(self.tril[:T_, :T_] == 0, float("-inf"))
-            att = F.softmax(att, dim=-1)
-            att = self.attn_drop(att)
-            y = (att @ v).transpose(1, 2).contiguous().view(B, T_, C)
-            return self.resid_drop(self.proj(y))
-
-    class MLP(nn.Module):
-        """4x GELU feed-forward."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d),
-                                     nn.Dropout(dropout))
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.net(x)
-
-    class Block(nn.Module):
-        """Pre-norm block with its two LayerNorms."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
-            self.attn, self.mlp = CausalSelfAttention(), MLP()
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            x = x + self.attn(self.ln1(x))
-            return x + self.mlp(self.ln2(x))
-
-    class GPT(nn.Module):
-        """Token + learned position embedding, blocks, final LayerNorm, tied head."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.token_emb = nn.Embedding(vocab_size, d)
-            self.pos_emb = nn.Parameter(torch.zeros(1, T, d))
-            self.drop = nn.Dropout(dropout)
-            self.blocks = nn.ModuleList([Block() for _ in range(shape["n_layer"])])
-            self.ln_f = nn.LayerNorm(d)
-            self.head = nn.Linear(d, vocab_size, bias=False)
-            self.apply(self._init_weights)
-            self.head.weight = self.token_emb.weight
-
-        @staticmethod
-        def _init_weights(module: nn.Module) -> None:
-            if isinstance(module, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(module.weight, mean=0.0, std=0.02)
-                if isinstance(module, nn.Linear) and module.bias is not None:
-                    nn.init.zeros_(module.bias)
-
-        def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
-            x = self.drop(self.token_emb(idx) + self.pos_emb[:, : idx.size(1), :])
-            for block in self.blocks:
-                x = block(x)
-            logits = self.head(self.ln_f(x))
-            loss = None
-            if targets is not None:
-                loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
-            return logits, loss
-
-    return GPT()
-
-
-def load_challenge(path: Path):
-    """The challenge's own train.py as a module, for its GPT and GPTConfig. The imports a
-    training step does not use (the hub's `datasets`, the challenge's `utils`, its logging and
-    progress bar) are stubbed where they are not installed; its main() does not run."""
-    import importlib
-    import importlib.util
-    import types
-
-    for name in ("utils", "datasets", "structlog", "tqdm"):
-        try:
-            importlib.import_module(name)
-        except ImportError:
-            stub = types.ModuleType(name)
-            stub.__getattr__ = lambda attr: None  # `from datasets import load_dataset` works
-            sys.modules[name] = stub
-    spec = importlib.util.spec_from_file_location("challenge_train", path)
-    if spec is None or spec.loader is None:
-        sys.exit(f"--challenge: cannot load {path}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def challenge_step(model: Any, max_steps: int) -> Callable[[Any, Any], float]:
-    """The training step of the challenge's main() for `model` (its GPT, or ours built the
-    same): loss inside the model, zero_grad, backward, clip 1.0, SGD lr 6e-3, cosine over
-    `max_steps`. Returns step(x, y) -> the loss."""
-    import torch
-
-    opt = torch.optim.SGD(model.parameters(), lr=6e-3, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max_steps)
-
-    def step(x: Any, y: Any) -> float:
-        _, loss = model(x, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        return loss.item()
-    return step
-
-
 # ------------------------------------------------------------------ child processes
 
 
 def _peak_rss_mib() -> float:
     """This process's peak resident set size so far (Linux reports ru_maxrss in KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _flops_per_token(model: Any, shape: dict[str, int]) -> float:
+    """Training FLOPs per token of `model`, counted from its own layers (see the docstring)."""
+    import torch
+
+    linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    return 6 * linear + 12 * shape["n_layer"] * shape["context"] * shape["d_model"]
 
 
 def _load(shape: dict[str, int], cache_dir: Path):
@@ -241,6 +120,7 @@ def run_child(opts: dict[str, Any]) -> dict[str, Any]:
     from trainer.model import GPT
     from trainer.optim import lr_factor, make_optimizer
     from trainer.precision import cpu_features
+    from trainer_mfu import peak_flops  # this folder: the same peak measurement as trainer_mfu
 
     if opts["threads"]:
         torch.set_num_threads(opts["threads"])
@@ -313,6 +193,8 @@ def run_child(opts: dict[str, Any]) -> dict[str, Any]:
         losses.append(step(x, y))
         times.append(time.perf_counter() - t)
     info["peak_rss_mib"] = _peak_rss_mib()  # before eval: the training step's own peak
+    info["flops_per_token"] = _flops_per_token(model, shape)
+    info["peak_flops"], info["matmul"] = peak_flops("cpu", "fp32", opts["matmul"]), opts["matmul"]
     model.eval()
     metrics = evaluate(eval_model, val_ids, T, B, data.val_chars, data.val_bytes, "cpu", amp_eval)
     info.update(step_s=times, tokens_per_s=B * T * len(times) / sum(times),
@@ -376,6 +258,7 @@ def main() -> None:
                    help="more config overrides for ours")
     p.add_argument("--default-malloc", action="store_true",
                    help="ours: skip trainer.loop.keep_freed_memory (to measure what it gives)")
+    p.add_argument("--matmul", type=int, default=3072, help="size of the peak-FLOP/s matmul")
     p.add_argument("--eval-batches", type=int, default=4, help="val slice: this many eval batches")
     p.add_argument("--quick", action="store_true", help="tiny shape: a smoke check")
     p.add_argument("--cache-dir", type=Path, default=None, help="data cache (default: trainer's)")
@@ -405,7 +288,7 @@ def main() -> None:
         common = {"mode": "train", "shape": shape, "cache_dir": cache_dir, "steps": args.steps,
                   "warmup": args.warmup, "threads": args.threads, "precision": args.precision,
                   "compile": args.compile, "set": args.set, "eval_batches": args.eval_batches,
-                  "default_malloc": args.default_malloc,
+                  "default_malloc": args.default_malloc, "matmul": 256 if args.quick else args.matmul,
                   "challenge": str(args.challenge.resolve()) if args.challenge else None}
         baseline = spawn({**common, "variant": "baseline"})  # also builds the cache if cold
         variants = ["challenge"] * bool(args.challenge) + ["ref"] * (not args.no_ref) + ["ours"]
@@ -429,6 +312,9 @@ def report(shape: dict[str, int], args: argparse.Namespace, baseline: dict[str, 
     base = baseline["peak_rss_mib"]
     tps = {v: statistics.median(r["tokens_per_s"] for r in rs) for v, rs in runs.items()}
     mem = {v: statistics.median(r["peak_rss_mib"] for r in rs) - base for v, rs in runs.items()}
+    # One peak for all (the median over every child) so that MFU ratios equal tokens/s ratios.
+    peak = statistics.median(r["peak_flops"] for rs in runs.values() for r in rs)
+    mfu = {v: rs[0]["flops_per_token"] * tps[v] / peak for v, rs in runs.items()}
     print(f"\nshape d{shape['d_model']} L{shape['n_layer']} H{shape['n_head']} T{shape['context']} "
           f"B{shape['batch']} V{shape['vocab']}; {args.warmup} warm-up + {args.steps} timed steps; "
           f"median of {args.rounds} alternated rounds; threads {runs['ours'][0]['threads']}")
@@ -440,10 +326,13 @@ def report(shape: dict[str, int], args: argparse.Namespace, baseline: dict[str, 
           f"that imports torch + trainer and loads the ids ({base:.0f} MiB)")
     print("val loss: val_loss_tok (nats/token) on the first "
           f"{runs['ours'][0]['val_tokens'] + 1} validation ids after the same steps")
+    print(f"MFU: FLOPs per token ({runs['ours'][0]['flops_per_token'] / 1e6:.1f} M, counted from "
+          f"each model) x tokens/s over the fp32 peak timed in every child (median "
+          f"{peak / 1e9:.0f} GFLOP/s, a {runs['ours'][0]['matmul']}^3 matmul)")
     for v, rs in runs.items():
         r = rs[0]
-        print(f"  {v:9s} {tps[v]:9.0f} tok/s  peak +{mem[v]:6.0f} MiB  val_loss_tok "
-              f"{r['val_loss_tok']:.5f}  warm-up {r['warmup_s']:.1f} s  [{r['settings']}] "
+        print(f"  {v:9s} {tps[v]:9.0f} tok/s  MFU {mfu[v]:5.1%}  peak +{mem[v]:6.0f} MiB  "
+              f"val_loss_tok {r['val_loss_tok']:.5f}  warm-up {r['warmup_s']:.1f} s  [{r['settings']}] "
               f"[cpu: {cpu}]")
     ours = runs["ours"]
     for v in [v for v in runs if v != "ours"]:

@@ -421,7 +421,7 @@ def test_training_steps_equal_the_challenges_bit_for_bit() -> None:
     """Our GPT and train_step against the challenge's model and loop (the benchmark's faithful
     copy) at head size 64, as the baseline's: every step's loss the same float, dropout on."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from trainer_throughput import build_reference, challenge_step
+    from challenge import build_reference, challenge_step
 
     from trainer import loop
 
