@@ -1,5 +1,6 @@
 """One trial attempt: its run dir, what the run loop follows while it runs (Live), and how it
-ended (the verdict of its exit code, result.json and what the launcher saw; the metrics it left).
+ended (the verdict of its exit code, result.json and what the launcher saw; the metrics it left;
+record_end writes that down and queues a retry).
 """
 
 from __future__ import annotations
@@ -7,16 +8,19 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from orchestrator.contract import EventTail, Outcome, judge
+from orchestrator.contract import EXIT_BAD_INPUT, EventTail, Outcome, finite, judge
 from orchestrator.launch.command import TrialCommand
 from orchestrator.launch.protocol import Run
-from orchestrator.ledger import Trial
+from orchestrator.ledger import Ledger, Trial
+from orchestrator.ledger_rebuild import write_outcome
 from orchestrator.run.slots import Slot
-from orchestrator.states import TrialState
+from orchestrator.spec.plan import Plan
+from orchestrator.states import RETRYABLE, TrialState
 
 @dataclass
 class Live:
@@ -90,3 +94,29 @@ def metrics(result: dict[str, Any], tail: EventTail, names: list[str]
         last = tail.validations[-1]
         final = {k: last.get(k) for k in names}
     return final, best
+
+
+def record_end(plan: Plan, ledger: Ledger, live: Live, code: int, note: Callable[[str], None],
+               interrupted: bool) -> None:
+    """Record how the attempt ended (ledger and run dir), say so, and queue a retry when the
+    spec allows one: not for bad input (it fails again) nor while the sweep is stopping."""
+    run, ended = live.run, time.time()
+    out = outcome(run, code)
+    result = out.result or {}
+    names = plan.described.metric_names() or [plan.spec.metric.name]
+    final, best = metrics(result, live.tail, names)
+    config = result.get("config")
+    ledger.finish(live.trial.id, state=out.state, reason=out.reason, exit_code=code,
+                  ended_at=ended, final=final, best=best, program_wall=ended - run.started,
+                  config=config if isinstance(config, dict) else None, result=out.result)
+    write_outcome(run.run_dir, state=out.state, reason=out.reason, exit_code=code,
+                  started_at=run.started, ended_at=ended, program_wall=ended - run.started)
+    metric = finite((final or {}).get(plan.spec.metric.name))
+    shown = f" {plan.spec.metric.name}={metric:.4f}" if metric is not None else ""
+    note(f"trial {live.trial.number} {out.state}{shown}"
+         + (f" ({out.reason})" if out.reason else ""))
+    retries = plan.spec.resources.retries
+    if (out.state in RETRYABLE and code != EXIT_BAD_INPUT and not interrupted
+            and live.attempt <= retries):
+        ledger.requeue(live.trial.id, f"retry {live.attempt}/{retries} after: {out.reason}",
+                       refund_attempt=False)

@@ -4,7 +4,7 @@ One thread, one loop: reap ended trials, tail their events, ask hyperband what t
 timeouts (stopping.py), launch into free slots (new trials from suggest.py), draw progress, then
 sleep until a trial exits (pidfd) or a short tick passes. Signals only set a flag the loop reads,
 so every ledger write happens in the loop, in order, and an interrupted sweep leaves a
-consistent ledger. One attempt's run dir and verdict are attempt.py's.
+consistent ledger. One attempt's run dir, verdict and record are attempt.py's.
 """
 
 from __future__ import annotations
@@ -17,16 +17,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from orchestrator.contract import EXIT_BAD_INPUT, EventTail, finite
+from orchestrator.contract import EventTail, finite
 from orchestrator.launch.command import TrialCommand, written
 from orchestrator.launch.dataprep import data_settings, prepare_on_host
 from orchestrator.launch.choice import make_launcher
 from orchestrator.launch.protocol import Adopter, DataPreparer, Launch, Launcher
 from orchestrator.ledger import Ledger, Trial
 from orchestrator.ledger_file import LedgerError, storage_fault
-from orchestrator.ledger_rebuild import write_outcome, write_sweep
+from orchestrator.ledger_rebuild import write_sweep
 from orchestrator.optuna_search import make_engine
-from orchestrator.run.attempt import (Live, attempt_dir, host_env, metrics, outcome, set_aside,
+from orchestrator.run.attempt import (Live, attempt_dir, host_env, record_end, set_aside,
                                       write_trial_json)
 from orchestrator.run.estimate import points_to_run, reused_count
 from orchestrator.run.progress import Progress
@@ -36,7 +36,7 @@ from orchestrator.run.stopping import Stopper
 from orchestrator.run.suggest import suggest
 from orchestrator.search import Engine
 from orchestrator.spec.plan import Plan
-from orchestrator.states import INTERRUPTED, RETRYABLE, SweepState, TrialState
+from orchestrator.states import INTERRUPTED, SweepState, TrialState
 
 TICK = 0.25  # seconds between looks at events.jsonl while trials run
 EARLY_STOP = "early-terminated by hyperband"
@@ -349,7 +349,8 @@ class RunLoop:
                 self.progress.validation(live.trial, event.get("step"), live.tail.max_steps,
                                          finite(event.get(spec.metric.name)), trials)
             if code is not None:
-                self._finish(live, code)
+                record_end(self.plan, self.ledger, live, code, self.progress.note,
+                           interrupted=self._signal is not None)
                 del self._live[trial_id]
         return fresh
 
@@ -362,30 +363,6 @@ class RunLoop:
         if live.device != live.slot.device and live.slot.device != "slurm":
             self.progress.note(f"trial {live.trial.number} runs on {live.device}, not on its "
                                f"slot's {live.slot.device} (its program says so)")
-
-    def _finish(self, live: Live, code: int) -> None:
-        run, ended = live.run, time.time()
-        out = outcome(run, code)
-        result = out.result or {}
-        names = self.plan.described.metric_names() or [self.plan.spec.metric.name]
-        final, best = metrics(result, live.tail, names)
-        self.ledger.finish(live.trial.id, state=out.state, reason=out.reason, exit_code=code,
-                           ended_at=ended, final=final, best=best,
-                           program_wall=ended - run.started,
-                           config=result.get("config") if isinstance(result.get("config"),
-                                                                     dict) else None,
-                           result=out.result)
-        write_outcome(run.run_dir, state=out.state, reason=out.reason, exit_code=code,
-                      started_at=run.started, ended_at=ended, program_wall=ended - run.started)
-        metric = finite((final or {}).get(self.plan.spec.metric.name))
-        shown = f" {self.plan.spec.metric.name}={metric:.4f}" if metric is not None else ""
-        self.progress.note(f"trial {live.trial.number} {out.state}{shown}"
-                           + (f" ({out.reason})" if out.reason else ""))
-        retries = self.plan.spec.resources.retries
-        if (out.state in RETRYABLE and code != EXIT_BAD_INPUT and self._signal is None
-                and live.attempt <= retries):
-            self.ledger.requeue(live.trial.id, f"retry {live.attempt}/{retries} after: "
-                                f"{out.reason}", refund_attempt=False)
 
     def _early_stop(self, stopper: Stopper, engine: Engine) -> None:
         if not self.plan.spec.early_terminate:
