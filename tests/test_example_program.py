@@ -91,6 +91,34 @@ def test_the_example_declares_its_own_keys() -> None:
     assert not said["prepare"] and said["tracking"] is None
 
 
+@pytest.mark.parametrize("given, expected", [
+    (None, ("val_logloss", "minimize")),  # the program's first metric, its goal
+    ({"name": "val_accuracy"}, ("val_accuracy", "maximize")),  # the declared goal
+    ({"goal": "maximize"}, ("val_logloss", "maximize")),  # the spec's goal wins
+])
+def test_a_spec_without_a_metric_takes_the_programs_own(
+        orch_home: Path, tmp_path: Path, hn_rows: Path, monkeypatch: pytest.MonkeyPatch,
+        given: dict[str, str] | None, expected: tuple[str, str]) -> None:
+    """A spec that leaves `metric` (or a part of it) out optimizes what the program declares,
+    not the trainer's val_loss, which this program does not report."""
+    from orchestrator.spec.plan import build_plan
+
+    path = _spec(tmp_path, "metric", {"type": "local"})
+    spec = yaml.safe_load(path.read_text())
+    if given is None:
+        del spec["metric"]
+    else:
+        spec["metric"] = given
+    path.write_text(yaml.safe_dump(spec))
+    monkeypatch.chdir(REPO)  # where `program` is
+    plan = build_plan(path, data=hn_rows)
+    try:
+        assert (plan.spec.metric.name, plan.spec.metric.goal) == expected
+        assert plan.search["metric"] == {"name": expected[0], "goal": expected[1]}
+    finally:
+        plan.close()
+
+
 def test_the_example_swept_locally(orch_home: Path, tmp_path: Path, hn_rows: Path) -> None:
     report = _sweep_and_table(orch_home, _spec(tmp_path, "ex-local", {"type": "local"}),
                               hn_rows, "ex-local")

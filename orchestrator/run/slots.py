@@ -6,7 +6,7 @@ import os
 import subprocess
 from dataclasses import dataclass
 
-from orchestrator.spec.model import Resources, SweepSpec
+from orchestrator.spec.model import Resources, SpecDoc, SweepSpec
 
 
 @dataclass
@@ -28,6 +28,31 @@ def detect_gpus() -> list[int]:
     if out.returncode != 0:
         return []
     return [int(x) for x in out.stdout.split() if x.strip().isdigit()]
+
+
+def missing_gpus(spec: SweepSpec, doc: SpecDoc) -> tuple[list[str], list[str]]:
+    """(problems, notes) of the GPUs a local sweep lists: each must be one nvidia-smi lists, or
+    the trials would say cuda:N while running on the CPU. (Docker checks its engine's GPUs.)"""
+    res = spec.resources
+    if spec.launcher.type != "local" or not isinstance(res.gpus, list) or not res.gpus:
+        return [], []
+    found = detect_gpus()
+    missing = [g for g in res.gpus if g not in found]
+    if not missing:
+        return [], []
+    seen = f"nvidia-smi lists {', '.join(map(str, found))}" if found else \
+        "nvidia-smi finds no usable GPU here"
+    listed = ", ".join(map(str, missing))
+    if res.cpu_fallback:
+        left = [g for g in res.gpus if g in found]
+        where = (f"GPU(s) {', '.join(map(str, left))}" if left
+                 else f"the CPU ({res.cpu_slots} slot(s))")
+        return [], [f"resources.gpus: GPU(s) {listed} not usable ({seen}); "
+                    f"resources.cpu_fallback is true, so the trials run on {where}"]
+    return [doc.error(("resources", "gpus"), f"GPU(s) {listed} asked for, but {seen}; list "
+                      "only GPUs this machine has, set `resources.gpus: null` to run on the "
+                      "CPU, or `resources.cpu_fallback: true` to use the CPU when the listed "
+                      "GPUs are missing")], []
 
 
 def make_slots(res: Resources, gpus_found: list[int] | None = None) -> list[Slot]:

@@ -40,8 +40,12 @@ class Metric(BaseModel):
     """The metric the search optimizes (W&B's `metric`)."""
 
     model_config = ConfigDict(extra="allow")  # W&B's target/impute keys pass through
-    name: str = Field("val_loss", description="val_loss, val_loss_tok, val_bpb or val_coverage.")
-    goal: Literal["minimize", "maximize"] = "minimize"
+    name: str = Field("val_loss", description=(
+        "A metric the program reports (`PROGRAM describe`); default: the first it declares "
+        "(the trainer's: val_loss)."))
+    goal: Literal["minimize", "maximize"] = Field("minimize", description=(
+        "Default: the goal the program declares for the metric named (`PROGRAM describe`), "
+        "else minimize."))
 
 
 class Resources(_Strict):

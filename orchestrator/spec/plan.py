@@ -15,7 +15,7 @@ pipeline stops only where the next stage needs what failed.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -25,7 +25,7 @@ from orchestrator.contract import (ContractError, Description, Validator, descri
                                    program_argv)
 from orchestrator.launch.docker.container import api_key
 from orchestrator.optuna_search import spec_problems, wandb_view
-from orchestrator.run.slots import detect_gpus
+from orchestrator.run.slots import missing_gpus
 from orchestrator.search import param_names, varied
 from orchestrator.spec.model import SpecDoc, SpecError, SweepSpec, load_spec, read_spec, read_yaml
 from orchestrator.spec.overrides import flatten, parse_set
@@ -76,6 +76,7 @@ def build_plan(spec_path: Path, sets: list[str] = (), data: Path | None = None,
             validator.start()                     # says so, as one problem of `program`
     try:
         described = describe_program(loaded)
+        loaded = default_metric(loaded, described.described)
         alone = check_spec(loaded, described.described, max_trials)
         if described.problems:  # no declared keys to check the settings with
             raise SpecError([*alone.problems, *described.problems])
@@ -164,6 +165,22 @@ def describe_program(loaded: Loaded) -> Described:
                          problems=[loaded.doc.error(("program",), str(err))])
 
 
+def default_metric(loaded: Loaded, described: Description) -> Loaded:
+    """The spec with its metric filled in from the program's declarations where it leaves it
+    out: the name, the program's first metric; the goal, the declared goal of the metric named
+    (so `metric: {name: val_accuracy}` maximizes). A program that declares no metrics keeps the
+    model's defaults (val_loss, minimize)."""
+    given = loaded.doc.data.get("metric")
+    given = given if isinstance(given, dict) else {}
+    if not described.metrics or ("name" in given and "goal" in given):
+        return loaded
+    name = loaded.spec.metric.name if "name" in given else described.metrics[0].name
+    declared = {m.name: m.goal for m in described.metrics}
+    goal = loaded.spec.metric.goal if "goal" in given else declared.get(name, "minimize")
+    metric = loaded.spec.metric.model_copy(update={"name": name, "goal": goal})
+    return replace(loaded, spec=loaded.spec.model_copy(update={"metric": metric}))
+
+
 # -- the spec alone and the machine ---------------------------------------------------------------
 
 
@@ -194,38 +211,13 @@ def check_spec(loaded: Loaded, described: Description, max_trials: int | None) -
     if not loaded.base.is_file():
         problems.append(doc.error(("base",), f"trainer config {loaded.base} does not exist; "
                                   "`base` is relative to the spec file"))
-    gpu_problems, notes = _gpu_check(spec, doc)
+    gpu_problems, notes = missing_gpus(spec, doc)
     if spec.method == "bayes" and "metric" not in doc.data:
         notes.append(f"{doc.path}: a bayes search without `metric` optimizes "
-                     f"{spec.metric.name} ({spec.metric.goal}), the default; set "
-                     "`metric: {name: ..., goal: ...}` to choose")
+                     f"{spec.metric.name} ({spec.metric.goal}), the program's first metric; "
+                     "set `metric: {name: ..., goal: ...}` to choose")
     return SpecCheck(problems=problems + gpu_problems, notes=notes,
                        wandb_parameters=[p for p in wandb if p[0][:1] == ("parameters",)])
-
-
-def _gpu_check(spec: SweepSpec, doc: SpecDoc) -> tuple[list[str], list[str]]:
-    """(problems, notes) of the GPUs a local sweep lists: each must be one nvidia-smi lists, or
-    the trials would say cuda:N while running on the CPU. (Docker checks its engine's GPUs.)"""
-    res = spec.resources
-    if spec.launcher.type != "local" or not isinstance(res.gpus, list) or not res.gpus:
-        return [], []
-    found = detect_gpus()
-    missing = [g for g in res.gpus if g not in found]
-    if not missing:
-        return [], []
-    seen = f"nvidia-smi lists {', '.join(map(str, found))}" if found else \
-        "nvidia-smi finds no usable GPU here"
-    listed = ", ".join(map(str, missing))
-    if res.cpu_fallback:
-        left = [g for g in res.gpus if g in found]
-        where = (f"GPU(s) {', '.join(map(str, left))}" if left
-                 else f"the CPU ({res.cpu_slots} slot(s))")
-        return [], [f"resources.gpus: GPU(s) {listed} not usable ({seen}); "
-                    f"resources.cpu_fallback is true, so the trials run on {where}"]
-    return [doc.error(("resources", "gpus"), f"GPU(s) {listed} asked for, but {seen}; list "
-                      "only GPUs this machine has, set `resources.gpus: null` to run on the "
-                      "CPU, or `resources.cpu_fallback: true` to use the CPU when the listed "
-                      "GPUs are missing")], []
 
 
 # -- the program's schema and the settings --------------------------------------------------------
