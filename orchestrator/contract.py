@@ -62,7 +62,11 @@ def program_argv(program: str | list[str]) -> list[str]:
     `orch` is often run from a venv that is not activated, where a bare `python` on PATH would
     be another interpreter without the trainer installed.
     """
-    argv = shlex.split(program) if isinstance(program, str) else list(program)
+    try:
+        argv = shlex.split(program) if isinstance(program, str) else list(program)
+    except ValueError as err:  # an unbalanced quote; the spec's model says so first
+        raise ContractError(f"program {program!r} cannot be read as a command line: {err}") \
+            from None
     if argv and argv[0] in ("python", "python3"):
         argv[0] = sys.executable
     return argv

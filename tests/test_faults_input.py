@@ -256,3 +256,55 @@ def test_a_program_that_does_not_exist_is_one_paragraph(orch_home: Path, tmp_pat
         assert proc.returncode == 2, proc.stderr
         assert "Traceback" not in proc.stderr + proc.stdout
         assert "`program`" in proc.stderr and "no-such-program" in proc.stderr
+
+
+@pytest.mark.parametrize("fields, names", [
+    ({"name": "x" * 300}, ["`name`", "at most 100 characters"]),  # a run dir cannot be that long
+    ({"program": 'python "unterminated'}, ["`program`", "No closing quotation"]),
+    ({"program": "   "}, ["`program`", "is empty"]),
+    ({"program": []}, ["`program`", "is empty"]),
+])
+def test_names_and_programs_that_cannot_run_are_refused(orch_home: Path, tmp_path: Path,
+                                                        fields: dict[str, Any],
+                                                        names: list[str]) -> None:
+    """Refused by validate and by sweep, before anything runs (they crashed with a traceback
+    mid-sweep or while validating)."""
+    spec = write_spec(tmp_path / "s.yaml", **fields)
+    for command in (["validate", str(spec)], ["sweep", str(spec)]):
+        _refused(run_orch(command, orch_env(orch_home)), orch_home, str(spec), *names)
+
+
+@pytest.mark.parametrize("where", ["set", "overrides"])
+def test_a_setting_of_a_swept_key_is_refused(orch_home: Path, tmp_path: Path,
+                                             where: str) -> None:
+    """`--set` or `overrides` on a key the parameters vary would be silently replaced by the
+    parameter's values in every trial."""
+    spec = write_spec(tmp_path / "s.yaml", parameters={"optim.lr": {"values": [0.1, 0.2]}},
+                      **({"overrides": {"optim": {"lr": 0.5}}} if where == "overrides" else {}))
+    sets = ["--set", "optim.lr=0.5"] if where == "set" else []
+    proc = run_orch(["sweep", str(spec), *sets], orch_env(orch_home))
+    _refused(proc, orch_home, "optim.lr is also a parameter", "`parameters.optim.lr`",
+             "--set optim.lr=0.5" if where == "set" else "`overrides.optim.lr`")
+
+
+def test_unknown_backend_and_unwritable_out_paths_are_refused(orch_home: Path,
+                                                              tmp_path: Path) -> None:
+    """A typo of `wandb` ran locally; --out at a folder or a file where a folder goes ended in
+    a traceback. Each is exit 2 with one line."""
+    spec = write_spec(tmp_path / "s.yaml", name="outs")
+    env = orch_env(orch_home)
+    proc = run_orch(["sweep", str(spec), "--backend", "wandbb"], env)
+    assert proc.returncode == 2 and "'wandbb' is not one of" in proc.stderr.replace("\n", " ")
+    assert starts(orch_home) == []
+    assert run_orch(["sweep", str(spec)], env).returncode == 0
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    for command in (["results", "outs", "--out", str(tmp_path)],
+                    ["results", "outs", "--out", str(tmp_path / "no" / "t.csv")],
+                    ["best", "outs", "--out", str(tmp_path)],
+                    ["report", "outs", "--out", str(tmp_path)],
+                    ["plot", "outs", "--out", str(a_file)],
+                    ["results", "outs", "--backend", "wandbb"]):
+        proc = run_orch(command, env)
+        assert proc.returncode == 2, (command, proc.stderr)
+        assert "Traceback" not in proc.stderr, command

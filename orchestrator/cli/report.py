@@ -13,7 +13,7 @@ from typing import Optional
 import typer
 import yaml
 
-from orchestrator.cli.terminal import err, fail, say
+from orchestrator.cli.terminal import err, fail, say, write_out
 from orchestrator.ledger import Ledger, orch_home
 from orchestrator.report import results as results_mod
 from orchestrator.report.results import Report, ResultsError
@@ -46,11 +46,7 @@ def report(names: list[str] = typer.Argument(..., help="Sweep name(s)."),
     except ResultsError as e:
         fail(str(e))
         raise typer.Exit(2) from None
-    try:
-        out_file.write_text(page, encoding="utf-8")
-    except OSError as e:
-        fail(f"cannot write {out_file}: {e.strerror or e}")
-        raise typer.Exit(1) from None
+    write_out(out_file, page)
     say(f"wrote {out_file} ({out_file.stat().st_size / 1e6:.1f} MB)")
 
 
@@ -84,14 +80,14 @@ def best(name: str = typer.Argument(..., help="Sweep name."),
         except ResultsError as e:
             fail(str(e))
             raise typer.Exit(2) from None
-        _write(config_file, text)
-        _write(spec_file, yaml.safe_dump(spec, sort_keys=False))
+        write_out(config_file, text)
+        write_out(spec_file, yaml.safe_dump(spec, sort_keys=False))
         checked = config_file
     elif out_file is None:
         typer.echo(text, nl=False)
         return
     else:
-        _write(out_file, text)
+        write_out(out_file, text)
         checked = out_file
     problem = best_mod.check(best_mod.program_of(ledger, name), checked.resolve(),
                              win.trial.config_hash)
@@ -102,14 +98,6 @@ def best(name: str = typer.Argument(..., help="Sweep name."),
         f"{win.trial.config_hash} checked with the program")
     for path in ([spec_file, config_file] if as_spec else [checked]):
         say(f"wrote {path}")
-
-
-def _write(path: Path, text: str) -> None:
-    try:
-        path.write_text(text, encoding="utf-8")
-    except OSError as e:
-        fail(f"cannot write {path}: {e.strerror or e}")
-        raise typer.Exit(1) from None
 
 
 def print_importance(ledger: Ledger, names: list[str], report: Report) -> None:

@@ -13,13 +13,14 @@ from rich.table import Table
 
 from orchestrator.cli import report as cli_report
 from orchestrator.cli import wandb as cli_wandb
-from orchestrator.cli.terminal import err, out, show
+from orchestrator.cli.terminal import err, fail, out, show, write_out
 from orchestrator.ledger import Ledger, orch_home
 from orchestrator.report import compare as compare_mod
 from orchestrator.report import gates
 from orchestrator.report import results as results_mod
 from orchestrator.report import status as status_mod
 from orchestrator.report import tables
+from orchestrator.spec.model import Backend
 
 def ls() -> None:
     """The sweeps in the ledger, with their state and trial counts."""
@@ -82,7 +83,7 @@ def results(
     max_regression: Optional[float] = typer.Option(
         None, "--max-regression", metavar="PCT", help="With --compare: exit 1 when the best "
         "metric is more than PCT % worse than OTHER_SWEEP's best."),
-    backend: Optional[str] = typer.Option(
+    backend: Optional[Backend] = typer.Option(
         None, "--backend", help="`wandb`: first read each SWEEP (ENTITY/PROJECT/SWEEP_ID or a "
         "ledger name) from the W&B API into the ledger."),
     importance: bool = typer.Option(False, "--importance", help="Also print each parameter's "
@@ -117,7 +118,7 @@ def results(
         gates.regression(comp, max_regression)
         if comp is not None and max_regression is not None else None) if m]
     if out_file is not None:
-        out_file.write_text(tables.render(grid, form), encoding="utf-8")
+        write_out(out_file, tables.render(grid, form))
         err.print(f"wrote {out_file}", highlight=False)
     elif form == "table":
         show(tables.rich_table(grid))
@@ -145,7 +146,14 @@ def plot(name: str = typer.Argument(..., help="Sweep name."),
 
     ledger = Ledger(orch_home(), readonly=True)
     known_sweep(ledger, name)
-    for path in plots.plot_sweep(ledger, name, out_dir or ledger.home / "runs" / name / "plots"):
+    folder = out_dir or ledger.home / "runs" / name / "plots"
+    try:
+        paths = plots.plot_sweep(ledger, name, folder)
+    except OSError as e:
+        fail(f"--out {folder}: cannot write the plots there ({e.strerror or e}); give a "
+             "folder, new or existing")
+        raise typer.Exit(2) from None
+    for path in paths:
         out.print(str(path), highlight=False)
 
 

@@ -22,7 +22,7 @@ from orchestrator.run.reuse import reuse_lookup
 from orchestrator.run.loop import RunLoop, SweepBusy
 from orchestrator.run.progress import Progress, stage_line
 from orchestrator.run.slots import Slot, sweep_slots
-from orchestrator.spec.model import SpecError, SweepSpec
+from orchestrator.spec.model import Backend, SpecError, SweepSpec
 from orchestrator.spec.plan import Plan, build_plan
 from orchestrator.spec.rejections import skipped
 from orchestrator.states import SweepState
@@ -65,7 +65,7 @@ def sweep(spec: Path = typer.Argument(..., help="Sweep spec YAML."),
           max_trials: Optional[int] = typer.Option(None, "--max-trials", min=1,
                                                    help="Start at most N trials this time."),
           data: Optional[Path] = DataOpt, set_: Optional[list[str]] = SetOpt,
-          backend: Optional[str] = BackendOpt,
+          backend: Optional[Backend] = BackendOpt,
           name: Optional[str] = typer.Option(
               None, "--name", help="Sweep name instead of the spec's `name`: a new sweep from "
               "the same file (e.g. one per nightly run), or that sweep resumed."),

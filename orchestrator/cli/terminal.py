@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 import sys
-
+from pathlib import Path
 from typing import Callable
+
+import typer
 
 from rich.console import Console
 from rich.markup import escape
@@ -45,6 +47,17 @@ def say(message: str) -> None:
 def fail(message: str) -> None:
     """An error line, verbatim, on stderr."""
     err.print(f"error: {message}", highlight=False, markup=False, soft_wrap=True)
+
+
+def write_out(path: Path, text: str) -> None:
+    """Write an --out file; a path that cannot be written (a folder, a missing folder, no
+    permission) is bad input: one line and exit 2, no traceback."""
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as e:
+        fail(f"--out {path}: cannot write it ({e.strerror or e}); give a file path in an "
+             "existing folder")
+        raise typer.Exit(2) from None
 
 
 def spec_errors(e: SpecError) -> None:

@@ -9,6 +9,7 @@ what is allowed; `SpecError` carries them all at once so one edit can fix them a
 from __future__ import annotations
 
 import re
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -195,22 +196,26 @@ class WandbSettings(_Strict):
     entity: str | None = None
 
 
+Backend = Literal["local", "wandb"]  # where the search runs; also the CLI's --backend choices
+
+
 class Tracking(_Strict):
     """Where the search runs (`local`: the embedded engine) and the trials' W&B logging."""
 
-    backend: Literal["local", "wandb"] = Field(
+    backend: Backend = Field(
         "local", description="`local`: the embedded engine runs the search; `wandb`: a W&B "
         "cloud sweep does, served by `orch agent` on one or more workstations.")
     wandb: WandbSettings | None = None
 
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"  # also a run-directory and container-name part
+NAME_MAX = 100  # a file-name part (255 bytes at most) with room for what is added to it
 
 
 class SweepSpec(_Strict):
     """One sweep."""
 
-    name: str = Field(pattern=NAME_PATTERN,
+    name: str = Field(pattern=NAME_PATTERN, max_length=NAME_MAX,
                       description="Sweep name: the ledger key, so running it again resumes.")
     description: str | None = Field(None, description="Free text, shown by `orch ls`.")
     base: str = Field(description="Trainer config YAML, relative to this spec file.")
@@ -244,6 +249,19 @@ class SweepSpec(_Strict):
     resources: Resources = Field(default_factory=Resources)
     launcher: LauncherSettings = Field(default_factory=LauncherSettings)
     tracking: Tracking = Field(default_factory=Tracking)
+
+    @field_validator("program")
+    @classmethod
+    def _a_command(cls, v: str | list[str]) -> str | list[str]:
+        try:
+            argv = shlex.split(v) if isinstance(v, str) else v
+        except ValueError as err:  # e.g. an unbalanced quote
+            raise ValueError(f"cannot be read as a command line ({err}); quote as a shell "
+                             "would, or give the command as a list") from None
+        if not argv or not str(argv[0]).strip():
+            raise ValueError("is empty: give the command that runs one trial, e.g. "
+                             "`python -m trainer`")
+        return v
 
     def search_config(self) -> dict[str, Any]:
         """The W&B sweep config: what `sweeps.next_runs` and `stop_runs` read."""
@@ -368,7 +386,8 @@ def _pydantic_items(err: ValidationError) -> list[tuple[tuple[Any, ...], str]]:
         elif e["type"] == "missing":
             msg = "required field is missing"
         elif "input" in e and not isinstance(e["input"], dict):
-            msg += f" (got {e['input']!r})"
+            got = repr(e["input"])
+            msg += f" (got {got if len(got) <= 80 else got[:60] + '…'})"
         out.append((loc, msg))
     return out
 
@@ -389,9 +408,10 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
 def load_spec(path: Path, name: str | None = None) -> tuple[SweepSpec, SpecDoc]:
     """Read and model-check a spec, under `name` instead of its own when given (`--name`);
     raise SpecError with every problem found."""
-    if name is not None and not re.match(NAME_PATTERN, name):
+    if name is not None and (not re.match(NAME_PATTERN, name) or len(name) > NAME_MAX):
         raise SpecError([f"--name {name!r}: a sweep name is letters, digits, '.', '_' and '-', "
-                         f"starting with a letter or digit; {path} was not run"])
+                         f"starting with a letter or digit, at most {NAME_MAX} characters; "
+                         f"{path} was not run"])
     doc = read_spec(path)
     if name is not None and isinstance(doc.data, dict):
         doc.data["name"] = name

@@ -300,7 +300,25 @@ def resolve_settings(loaded: Loaded, described: Description, sets: list[str],
                         "the program's own key")
     elif data is not None:
         values[described.data_files[0]] = Setting(str(data.resolve()), f"--data {data}")
+    problems += _swept_settings(loaded, values)
     return Settings(values=values, problems=problems, notes=notes)
+
+
+def _swept_settings(loaded: Loaded, values: dict[str, Setting]) -> list[str]:
+    """A fixed setting of a key the sweep's parameters also set would be silently replaced
+    by the parameter's values in every trial: say so instead."""
+    swept = {name: loc for name, _, loc in param_names(loaded.spec.parameters)}
+    problems = []
+    for key, setting in values.items():
+        hit = next((n for n in swept if key == n or key.startswith(n + ".")
+                    or n.startswith(key + ".")), None)
+        if hit is not None:
+            where = f"{loaded.doc.where(swept[hit])}, `{'.'.join(map(str, swept[hit]))}`"
+            problems.append(setting.problem(loaded.doc, (
+                f"{key} is also a parameter of this sweep ({where}), and every trial takes "
+                "the parameter's values, so this setting would be ignored; set it in one "
+                "place (change the parameter's values, or drop this setting)")))
+    return problems
 
 
 def check_names(loaded: Loaded, schema: Schema, settings: Settings,
