@@ -230,8 +230,11 @@ def test_name_option_runs_one_spec_as_a_new_sweep(orch_home: Path, tmp_path: Pat
 
 
 def test_ctrl_c_under_name_says_how_to_resume_that_sweep(orch_home: Path, tmp_path: Path) -> None:
+    """The hint repeats the name and the settings (--set, --data): without them a resume
+    would train other configurations."""
     spec = write_spec(tmp_path / "s.yaml", parameters={"train.seed": {"values": [1, 2]}})
-    proc = start_orch(["sweep", str(spec), "--name", "t-gh3"], orch_env(orch_home, SLOW))
+    proc = start_orch(["sweep", str(spec), "--name", "t-gh3", "--set", "optim.lr=0.05"],
+                      orch_env(orch_home, SLOW))
     try:
         wait_for(lambda: "running" in _states(orch_home, "t-gh3").values(), what="a running trial")
         proc.send_signal(signal.SIGINT)
@@ -241,4 +244,8 @@ def test_ctrl_c_under_name_says_how_to_resume_that_sweep(orch_home: Path, tmp_pa
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert f"`orch sweep {spec} --name t-gh3` resumes it" in " ".join(out.split())
+    hint = f"orch sweep {spec} --name t-gh3 --set optim.lr=0.05"
+    assert f"`{hint}` resumes it" in " ".join(out.split())
+    again = run_orch(hint.split()[1:], orch_env(orch_home))
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert _states(orch_home, "t-gh3") == {1: "finished", 2: "finished"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import time
 from pathlib import Path
 from typing import Optional
@@ -118,7 +119,11 @@ def sweep(spec: Path = typer.Argument(..., help="Sweep spec YAML."),
         report = results_mod.load(ledger, [plan.spec.name], per_trial=True)
         show(tables.rich_table(tables.report_grid(
             report, title=f"sweep {plan.spec.name} ({time.time() - started:.0f} s this run)")))
-        again = f"orch sweep {spec}" + (f" --name {name}" if name else "")
+        # The same settings again (a resume without --data would read another data source).
+        again = shlex.join(["orch", "sweep", str(spec), *(["--name", name] if name else []),
+                            *(["--data", str(data)] if data else []),
+                            *(a for s in set_ or [] for a in ("--set", s)),
+                            *(["--backend", backend] if backend else [])])
         ended = (ledger.sweep(plan.spec.name) or {}).get("state")
         if code in (130, 143) and ended == SweepState.DETACHED:
             out.print(f"detached: its Slurm jobs run on; `{again}` adopts them, "
