@@ -18,7 +18,7 @@ import pytest
 import yaml
 from docker_fixtures import (base_image, deps_image, docker_client, shared_cache,  # noqa: F401
                              trainer_image)
-from orch_helpers import BASE_TINY, message_lines, orch_env, run_orch, starts, write_spec
+from orch_helpers import BASE_TINY, FAKE, message_lines, orch_env, run_orch, starts, write_spec
 from slurm_fixtures import cluster  # noqa: F401
 
 from orchestrator.launch.dataprep import data_settings
@@ -308,3 +308,28 @@ def test_unknown_backend_and_unwritable_out_paths_are_refused(orch_home: Path,
         proc = run_orch(command, env)
         assert proc.returncode == 2, (command, proc.stderr)
         assert "Traceback" not in proc.stderr, command
+
+
+@pytest.mark.parametrize("parameters, says", [
+    ("  optim.lr: {values: [0.1]}\n  optim.lr: {values: [0.2, 0.3]}\n",
+     "key 'optim.lr' appears twice in one mapping (first on line"),
+    ("  optim.lr: {values: [0.1]}\n  optim:\n    parameters:\n      lr: {values: [0.2, 0.3]}\n",
+     "optim.lr is set twice in `parameters`"),
+])
+def test_a_parameter_written_twice_is_refused(orch_home: Path, tmp_path: Path, parameters: str,
+                                              says: str) -> None:
+    """PyYAML keeps the last of two equal keys, and a dotted and a nested parameter of one key
+    collapse into one: either way values were dropped without a word."""
+    spec = tmp_path / "twice.yaml"
+    spec.write_text(f"name: twice\nbase: {BASE_TINY}\nprogram: {sys.executable} {FAKE}\n"
+                    f"method: grid\nparameters:\n{parameters}resources: {{gpus: null}}\n")
+    _refused(run_orch(["sweep", str(spec)], orch_env(orch_home)), orch_home, str(spec), says)
+
+
+def test_the_trainer_refuses_a_config_key_written_twice(tmp_path: Path) -> None:
+    config = tmp_path / "twice.yaml"
+    config.write_text("train:\n  batch_size: 4\n  batch_size: 8\n")
+    proc = subprocess.run([sys.executable, "-m", "trainer", "validate", "--config", str(config)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "key 'batch_size' appears twice in one mapping (first on line 2)" in proc.stderr

@@ -15,7 +15,7 @@ from orch_helpers import orch_env, run_orch, write_spec
 from orchestrator.ledger import Ledger
 from orchestrator.run.loop import RunLoop
 from orchestrator.run.progress import Progress
-from orchestrator.spec.model import SpecError
+from orchestrator.spec.document import SpecError
 from orchestrator.spec.plan import build_plan
 from orchestrator.spec.points import SAMPLE
 from orchestrator.spec.rejections import WIDTH, group

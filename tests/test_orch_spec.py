@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from orch_helpers import orch_env, run_orch, write_spec
 
-from orchestrator.spec.model import SpecError, parse_duration
+from orchestrator.spec.document import SpecError
+from orchestrator.spec.model import parse_duration
 from orchestrator.spec.overrides import parse_set, split_assignment
 from orchestrator.spec.plan import build_plan
 

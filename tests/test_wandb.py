@@ -24,7 +24,7 @@ from orchestrator.report import results as results_mod
 from orchestrator.wandb import backend as wandb_backend
 from orchestrator.ledger import Ledger
 from orchestrator.spec.plan import build_plan
-from orchestrator.spec.model import SpecError
+from orchestrator.spec.document import SpecError
 from orchestrator.wandb.cloud import CloudError, RemoteSweep, SweepRef
 from orchestrator.wandb.sweep_config import sweep_config
 

@@ -252,8 +252,21 @@ class ConfigError(Exception):
 
 
 class YamlLoader(yaml.SafeLoader):
-    """PyYAML's SafeLoader, except that `1e-3` and `1.0e6` read as floats (YAML 1.2), not as
-    the strings YAML 1.1 makes of them."""
+    """PyYAML's SafeLoader, except that a key twice in one mapping is an error and that
+    `1e-3` and `1.0e6` read as floats (YAML 1.2), not as the strings YAML 1.1 makes of them."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        # YAML forbids a key twice in one mapping; PyYAML would keep the last one silently.
+        first: dict[str, int] = {}
+        for key, _ in node.value:
+            if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                if key.value in first:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key.value!r} appears twice in one mapping (first on "
+                        f"line {first[key.value]}); YAML keeps only one, so remove the other",
+                        key.start_mark)
+                first[key.value] = key.start_mark.line + 1
+        return super().construct_mapping(node, deep)
 
 
 YamlLoader.add_implicit_resolver(  # copies SafeLoader's table first: SafeLoader is unchanged

@@ -23,7 +23,8 @@ from orchestrator.run.reuse import reuse_lookup
 from orchestrator.run.loop import RunLoop, SweepBusy
 from orchestrator.run.progress import Progress, stage_line
 from orchestrator.run.slots import Slot, sweep_slots
-from orchestrator.spec.model import Backend, SpecError, SweepSpec
+from orchestrator.spec.document import SpecError
+from orchestrator.spec.model import Backend, SweepSpec
 from orchestrator.spec.plan import Plan, build_plan
 from orchestrator.spec.rejections import skipped
 from orchestrator.states import SweepState

@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from orchestrator.run.progress import Progress
-from orchestrator.spec.model import SpecError
+from orchestrator.spec.document import SpecError
 
 # Logs and CI are not terminals: give lines room instead of rich's 80-column default
 # (tables take the width they need, `show`).

@@ -16,7 +16,7 @@ from orchestrator.launch.protocol import LauncherError
 from orchestrator.ledger import Ledger, orch_home
 from orchestrator.spec.plan import Plan
 from orchestrator.run.slots import make_slots
-from orchestrator.spec.model import SpecError
+from orchestrator.spec.document import SpecError
 from orchestrator.cli.terminal import err, out, show, spec_errors
 from orchestrator.cli.terminal import say as _say
 

@@ -22,7 +22,7 @@ from orchestrator.launch.command import assignments, prepare_command
 from orchestrator.launch.protocol import LauncherError
 from orchestrator.spec.plan import Plan
 from orchestrator.search import param_names
-from orchestrator.spec.model import SpecError
+from orchestrator.spec.document import SpecError
 
 
 def data_settings(plan: Plan) -> list[dict[str, Any]]:

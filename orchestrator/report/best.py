@@ -20,7 +20,8 @@ from orchestrator.contract import (ContractError, Validator, describe_recorded, 
                                    read_result)
 from orchestrator.ledger import Ledger, Trial
 from orchestrator.report.results import ResultsError, load
-from orchestrator.spec.model import LauncherSettings, Resources, Tracking, read_yaml
+from orchestrator.spec.document import read_yaml
+from orchestrator.spec.model import LauncherSettings, Resources, Tracking
 
 
 @dataclass

@@ -6,7 +6,8 @@ import os
 import subprocess
 from dataclasses import dataclass
 
-from orchestrator.spec.model import Resources, SpecDoc, SweepSpec
+from orchestrator.spec.document import SpecDoc
+from orchestrator.spec.model import Resources, SweepSpec
 
 
 @dataclass

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from orchestrator.spec.model import SpecError, read_yaml
+from orchestrator.spec.document import SpecError, read_yaml
 
 
 def split_assignment(text: str) -> tuple[str, str]:

@@ -11,6 +11,9 @@ import difflib
 import math
 from typing import Any
 
+from orchestrator.search import param_names
+from orchestrator.spec.document import SpecDoc
+
 
 Schema = dict[str, Any]
 
@@ -190,3 +193,16 @@ def distribution_error(param: dict[str, Any], fields: list[Schema], root: Schema
         return (f"range [{p_lo}, {p_hi}] leaves the field's bounds: allowed is "
                 f"{describe(fields, root)}")
     return None
+
+
+def repeated_names(parameters: dict[str, Any], doc: SpecDoc) -> list[str]:
+    """A parameter set twice, as `a.b` and as `a: {parameters: {b: ...}}`: one would be
+    dropped silently."""
+    seen: dict[str, tuple[Any, ...]] = {}
+    problems = []
+    for key, _, loc in param_names(parameters):
+        if key in seen:
+            problems.append(doc.error(loc, f"{key} is set twice in `parameters` (also at "
+                                      f"{doc.where(seen[key])}); keep one"))
+        seen.setdefault(key, loc)
+    return problems

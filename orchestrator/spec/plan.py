@@ -4,8 +4,8 @@
 a small value with its own problems: `load` the spec (its model); `describe_program`, what the
 program declares (its data-file, seed and tracking keys, its metrics: `PROGRAM describe`);
 `check_spec`, what the spec alone shows (W&B's sweep schema, metric, run_cap, base file, GPUs);
-`program_schema`, the program's JSON Schema; `resolve_settings`, the fixed settings (overrides, tracking, --set,
---data); `check_names`, every setting and parameter name and value against that schema;
+`program_schema`, the program's JSON Schema; `resolve_settings`, the fixed settings (overrides,
+tracking, --set, --data); `check_names`, every setting and parameter name and value against that schema;
 `check_trial_start`, what every trial would meet at its start (W&B key, data file); and
 `check_points`, the grid points (for random and bayes, the fixed part and a seeded sample of
 proposals) validated by the program itself. Problems are collected, not raised one by one: the
@@ -27,9 +27,11 @@ from orchestrator.launch.docker.container import api_key
 from orchestrator.optuna_search import spec_problems, wandb_view
 from orchestrator.run.slots import missing_gpus
 from orchestrator.search import param_names, varied
-from orchestrator.spec.model import SpecDoc, SpecError, SweepSpec, load_spec, read_spec, read_yaml
+from orchestrator.spec.document import SpecDoc, SpecError, read_spec, read_yaml
+from orchestrator.spec.model import SweepSpec, load_spec
 from orchestrator.spec.overrides import flatten, parse_set
-from orchestrator.spec.params import Schema, distribution_error, resolve, value_error
+from orchestrator.spec.params import (Schema, distribution_error, repeated_names, resolve,
+                                       value_error)
 from orchestrator.spec.points import check_points
 from orchestrator.spec.rejections import Rejections
 from orchestrator.spec.sweeps_schema import sweeps_schema_errors
@@ -92,7 +94,8 @@ def build_plan(spec_path: Path, sets: list[str] = (), data: Path | None = None,
         return Plan(spec=loaded.spec, doc=loaded.doc, base=loaded.base, program=loaded.program,
                     fixed=settings.fixed, search=loaded.spec.search_config(),
                     varied=varied(loaded.spec.parameters), validator=validator,
-                    described=described.described, grid=points.grid, invalid=points.invalid, rejected=points.rejected,
+                    described=described.described, grid=points.grid, invalid=points.invalid,
+                    rejected=points.rejected,
                     notes=[*alone.notes, *settings.notes, *points.notes])
     except BaseException:
         validator.close()
@@ -200,6 +203,7 @@ def check_spec(loaded: Loaded, described: Description, max_trials: int | None) -
     wandb = sweeps_schema_errors(doc, wandb_view(spec.search_config()))
     problems = [text for loc, text in wandb if loc[:1] != ("parameters",)]
     problems += spec_problems(spec, doc)
+    problems += repeated_names(spec.parameters, doc)
     metrics = described.metric_names()
     if metrics and spec.metric.name not in metrics:
         problems.append(doc.error(("metric", "name"), f"unknown metric "

@@ -10,7 +10,8 @@ from typing import Any
 
 from orchestrator.contract import ContractError, Validator
 from orchestrator.search import Engine, varied
-from orchestrator.spec.model import SpecDoc, SweepSpec
+from orchestrator.spec.document import SpecDoc
+from orchestrator.spec.model import SweepSpec
 from orchestrator.spec.rejections import Rejections, group, render
 
 # Random/bayes proposals drawn to check a search space: a 5% invalid region shows up with

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.search import plain_parameter
-from orchestrator.spec.model import SpecDoc
+from orchestrator.spec.document import SpecDoc
 
 
 @functools.cache

@@ -34,7 +34,7 @@ from typing import Any
 from orchestrator.contract import format_value
 from orchestrator.spec.plan import Plan
 from orchestrator.search import param_names
-from orchestrator.spec.model import SpecError
+from orchestrator.spec.document import SpecError
 from orchestrator.spec.overrides import parse_set
 
 ARGS_MACRO = "${args_no_hyphens}"

@@ -28,7 +28,8 @@ import yaml
 from orchestrator.contract import Description
 from orchestrator.launch.command import TrialCommand, prepare_command
 from orchestrator.launch.protocol import Launch
-from orchestrator.spec.model import LauncherSettings, read_yaml
+from orchestrator.spec.document import read_yaml
+from orchestrator.spec.model import LauncherSettings
 
 RUN, CACHE, CONFIG, DATA, SECRETS = ("/orch/run", "/orch/cache", "/orch/config", "/orch/data",
                                      "/orch/secrets")
