@@ -249,3 +249,28 @@ def test_ctrl_c_under_name_says_how_to_resume_that_sweep(orch_home: Path, tmp_pa
     again = run_orch(hint.split()[1:], orch_env(orch_home))
     assert again.returncode == 0, again.stdout + again.stderr
     assert _states(orch_home, "t-gh3") == {1: "finished", 2: "finished"}
+
+
+def test_another_program_or_metric_under_a_recorded_name_is_refused(orch_home: Path,
+                                                                    tmp_path: Path) -> None:
+    """A spec that names a recorded sweep but optimizes another metric (or runs another
+    program) would add its trials to that sweep's table and `orch best`: refused, exit 2,
+    nothing launched; under another name it runs."""
+    first = write_spec(tmp_path / "a.yaml", parameters={"train.seed": {"values": [1]}})
+    assert run_orch(["sweep", str(first)], orch_env(orch_home)).returncode == 0
+    other = write_spec(tmp_path / "b.yaml", parameters={"train.seed": {"values": [1, 2]}},
+                       metric={"name": "val_bpb", "goal": "minimize"})
+    for extra in (["--dry-run", "--no-probe"], []):
+        proc = run_orch(["sweep", str(other), *extra], orch_env(orch_home))
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert "Traceback" not in proc.stderr
+        text = " ".join(proc.stderr.split())
+        assert f"sweep t is already in the ledger (from {first})" in text
+        assert "metric 'val_loss', here 'val_bpb'" in text and "--name t-2" in text
+    assert _seed_starts(orch_home) == ["1"]
+    assert run_orch(["sweep", str(other), "--name", "t-2"], orch_env(orch_home)).returncode == 0
+    assert _seed_starts(orch_home) == ["1", "1", "2"]
+    # The same program and metric with an edited grid resumes the recorded sweep.
+    grown = write_spec(tmp_path / "c.yaml", parameters={"train.seed": {"values": [1, 3]}})
+    assert run_orch(["sweep", str(grown)], orch_env(orch_home)).returncode == 0
+    assert _states(orch_home) == {1: "finished", 2: "finished"}

@@ -86,6 +86,10 @@ def sweep(spec: Path = typer.Argument(..., help="Sweep spec YAML."),
         _say_notes(plan)
         on_wandb = (backend or plan.spec.tracking.backend) == "wandb"
         ledger = Ledger(orch_home(), readonly=dry_run and not on_wandb)
+        clash = _another_sweeps_name(plan, ledger)
+        if clash:
+            spec_errors(SpecError([clash]))
+            raise typer.Exit(2)
         if on_wandb:
             if plan.spec.reuse:
                 err.print("note: reuse: W&B agents train every trial; reuse applies to the "
@@ -134,6 +138,27 @@ def sweep(spec: Path = typer.Argument(..., help="Sweep spec YAML."),
         raise typer.Exit(code)
     finally:
         plan.close()
+
+
+def _another_sweeps_name(plan: Plan, ledger: Ledger) -> str | None:
+    """Why this spec cannot run as the sweep of its name the ledger already holds: another
+    program or metric, whose trials this spec's would join (results ranked together, the best
+    picked across both). An edited grid or base of the same program resumes as usual."""
+    name = plan.spec.name
+    known = ledger.sweep(name)
+    if known is None:
+        return None
+    was = known["spec"]
+    now = {"program": plan.spec.program, "metric": plan.spec.metric.name}
+    before = {"program": was.get("program"), "metric": (was.get("metric") or {}).get("name")}
+    differ = [k for k in now if before[k] is not None and before[k] != now[k]]
+    if not differ:
+        return None
+    return (f"{plan.doc.path}: sweep {name} is already in the ledger (from {known['spec_path']}) "
+            f"with another {' and '.join(differ)} ("
+            + "; ".join(f"{k} {before[k]!r}, here {now[k]!r}" for k in differ)
+            + f"), so this spec's trials would be ranked with its trials; run it under another "
+            f"name (`--name {name}-2`); nothing was run")
 
 
 def _dry_run(plan: Plan, ledger: Ledger, max_trials: int | None, probe: bool,
