@@ -91,6 +91,20 @@ def test_the_example_declares_its_own_keys() -> None:
     assert not said["prepare"] and said["tracking"] is None
 
 
+def test_a_titles_file_without_the_columns_launches_nothing(orch_home: Path,
+                                                             tmp_path: Path) -> None:
+    """The example's `validate` reads the file's header, so a CSV without its columns is
+    refused before the first trial (each trial used to start and exit 2)."""
+    data = tmp_path / "names.csv"
+    data.write_text("name,score\nfoo,1\nbar,2\n", encoding="utf-8")
+    spec = _spec(tmp_path, "nocols", {"type": "local"})
+    proc = run_orch(["sweep", str(spec), "--data", str(data)], orch_env(orch_home), cwd=REPO)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "has no `title` and `num_comments` columns (its header: name, score)" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (orch_home / "runs" / "nocols").exists()
+
+
 @pytest.mark.parametrize("given, expected", [
     (None, ("val_logloss", "minimize")),  # the program's first metric, its goal
     ({"name": "val_accuracy"}, ("val_accuracy", "maximize")),  # the declared goal

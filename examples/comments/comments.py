@@ -131,7 +131,8 @@ def load(path: Path, overrides: list[str]) -> tuple[dict[str, Any], Config]:
 
 
 def check_file(cfg: Config) -> None:
-    """What can be said of titles.csv without reading it."""
+    """What can be said of titles.csv from its name and its header line (so that `validate`
+    refuses a file without the columns before any run starts)."""
     path = cfg.titles.csv
     if path is None:
         raise ConfigError("titles.csv: no titles file set; give a CSV with `title` and "
@@ -140,6 +141,14 @@ def check_file(cfg: Config) -> None:
         raise ConfigError(f"titles.csv: {path} is not a file")
     if path.suffix != ".csv":
         raise ConfigError(f"titles.csv: {path} is not a .csv file")
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            header = next(csv.reader(fh), [])
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise ConfigError(f"titles.csv: cannot read {path} as UTF-8 CSV ({err})") from None
+    if not {"title", "num_comments"} <= set(header):
+        raise ConfigError(f"titles.csv: {path} has no `title` and `num_comments` columns "
+                          f"(its header: {', '.join(header[:8]) or 'empty'})")
 
 
 # -- data and model -------------------------------------------------------------------------------
