@@ -197,9 +197,13 @@ def describe_recorded(program: str | list[str] | None) -> Description:
 def _parse_description(argv: list[str], text: str) -> Description:
     try:
         found = Description.model_validate_json(text)
-    except ValidationError as err:
-        raise ContractError(f"`{shlex.join(argv)}` printed no valid description: "
-                            f"{str(err)[:800]}") from None
+    except ValidationError as err:  # one line per problem, without pydantic's links
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'the output'}: {e['msg']}" for e in err.errors())
+        shown = text.strip()[:60] or "nothing"
+        raise ContractError(f"`{shlex.join(argv)}` printed no valid description (a JSON object, "
+                            f"see Description in orchestrator/contract.py): {problems[:500]}; "
+                            f"it printed {shown!r}") from None
     wrong = [f"{code} means {EXIT_CODES[code]}, not {meaning}"
              for code, meaning in found.exit_codes.items()
              if EXIT_CODES.get(code, "crashed") != meaning]
