@@ -225,3 +225,18 @@ def test_sweeps_validator_is_wandbs(search: dict) -> None:
     assert [(list(e.absolute_path), e.message) for e in sweeps_validator().iter_errors(search)] \
         == [(list(e.absolute_path), e.message) for e in validator.iter_errors(search)]
     assert list(validator.iter_errors(search))  # each case has errors
+
+
+@pytest.mark.parametrize("param, says", [
+    ({"min": 1e-4, "max": 1e-2, "distribution": "log_uniformz"},
+     "unknown distribution `log_uniformz` (did you mean `log_uniform`?); W&B's are: beta,"),
+    ({"values": []}, "`values` is empty: list at least one value"),
+])
+def test_a_bad_distribution_is_named_not_its_other_keys(orch_home: Path, tmp_path: Path,
+                                                        param: dict, says: str) -> None:
+    """W&B's schema blamed `min` and `max` ("were unexpected") or asked for a distribution."""
+    spec = write_spec(tmp_path / "s.yaml", parameters={"optim.lr": param})
+    proc = run_orch(["validate", str(spec)], orch_env(orch_home))
+    assert proc.returncode == 2
+    text = " ".join(proc.stderr.split())
+    assert says in text and "were unexpected" not in text and "required property" not in text

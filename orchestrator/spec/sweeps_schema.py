@@ -3,6 +3,7 @@ where its JSON schema suffices (the package pulls in numpy, scipy and requests).
 
 from __future__ import annotations
 
+import difflib
 import functools
 import importlib.util
 import json
@@ -29,6 +30,42 @@ def sweeps_validator() -> Any:
     return jsonschema.Draft7Validator(schema=schema, format_checker=formats)
 
 
+@functools.cache
+def distributions() -> list[str]:
+    """The `distribution` names W&B's sweep config schema allows."""
+    found: set[str] = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            dist = node.get("properties", {}).get("distribution", {})
+            for key in ("enum", "const"):
+                found.update(dist[key] if isinstance(dist.get(key), list) else
+                             [dist[key]] if key in dist else [])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(sweeps_validator().schema)
+    return sorted(found)
+
+
+def _parameter_problem(param: Any) -> str | None:
+    """What is wrong with a parameter where W&B's schema only says that no form fits it (its
+    best match then blames the other keys): an unknown distribution, an empty `values`."""
+    if not isinstance(param, dict):
+        return None
+    dist = param.get("distribution")
+    if isinstance(dist, str) and dist not in (known := distributions()):
+        close = difflib.get_close_matches(dist, known, n=1)
+        guess = f" (did you mean `{close[0]}`?)" if close else ""
+        return f"unknown distribution `{dist}`{guess}; W&B's are: {', '.join(known)}"
+    if param.get("values") == []:
+        return "`values` is empty: list at least one value"
+    return None
+
+
 def sweeps_schema_errors(doc: SpecDoc,
                          search: dict[str, Any]) -> list[tuple[tuple[Any, ...], str]]:
     """(YAML location, paragraph) of every problem W&B's checks find in a search config."""
@@ -39,7 +76,10 @@ def sweeps_schema_errors(doc: SpecDoc,
     for err in validator.iter_errors(search):
         loc = tuple(err.absolute_path)
         best = jsonschema.exceptions.best_match(err.context) if err.context else None
-        if loc[:1] == ("parameters",) and len(loc) == 2:
+        sharper = _parameter_problem(err.instance) if loc[:1] == ("parameters",) else None
+        if loc[:1] == ("parameters",) and len(loc) == 2 and sharper:
+            out.append((loc, doc.error(loc, sharper)))
+        elif loc[:1] == ("parameters",) and len(loc) == 2:
             out.append((loc, doc.error(loc, "not a valid W&B parameter. Allowed forms: {value: V}, "
                                       "{values: [..]}, {min: A, max: B, distribution: D}, "
                                       "{distribution: normal, mu, sigma}, or {parameters: {..}} "
