@@ -142,6 +142,11 @@ def test_the_example_swept_locally(orch_home: Path, tmp_path: Path, hn_rows: Pat
     assert t.params["fit.seed"] in (1, 2)
     assert json.loads((Path(t.run_dir) / "result.json").read_text())["config"]["titles"][
         "csv"] == str(hn_rows)
+    # `orch best` names this program's command, not the trainer's, and checks the config with it.
+    best = tmp_path / "best.yaml"
+    proc = run_orch(["best", "ex-local", "--out", str(best)], orch_env(orch_home), cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert f"# Train it: {PROGRAM} --config THIS_FILE --out RUN_DIR" in best.read_text()
 
 
 def test_the_example_swept_in_docker(tmp_path: Path, hn_rows: Path, deps_image: str,  # noqa: F811

@@ -71,7 +71,7 @@ def best(name: str = typer.Argument(..., help="Sweep name."),
     except ResultsError as e:
         fail(str(e))
         raise typer.Exit(2) from None
-    text = best_mod.config_yaml(win)
+    text = best_mod.config_yaml(win, best_mod.program_written(ledger, name))
     if as_spec:
         spec_file = out_file or Path(f"{name}-best-seeds.yaml")
         config_file = spec_file.with_name(spec_file.stem + ".config.yaml")

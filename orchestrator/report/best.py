@@ -10,6 +10,7 @@ compares it with the trial's.
 from __future__ import annotations
 
 import json
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,12 +89,14 @@ def _base_plus_overrides(argv: list[str]) -> dict[str, Any]:
     return tree
 
 
-def config_yaml(win: Winner) -> str:
-    """The config as YAML, with a header naming the trial it is the config of."""
+def config_yaml(win: Winner, program: str | list[str]) -> str:
+    """The config as YAML, with a header naming the trial it is the config of and the command
+    that trains it (the sweep's program, as the spec writes it)."""
     t = win.trial
+    command = program if isinstance(program, str) else shlex.join(program)
     head = (f"# Best trial of sweep {win.sweep}: trial {t.number}, {win.metric} "
             f"{win.value:.6g}, config hash {t.config_hash} (from {win.source}).\n"
-            f"# Train it: python -m trainer --config THIS_FILE --out RUN_DIR\n")
+            f"# Train it: {command} --config THIS_FILE --out RUN_DIR\n")
     return head + yaml.safe_dump(win.config, sort_keys=False)
 
 
@@ -114,10 +117,15 @@ def check(program: list[str], config_file: Path, expected: str) -> str | None:
     return None
 
 
+def program_written(ledger: Ledger, name: str) -> str | list[str]:
+    """The sweep's program as its spec writes it."""
+    spec = (ledger.sweep(name) or {}).get("spec") or {}
+    return spec.get("program") or "python -m trainer"
+
+
 def program_of(ledger: Ledger, name: str) -> list[str]:
     """The sweep's program as an argv list."""
-    spec = (ledger.sweep(name) or {}).get("spec") or {}
-    return program_argv(spec.get("program") or "python -m trainer")
+    return program_argv(program_written(ledger, name))
 
 
 def seeds_spec(ledger: Ledger, win: Winner, config_file: str, seeds: int) -> dict[str, Any]:

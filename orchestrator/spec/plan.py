@@ -213,8 +213,9 @@ def check_spec(loaded: Loaded, described: Description, max_trials: int | None) -
         problems.append(doc.error(("method",), f"a {spec.method} search never ends by "
                                   "itself: set `run_cap` (or pass --max-trials)"))
     if not loaded.base.is_file():
-        problems.append(doc.error(("base",), f"trainer config {loaded.base} does not exist; "
-                                  "`base` is relative to the spec file"))
+        what = "is a folder, not a file" if loaded.base.is_dir() else "does not exist"
+        problems.append(doc.error(("base",), f"trainer config {loaded.base} {what}; `base` "
+                                  "is the program's config file, relative to the spec file"))
     gpu_problems, notes = missing_gpus(spec, doc)
     if spec.method == "bayes" and "metric" not in doc.data:
         notes.append(f"{doc.path}: a bayes search without `metric` optimizes "
