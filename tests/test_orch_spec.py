@@ -240,3 +240,13 @@ def test_a_bad_distribution_is_named_not_its_other_keys(orch_home: Path, tmp_pat
     assert proc.returncode == 2
     text = " ".join(proc.stderr.split())
     assert says in text and "were unexpected" not in text and "required property" not in text
+
+
+def test_a_section_value_names_its_wrong_field(orch_home: Path, tmp_path: Path) -> None:
+    """A whole section as a value: the message names the field it does not have (it said only
+    `allowed is object` of an object)."""
+    spec = write_spec(tmp_path / "s.yaml",
+                      parameters={"model": {"values": [{"n_layer": 1}, {"n_layerz": 2}]}})
+    proc = run_orch(["validate", str(spec)], orch_env(orch_home))
+    assert proc.returncode == 2
+    assert "'n_layerz' was unexpected" in " ".join(proc.stderr.split())

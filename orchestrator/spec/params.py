@@ -104,12 +104,21 @@ def _describe_one(alt: Schema) -> str:
 def value_error(value: Any, fields: list[Schema], root: Schema) -> str | None:
     """None when `value` fits one of the field schemas, else what is allowed."""
     import jsonschema  # only a spec with parameters needs it: other commands start faster
+    import jsonschema.exceptions
 
+    errors = []
     for field in fields:
         schema = {**field, "$defs": root.get("$defs", {})}
-        if not any(True for _ in jsonschema.Draft202012Validator(schema).iter_errors(value)):
+        found = list(jsonschema.Draft202012Validator(schema).iter_errors(value))
+        if not found:
             return None
-    return f"{value!r} does not fit: allowed is {describe(fields, root)}"
+        errors += found
+    why = ""
+    if isinstance(value, (dict, list)):  # say which part of a section or list is wrong
+        best = jsonschema.exceptions.best_match(errors)
+        inner = "".join(f"[{p!r}]" for p in best.absolute_path)
+        why = f" ({best.message}{' at ' + inner if inner else ''})"
+    return f"{value!r} does not fit: allowed is {describe(fields, root)}{why}"
 
 
 def _kind(fields: list[Schema], root: Schema) -> set[str]:
