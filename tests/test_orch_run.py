@@ -270,7 +270,11 @@ def test_another_program_or_metric_under_a_recorded_name_is_refused(orch_home: P
     assert _seed_starts(orch_home) == ["1"]
     assert run_orch(["sweep", str(other), "--name", "t-2"], orch_env(orch_home)).returncode == 0
     assert _seed_starts(orch_home) == ["1", "1", "2"]
-    # The same program and metric with an edited grid resumes the recorded sweep.
-    grown = write_spec(tmp_path / "c.yaml", parameters={"train.seed": {"values": [1, 3]}})
-    assert run_orch(["sweep", str(grown)], orch_env(orch_home)).returncode == 0
+    # The same program and metric with an edited grid resumes the recorded sweep, and says
+    # that the trials of configurations it no longer has stay in it.
+    edited = write_spec(tmp_path / "c.yaml", parameters={"train.seed": {"values": [3]}})
+    proc = run_orch(["sweep", str(edited)], orch_env(orch_home))
+    assert proc.returncode == 0, proc.stderr
+    assert "note: sweep t holds 1 trial(s) of configurations this spec's grid no longer has" \
+        in " ".join(proc.stderr.split())
     assert _states(orch_home) == {1: "finished", 2: "finished"}

@@ -90,6 +90,7 @@ def sweep(spec: Path = typer.Argument(..., help="Sweep spec YAML."),
         if clash:
             spec_errors(SpecError([clash]))
             raise typer.Exit(2)
+        _note_trials_outside_the_grid(plan, ledger)
         if on_wandb:
             if plan.spec.reuse:
                 err.print("note: reuse: W&B agents train every trial; reuse applies to the "
@@ -159,6 +160,19 @@ def _another_sweeps_name(plan: Plan, ledger: Ledger) -> str | None:
             + "; ".join(f"{k} {before[k]!r}, here {now[k]!r}" for k in differ)
             + f"), so this spec's trials would be ranked with its trials; run it under another "
             f"name (`--name {name}-2`); nothing was run")
+
+
+def _note_trials_outside_the_grid(plan: Plan, ledger: Ledger) -> None:
+    """An edited grid or base resumes its sweep: say that the trials of configurations the
+    spec no longer has stay in the sweep (its table, `orch best`)."""
+    if plan.grid is None or ledger.sweep(plan.spec.name) is None:
+        return
+    grid = {h for _, h in plan.grid}
+    outside = [t for t in ledger.trials(plan.spec.name) if t.config_hash not in grid]
+    if outside:
+        say(f"note: sweep {plan.spec.name} holds {len(outside)} trial(s) of configurations "
+            f"this spec's grid no longer has (an edited grid or base): they stay in its table "
+            f"and `orch best`; `--name NEW` starts a separate sweep")
 
 
 def _dry_run(plan: Plan, ledger: Ledger, max_trials: int | None, probe: bool,
