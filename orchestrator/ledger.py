@@ -52,6 +52,10 @@ class Ledger:
         Faults of the file (read-only, corrupt, full, lost beside run dirs) raise LedgerError."""
         self.home = home
         self.path = home / "ledger.sqlite"
+        if home.exists() and not home.is_dir():
+            raise ledger_file.LedgerError(f"ORCH_HOME {home} is a file, not a folder: point "
+                                          "ORCH_HOME at a folder (it holds the ledger and the "
+                                          "run dirs)", code=2)
         if not readonly:
             try:
                 home.mkdir(parents=True, exist_ok=True)

@@ -278,3 +278,15 @@ def test_disk_full_mid_sweep_stops_trials_and_resumes(orch_home: Path, tmp_path:
         seeds = [s["train.seed"] for s in starts(tmp_path)]
         assert sorted(set(seeds)) == ["1", "2", "3", "4"]
         assert all(seeds.count(str(s)) == 1 for s in done)  # a finished trial never re-ran
+
+
+def test_orch_home_that_is_a_file_is_one_line(tmp_path: Path) -> None:
+    """`orch ls` showed an empty table and `orch sweep` an I/O error about the disk."""
+    home = tmp_path / "a-file"
+    home.write_text("")
+    spec = write_spec(tmp_path / "s.yaml")
+    for command in (["ls"], ["sweep", str(spec)], ["sweep", str(spec), "--dry-run"]):
+        proc = run_orch(command, orch_env(home))
+        assert proc.returncode == 2, (command, proc.stdout, proc.stderr)
+        assert f"ORCH_HOME {home} is a file, not a folder" in proc.stderr
+        assert "Traceback" not in proc.stderr
