@@ -82,6 +82,16 @@ def test_values_and_distributions_checked_against_bounds(orch_home: Path, tmp_pa
     assert "0 does not fit" in errs
 
 
+def test_an_early_terminate_out_of_range_names_the_field(orch_home: Path,
+                                                         tmp_path: Path) -> None:
+    """W&B's schema said only "not valid under any of the given schemas"."""
+    spec = write_spec(tmp_path / "s.yaml",
+                      early_terminate={"type": "hyperband", "min_iter": -3, "eta": 3})
+    errs = _errors(spec)
+    assert any("`early_terminate.min_iter`: -3 is less than the minimum of 1" in e for e in errs)
+    assert not any("any of the given schemas" in e for e in errs)
+
+
 def test_w_and_b_schema_errors_have_lines(orch_home: Path, tmp_path: Path) -> None:
     spec = write_spec(tmp_path / "s.yaml", early_terminate={"type": "hyperband", "eta": 0},
                       parameters={"train.seed": {"values": 3}})

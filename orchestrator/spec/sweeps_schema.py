@@ -84,6 +84,9 @@ def sweeps_schema_errors(doc: SpecDoc,
                                       "{values: [..]}, {min: A, max: B, distribution: D}, "
                                       "{distribution: normal, mu, sigma}, or {parameters: {..}} "
                                       "for nesting" + (f" ({best.message})" if best else ""))))
+        elif best is not None:  # "not valid under any of the given schemas": the closest
+            inner = tuple(best.absolute_path)  # from the root: it includes loc
+            out.append((loc, doc.error(inner, f"{best.message} (W&B sweep config schema)")))
         else:
             out.append((loc, doc.error(loc, f"{err.message} (W&B sweep config schema)")))
     try:
