@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from trainer.attention_config import AttentionConfig, CausalAttention
+from trainer.yaml12 import read_yaml
 
 
 class Section(BaseModel):
@@ -249,35 +249,6 @@ class Config(Section):
 
 class ConfigError(Exception):
     """A config that cannot run; its message is one paragraph naming the file and the fields."""
-
-
-class YamlLoader(yaml.SafeLoader):
-    """PyYAML's SafeLoader, except that a key twice in one mapping is an error and that
-    `1e-3` and `1.0e6` read as floats (YAML 1.2), not as the strings YAML 1.1 makes of them."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        # YAML forbids a key twice in one mapping; PyYAML would keep the last one silently.
-        first: dict[str, int] = {}
-        for key, _ in node.value:
-            if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
-                if key.value in first:
-                    raise yaml.constructor.ConstructorError(
-                        None, None, f"key {key.value!r} appears twice in one mapping (first on "
-                        f"line {first[key.value]}); YAML keeps only one, so remove the other",
-                        key.start_mark)
-                first[key.value] = key.start_mark.line + 1
-        return super().construct_mapping(node, deep)
-
-
-YamlLoader.add_implicit_resolver(  # copies SafeLoader's table first: SafeLoader is unchanged
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
-    list("-+0123456789."))
-
-
-def read_yaml(text: str) -> Any:
-    """Parse YAML text with `YamlLoader`."""
-    return yaml.load(text, Loader=YamlLoader)
 
 
 def parse_override(text: str) -> tuple[str, Any]:
