@@ -263,6 +263,8 @@ def test_a_program_that_does_not_exist_is_one_paragraph(orch_home: Path, tmp_pat
     ({"program": 'python "unterminated'}, ["`program`", "No closing quotation"]),
     ({"program": "   "}, ["`program`", "is empty"]),
     ({"program": []}, ["`program`", "is empty"]),
+    ({"resources": {"gpus": None, "timeout": float("inf")}},
+     ["`resources.timeout`", "finite number"]),  # `1e400` read as no timeout at all
 ])
 def test_names_and_programs_that_cannot_run_are_refused(orch_home: Path, tmp_path: Path,
                                                         fields: dict[str, Any],
@@ -333,3 +335,12 @@ def test_the_trainer_refuses_a_config_key_written_twice(tmp_path: Path) -> None:
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "key 'batch_size' appears twice in one mapping (first on line 2)" in proc.stderr
+
+
+def test_the_trainer_refuses_an_infinite_value(tmp_path: Path) -> None:
+    """`optim.lr=.inf` validated (an infinite learning rate), while a sweep point of it now
+    comes back invalid from the trainer's own check."""
+    proc = subprocess.run([sys.executable, "-m", "trainer", "validate", "--config",
+                           str(BASE_TINY), "optim.lr=.inf"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "`optim.lr`: Input should be a finite number" in proc.stderr

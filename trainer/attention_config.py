@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 class _Variant(BaseModel):
     """Fields and checks that every variant shares."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     qk_dim: int | None = Field(
         None, gt=0, description="Total query/key width (all heads) when smaller than d_model: a "
         "low-rank q/k projection; values keep d_model. null: q and k are d_model wide.")

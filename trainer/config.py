@@ -21,7 +21,7 @@ from trainer.yaml12 import read_yaml
 class Section(BaseModel):
     """Base for every config section: unknown keys are errors, so typos fail before any work."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class DataConfig(Section):

@@ -35,7 +35,7 @@ def parse_duration(text: str | int | float | None) -> float | None:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class Metric(BaseModel):
