@@ -51,7 +51,7 @@ def test_a_grid_with_invalid_points_fails_validate_and_sweep(orch_home: Path,
         proc = run_orch(args, orch_env(orch_home))
         assert proc.returncode == 2, proc.stdout + proc.stderr
         text = _flat(proc.stderr)
-        assert "3 of 4 grid points are invalid for the trainer" in text
+        assert "3 of 4 grid points are invalid for the program" in text
         assert "set `skip_invalid: true` to run the other 1" in text
         assert f"- 2 grid points: {N_HEAD} e.g. model.n_head=3 attention.qk_dim=null" in text
         assert f"- 1 grid point: {QK_DIM} e.g. model.n_head=4 attention.qk_dim=96" in text
@@ -86,7 +86,7 @@ def test_an_all_invalid_grid_shows_every_cause(orch_home: Path, tmp_path: Path) 
         "train.seed": {"values": [1, 2]}, "attention": {"values": sections}})
     paragraph = _errors(spec)
     text = _flat(paragraph)
-    assert "all 12 grid points are invalid for the trainer" in text
+    assert "all 12 grid points are invalid for the program" in text
     causes = [QK_DIM, "must be a multiple of 2 * model.n_head",
               "attention.local_attn_ctx must be a multiple of attention.block; "
               "train.context_length must be a multiple of attention.local_attn_ctx",
@@ -119,7 +119,7 @@ def test_random_reports_the_invalid_share_of_a_sample(orch_home: Path, tmp_path:
         plan.close()
     spec = write_spec(tmp_path / "s2.yaml", method="bayes", run_cap=3, skip_invalid=True,
                       parameters={**params, "model.n_head": {"values": [3, 5]}})
-    assert f"all {SAMPLE} sampled proposals are invalid for the trainer: the bayes search " \
+    assert f"all {SAMPLE} sampled proposals are invalid for the program: the bayes search " \
            "would find nothing to run" in _flat(_errors(spec))
 
 
@@ -153,7 +153,7 @@ def test_a_run_out_of_new_valid_points_says_why(orch_home: Path, tmp_path: Path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     text = _flat(proc.stdout)
     assert "ending the sweep: nothing new in the engine's last 20 proposals" in text
-    found = re.search(r"\((\d+) configs already tried, (\d+) invalid for the trainer\)", text)
+    found = re.search(r"\((\d+) configs already tried, (\d+) invalid for the program\)", text)
     assert found and int(found[1]) + int(found[2]) == 20 and int(found[1]) > 0, text
     assert f"proposals: {N_HEAD} e.g. model.n_head=3" in text
     assert "trial 1: invalid, skipped" in text or "trial 2: invalid, skipped" in text
@@ -172,4 +172,4 @@ def test_reasons_leave_out_the_points_values_but_not_names_or_bounds() -> None:
     assert [(r.text, r.count, r.example) for r in rejected.reasons] == [
         ("`model`: d_model must be a multiple of n_head", 2, {"a": 3}),
         ("`optim.beta2`: Input should be less than 1", 1, {"b": 2})]
-    assert rejected.share() == "3 of 4 grid points are invalid for the trainer"
+    assert rejected.share() == "3 of 4 grid points are invalid for the program"

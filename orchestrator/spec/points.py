@@ -65,9 +65,9 @@ def check_points(spec: SweepSpec, doc: SpecDoc, validator: Validator,
 def _refusal(spec: SweepSpec, doc: SpecDoc, rejected: Rejections) -> str:
     """The paragraph that fails a spec with invalid points: what to change, then the reasons."""
     if rejected.count == rejected.checked:
-        lead = (f"all {rejected.checked} grid points are invalid for the trainer; nothing could "
+        lead = (f"all {rejected.checked} grid points are invalid for the program; nothing could "
                 "run" if spec.method == "grid" else f"all {rejected.checked} sampled proposals "
-                f"are invalid for the trainer: the {spec.method} search would find nothing to "
+                f"are invalid for the program: the {spec.method} search would find nothing to "
                 "run")
     elif spec.method == "grid":
         lead = (f"{rejected.share()}. Change the parameters so that every combination "

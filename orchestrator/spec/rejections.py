@@ -50,10 +50,10 @@ class Rejections:
         return sum(r.count for r in self.reasons)
 
     def share(self) -> str:
-        """`N of M grid points are invalid for the trainer`, with a percentage when sampled."""
+        """`N of M grid points are invalid for the program`, with a percentage when sampled."""
         pct = f" ({100 * self.count / self.checked:.0f}%)" if self.what != "grid points" else ""
         verb = "is" if self.count == 1 else "are"
-        return f"{self.count} of {self.checked} {self.what}{pct} {verb} invalid for the trainer"
+        return f"{self.count} of {self.checked} {self.what}{pct} {verb} invalid for the program"
 
 
 def reason_text(error: str, resolved: dict[str, Any]) -> str:
@@ -127,7 +127,7 @@ def skipped(rejections: Rejections) -> str:
     """What a spec with `skip_invalid` loses: how many points remain, and why the rest do not."""
     if rejections.what == "grid points":
         lead = (f"{rejections.checked - rejections.count} of {rejections.checked} grid points "
-                f"remain: {rejections.count} invalid for the trainer are skipped (skip_invalid)")
+                f"remain: {rejections.count} invalid for the program are skipped (skip_invalid)")
     else:
         lead = f"{rejections.share()}; the search skips such proposals (skip_invalid)"
     return render(rejections, f"note: {lead}. Reasons:")
@@ -142,7 +142,7 @@ def no_new_point(rejections: Rejections) -> str:
         return "the engine keeps proposing configs already tried; ending the sweep"
     if bad == n:
         return (f"ending the sweep: all {n} proposals since the last new trial were invalid\n"
-                + render(rejections, "for the trainer. Reasons:"))
+                + render(rejections, "for the program. Reasons:"))
     return (f"ending the sweep: nothing new in the engine's last {n} proposals\n"
             + render(rejections, f"({n - bad} configs already tried, {bad} invalid for the "
                                  "trainer). Reasons:"))
