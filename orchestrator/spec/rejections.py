@@ -145,4 +145,4 @@ def no_new_point(rejections: Rejections) -> str:
                 + render(rejections, "for the program. Reasons:"))
     return (f"ending the sweep: nothing new in the engine's last {n} proposals\n"
             + render(rejections, f"({n - bad} configs already tried, {bad} invalid for the "
-                                 "trainer). Reasons:"))
+                                 "program). Reasons:"))
