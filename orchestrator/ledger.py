@@ -9,6 +9,7 @@ The tables and their migrations are in ledger_schema, the rows read back in ledg
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import sqlite3
@@ -240,15 +241,19 @@ class Ledger:
                 self.db.execute("INSERT INTO metrics VALUES (?,?,?,?,?)",
                                 (trial_id, attempt, v.get("step"), v.get("time"),
                                  json.dumps(values)))
-            last = next((v[metric] for v in reversed(validations)
-                         if isinstance(v.get(metric), (int, float))), None)
+            # Every point of the batch counts for the best, not only its last one (a poll can
+            # bring several validations; the search engines read best_metric).
+            scores = [v[metric] for v in validations if isinstance(v.get(metric), (int, float))
+                      and math.isfinite(v[metric])]
+            last = scores[-1] if scores else None
+            best = (min(scores) if goal == "minimize" else max(scores)) if scores else None
             pick = "MIN" if goal == "minimize" else "MAX"
             self.db.execute(
                 f"UPDATE trials SET step=COALESCE(?, step), max_steps=COALESCE(?, max_steps),"
                 f" last_metric=COALESCE(?, last_metric),"
                 f" best_metric=CASE WHEN ? IS NULL THEN best_metric WHEN best_metric IS NULL"
                 f" THEN ? ELSE {pick}(best_metric, ?) END WHERE id=?",
-                (step, max_steps, last, last, last, last, trial_id))
+                (step, max_steps, last, best, best, best, trial_id))
 
     def history(self, trial: Trial) -> list[Validation]:
         """The validation points of the attempt that counts (the trial's latest), in order.

@@ -114,3 +114,19 @@ def test_the_device_shown_is_the_one_the_trial_reports(orch_home: Path, tmp_path
     live.print(Progress("t", plan.varied, "val_loss").table(ledger.trials("t"), 0.0))
     drawn = live.export_text()
     assert "cpu" in drawn and "cuda:3" in drawn and "cuda:0" not in drawn
+
+
+@pytest.mark.parametrize("goal, best", [("minimize", 0.5), ("maximize", 0.9)])
+def test_best_metric_counts_every_validation_of_a_poll(orch_home: Path, goal: str,
+                                                       best: float) -> None:
+    """One poll can bring several validations: the best is over all of them, not over the
+    last of each poll (status showed, and the search engines read, a worse 'best')."""
+    ledger = Ledger(orch_home)
+    _sweep(ledger, "s")
+    t = ledger.add_trial("s", "h1", {"train.seed": 1})
+    ledger.mark_running(t.id, pid=1, pgid=1, run_dir="r", slot=0, started_at=0.0)
+    ledger.record_progress(t.id, 1, 30, 40, [_validation(10, 0.9), _validation(20, 0.5),
+                                             _validation(30, 0.8)], "val_loss", goal)
+    ledger.record_progress(t.id, 1, 40, 40, [_validation(40, 0.7)], "val_loss", goal)
+    row = ledger.trial(t.id)
+    assert (row.best_metric, row.last_metric) == (best, 0.7)
