@@ -275,6 +275,28 @@ def test_another_program_or_metric_under_a_recorded_name_is_refused(orch_home: P
     edited = write_spec(tmp_path / "c.yaml", parameters={"train.seed": {"values": [3]}})
     proc = run_orch(["sweep", str(edited)], orch_env(orch_home))
     assert proc.returncode == 0, proc.stderr
-    assert "note: sweep t holds 1 trial(s) of configurations this spec's grid no longer has" \
+    assert "note: sweep t holds 1 trial(s) of points this spec's grid no longer has" \
         in " ".join(proc.stderr.split())
     assert _states(orch_home) == {1: "finished", 2: "finished"}
+
+
+def test_a_resume_with_other_shared_settings_is_refused(orch_home: Path, tmp_path: Path) -> None:
+    """Resuming under other shared settings (`--set`, `overrides`, base, `--data`) ran the
+    pending trials under their old config hash and took the new configurations of finished
+    points for done: refused, dry run included, nothing launched; the same settings resume."""
+    spec = write_spec(tmp_path / "s.yaml", parameters={"train.seed": {"values": [1, 2, 3]}})
+    env = orch_env(orch_home)
+    first = run_orch(["sweep", str(spec), "--set", "optim.lr=0.01", "--max-trials", "1"], env)
+    assert first.returncode == 0, first.stderr
+    for extra in (["--dry-run", "--no-probe"], []):
+        proc = run_orch(["sweep", str(spec), "--set", "optim.lr=0.02", *extra], env)
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        text = " ".join(proc.stderr.split())
+        assert "the settings all trials share (base, overrides, --set, --data) differ from " \
+            "those sweep t ran with: its trial 1 (train.seed=1)" in text
+        assert "Traceback" not in text and "--name t-2" in text
+    assert _seed_starts(orch_home) == ["1"]
+    again = run_orch(["sweep", str(spec), "--set", "optim.lr=0.01"], env)
+    assert again.returncode == 0, again.stderr
+    assert _states(orch_home) == {1: "finished", 2: "finished", 3: "finished"}
+    assert _seed_starts(orch_home) == ["1", "2", "3"]

@@ -27,7 +27,7 @@ from orchestrator.spec.document import SpecError
 from orchestrator.spec.model import Backend, SweepSpec
 from orchestrator.spec.plan import Plan, build_plan
 from orchestrator.spec.rejections import skipped
-from orchestrator.states import SweepState
+from orchestrator.states import SweepState, TrialState
 
 SetOpt = typer.Option(None, "--set", help="Override a base config key for every trial: "
                                           "key.path=value (repeatable).")
@@ -90,13 +90,17 @@ def sweep(spec: Path = typer.Argument(..., help="Sweep spec YAML."),
         if clash:
             spec_errors(SpecError([clash]))
             raise typer.Exit(2)
-        _note_trials_outside_the_grid(plan, ledger)
         if on_wandb:
             if plan.spec.reuse:
                 err.print("note: reuse: W&B agents train every trial; reuse applies to the "
                           "local backend only", highlight=False)
             cli_wandb.sweep_on_wandb(plan, ledger, dry_run, max_trials)
             return
+        moved = _settings_changed(plan, ledger)
+        if moved:
+            spec_errors(SpecError([moved]))
+            raise typer.Exit(2)
+        _note_trials_outside_the_grid(plan, ledger)
         if dry_run:
             _dry_run(plan, ledger, max_trials, not no_probe, probe_budget)
             return
@@ -162,17 +166,38 @@ def _another_sweeps_name(plan: Plan, ledger: Ledger) -> str | None:
             f"name (`--name {name}-2`); nothing was run")
 
 
+def _settings_changed(plan: Plan, ledger: Ledger) -> str | None:
+    """Why this run cannot resume its sweep: the settings every trial shares (base,
+    overrides, --set, --data) changed, so the recorded trials' parameters now make other
+    configurations. Resuming would run pending trials under their old config hash and take the
+    new configurations of finished points for done."""
+    trials = [t for t in ledger.trials(plan.spec.name)
+              if t.state != TrialState.INVALID and t.config_hash]
+    verdicts = plan.validator.check([plan.resolved(t.params) for t in trials])
+    for t, verdict in zip(trials, verdicts):
+        now = verdict.get("config_hash") if verdict.get("ok") else None
+        if now and now != t.config_hash:
+            name = plan.spec.name
+            return (f"{plan.doc.path}: the settings all trials share (base, overrides, --set, "
+                    f"--data) differ from those sweep {name} ran with: its trial {t.number} "
+                    f"({t.point}) is configuration {t.config_hash}, and with these settings the "
+                    f"same parameters make {now}. Resuming would mix the two; run these "
+                    f"settings under another name (`--name {name}-2`), or resume with the "
+                    "sweep's own; nothing was run")
+    return None
+
+
 def _note_trials_outside_the_grid(plan: Plan, ledger: Ledger) -> None:
-    """An edited grid or base resumes its sweep: say that the trials of configurations the
-    spec no longer has stay in the sweep (its table, `orch best`)."""
+    """An edited grid resumes its sweep: say that the trials of points the spec no longer has
+    stay in the sweep (its table, `orch best`)."""
     if plan.grid is None or ledger.sweep(plan.spec.name) is None:
         return
     grid = {h for _, h in plan.grid}
     outside = [t for t in ledger.trials(plan.spec.name) if t.config_hash not in grid]
     if outside:
-        say(f"note: sweep {plan.spec.name} holds {len(outside)} trial(s) of configurations "
-            f"this spec's grid no longer has (an edited grid or base): they stay in its table "
-            f"and `orch best`; `--name NEW` starts a separate sweep")
+        say(f"note: sweep {plan.spec.name} holds {len(outside)} trial(s) of points this "
+            f"spec's grid no longer has (an edited grid): they stay in its table and `orch "
+            f"best`; `--name NEW` starts a separate sweep")
 
 
 def _dry_run(plan: Plan, ledger: Ledger, max_trials: int | None, probe: bool,
