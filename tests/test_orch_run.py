@@ -300,3 +300,21 @@ def test_a_resume_with_other_shared_settings_is_refused(orch_home: Path, tmp_pat
     assert again.returncode == 0, again.stderr
     assert _states(orch_home) == {1: "finished", 2: "finished", 3: "finished"}
     assert _seed_starts(orch_home) == ["1", "2", "3"]
+
+
+def test_stop_of_a_sweep_whose_orchestrator_died_says_so(orch_home: Path) -> None:
+    """`orch stop` said it asked a killed orchestrator to stop."""
+    import subprocess
+
+    owner = subprocess.run([sys.executable, "-c", (
+        "import sys; from pathlib import Path; from orchestrator.ledger import Ledger\n"
+        "ledger = Ledger(Path(sys.argv[1]))\n"
+        "ledger.upsert_sweep('t', 't.yaml', {}, [], 'val_loss', 'minimize')\n"
+        "ledger.claim('t'); print(__import__('os').getpid())"), str(orch_home)],
+        capture_output=True, text=True, check=True)  # it claims the sweep and exits
+    pid = int(owner.stdout)
+    proc = run_orch(["stop", "t"], orch_env(orch_home))
+    assert proc.returncode == 0, proc.stderr
+    said = " ".join(proc.stdout.split())
+    assert f"sweep t is not running: its orchestrator (pid {pid}) is gone; `orch sweep` " \
+        "resumes it" in said and "asked" not in said

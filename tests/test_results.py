@@ -278,6 +278,10 @@ def test_fail_if_worse_than(home: Path) -> None:
     assert orch(home, "results", "m", "--fail-if-worse-than", "2.5").returncode == 1
     assert orch(home, "results", "m", "--fail-if-worse-than", "2.0").returncode == 0
     assert orch(home, "results", "nope").returncode == 2
+    # A nan threshold passed every sweep.
+    for gate in (["--fail-if-worse-than", "nan"], ["--compare", "b", "--max-regression", "nan"]):
+        refused = orch(home, "results", "a", *gate)
+        assert refused.returncode == 2 and "give a finite number" in refused.stderr
 
 
 @pytest.mark.parametrize("columns", [None, "80"])

@@ -3,6 +3,7 @@ CI gates and plots."""
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from pathlib import Path
@@ -96,6 +97,11 @@ def results(
     if (max_regression is not None and compare is None) or (compare and len(names) > 1):
         err.print("error: --max-regression needs --compare, and --compare one SWEEP")
         raise typer.Exit(2)
+    for flag, value in (("--fail-if-worse-than", fail_if_worse_than),
+                        ("--max-regression", max_regression)):
+        if value is not None and not math.isfinite(value):  # a nan gate passes everything
+            fail(f"{flag} {value}: give a finite number")
+            raise typer.Exit(2)
     ledger = Ledger(orch_home(), readonly=backend != "wandb")
     if backend == "wandb":
         names = [cli_wandb.import_wandb(ledger, n) for n in names]

@@ -274,12 +274,15 @@ def stop(name: str = typer.Argument(..., help="Sweep name.")) -> None:
     ledger = Ledger(orch_home())
     row = known_sweep(ledger, name)
     ledger.request_stop(name)
-    if row["state"] == SweepState.RUNNING:
+    owner_alive = alive(row["owner_pid"], row["owner_start"])
+    if row["state"] == SweepState.RUNNING and owner_alive:
         out.print(f"asked sweep {name} (pid {row['owner_pid']}) to stop")
+    elif row["state"] == SweepState.RUNNING:  # its orchestrator was killed: nothing to ask
+        out.print(f"sweep {name} is not running: its orchestrator (pid {row['owner_pid']}) is "
+                  f"gone; `orch sweep` resumes it")
     else:
         out.print(f"sweep {name} is not running ({row['state']}); nothing to stop")
-    if (row["spec"].get("launcher") or {}).get("type") == "docker" \
-            and not alive(row["owner_pid"], row["owner_start"]):
+    if (row["spec"].get("launcher") or {}).get("type") == "docker" and not owner_alive:
         # No orchestrator to do it: remove what a killed one left, so nothing runs on unseen.
         from orchestrator.launch.docker.engine import remove_containers
         from orchestrator.launch.docker.image import connect
@@ -291,8 +294,7 @@ def stop(name: str = typer.Argument(..., help="Sweep name.")) -> None:
             raise typer.Exit(1) from None
         if gone:
             out.print(f"removed {gone} container(s) its dead orchestrator left")
-    if (row["spec"].get("launcher") or {}).get("type") == "slurm" \
-            and not alive(row["owner_pid"], row["owner_start"]):
+    if (row["spec"].get("launcher") or {}).get("type") == "slurm" and not owner_alive:
         # Jobs outlive a killed or detached orchestrator: cancel them here, by ledger job id.
         from orchestrator.launch.slurm.commands import SlurmError
         from orchestrator.launch.slurm.launcher import cancel_sweep

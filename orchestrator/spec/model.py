@@ -63,7 +63,9 @@ class Resources(_Strict):
     cpu_slots: int = Field(1, ge=1, description="Parallel trials when there is no GPU.")
     timeout: float | None = Field(None, gt=0, description="Per-trial limit: seconds, 30m, 2h.")
     kill_grace: float = Field(10.0, ge=0, description="SIGTERM to SIGKILL grace period.")
-    retries: int = Field(0, ge=0, description="Re-runs of a failed trial (not diverged).")
+    retries: int = Field(0, ge=0, description=(
+        "Re-runs of a trial that failed, ran out of memory or was killed (not of one that "
+        "diverged, timed out, or refused its config: those end the same way again)."))
 
     @field_validator("gpus", mode="before")
     @classmethod
