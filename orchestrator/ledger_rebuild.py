@@ -15,7 +15,7 @@ import os
 import shutil
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,8 @@ class Rebuilt:
     attempts: int
     rerun: int  # trials whose last attempt left no verdict: back to pending
     kept: Path | None  # where the replaced ledger file was moved
+    # Run dirs whose result.json is there but unreadable: metrics from events.jsonl instead.
+    unreadable: list[Path] = field(default_factory=list)
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -149,7 +151,7 @@ def _rebuild_sweep(ledger: Ledger, sweep_dir: Path, report: Rebuilt) -> None:
                         metric, goal)
     for number in sorted(attempts):
         runs = sorted(attempts[number], key=lambda a: a[0])
-        if _rebuild_trial(ledger, name, number, runs, metric, goal):
+        if _rebuild_trial(ledger, name, number, runs, metric, goal, report.unreadable):
             report.rerun += 1
         report.trials += 1
         report.attempts += len(runs)
@@ -167,8 +169,10 @@ def _config_hash(runs: list[tuple[int, Path, dict[str, Any]]]) -> str:
 
 
 def _rebuild_trial(ledger: Ledger, sweep: str, number: int,
-                   runs: list[tuple[int, Path, dict[str, Any]]], metric: str, goal: str) -> bool:
-    """One trial and its attempts, in order; True when it goes back to pending."""
+                   runs: list[tuple[int, Path, dict[str, Any]]], metric: str, goal: str,
+                   unreadable: list[Path]) -> bool:
+    """One trial and its attempts, in order; True when it goes back to pending. An attempt
+    whose result.json cannot be read keeps the metrics of its last validation event."""
     trial = ledger.add_trial(sweep, _config_hash(runs), runs[0][2].get("params") or {},
                              number=number)
     for i, (attempt, run_dir, _) in enumerate(runs):
@@ -194,11 +198,16 @@ def _rebuild_trial(ledger: Ledger, sweep: str, number: int,
             return True
         else:
             state, reason, code = TrialState.KILLED, "no result (rebuilt from the run dir)", None
+        if result is None and (run_dir / "result.json").exists():
+            unreadable.append(run_dir)
         result = result or {}
+        final = result.get("final") if isinstance(result.get("final"), dict) else None
+        if final is None and validations:  # the program's last word on its metrics
+            final = {k: v for k, v in validations[-1].items() if k not in ("event", "time", "step")}
         ended = outcome.get("ended_at") or ((run_dir / "result.json").stat().st_mtime
                                             if (run_dir / "result.json").exists() else started)
         ledger.finish(trial.id, state=state, reason=reason, exit_code=code, ended_at=ended,
-                      final=result.get("final") if isinstance(result.get("final"), dict) else None,
+                      final=final,
                       best=result.get("best") if isinstance(result.get("best"), dict) else None,
                       program_wall=outcome.get("program_wall"),
                       config=result.get("config") if isinstance(result.get("config"), dict)

@@ -290,3 +290,20 @@ def test_orch_home_that_is_a_file_is_one_line(tmp_path: Path) -> None:
         assert proc.returncode == 2, (command, proc.stdout, proc.stderr)
         assert f"ORCH_HOME {home} is a file, not a folder" in proc.stderr
         assert "Traceback" not in proc.stderr
+
+
+def test_rebuild_with_an_unreadable_result_keeps_the_last_validation(orch_home: Path,
+                                                                     tmp_path: Path) -> None:
+    """A truncated result.json left its trial `finished` with no metric at all, silently (and
+    so out of the ranking and `orch best`): now the metrics of its last validation event, and
+    a warning that names the file."""
+    _finished_sweep(orch_home, tmp_path)
+    trial = Ledger(orch_home).trials("t")[0]
+    before = trial.final["val_loss"]
+    result = Path(trial.run_dir) / "result.json"
+    result.write_text(result.read_text()[:40])  # truncated mid-object
+    proc = run_orch(["ledger", "rebuild", "--force"], orch_env(orch_home))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"warning: {result} is unreadable" in " ".join(proc.stderr.split())
+    rebuilt = Ledger(orch_home).trials("t")[0]
+    assert rebuilt.state == "finished" and rebuilt.final["val_loss"] == before

@@ -13,7 +13,7 @@ import typer
 from orchestrator import ledger_rebuild
 from orchestrator.ledger import orch_home
 from orchestrator.ledger_file import LedgerError, describe
-from orchestrator.cli.terminal import out
+from orchestrator.cli.terminal import out, say
 
 app = typer.Typer(no_args_is_help=True, help="Repair the ledger: rebuild it from the run dirs, "
                                              "or put its automatic backup back.")
@@ -35,6 +35,9 @@ def rebuild(force: bool = ForceOpt) -> None:
     out.print(f"rebuilt {orch_home() / 'ledger.sqlite'}: {len(done.sweeps)} sweep(s) "
               f"({', '.join(done.sweeps)}), {done.trials} trial(s), {done.attempts} attempt(s)"
               f"{rerun}{kept}", highlight=False, soft_wrap=True)
+    for run_dir in done.unreadable:
+        say(f"warning: {run_dir / 'result.json'} is unreadable: that attempt's metrics come "
+            "from its last validation in events.jsonl")
 
 
 @app.command()
