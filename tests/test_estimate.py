@@ -186,3 +186,26 @@ def test_probe_of_bad_data_exits_2_with_one_line(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.startswith("error:"), proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_random_search_counts_its_interrupted_trial_as_to_run(orch_home: Path,
+                                                                 tmp_path: Path) -> None:
+    """run_cap 3, two finished and one interrupted: one trial runs again (it said 0 and then
+    re-ran it)."""
+    from orchestrator.run.estimate import points_to_run
+    from orchestrator.spec.plan import build_plan
+
+    spec = write_spec(tmp_path / "r.yaml", method="random", run_cap=3,
+                      parameters={"optim.lr": {"min": 0.001, "max": 0.01}})
+    ledger = Ledger(orch_home)
+    ledger.upsert_sweep("t", str(spec), {}, ["optim.lr"], "val_loss", "minimize")
+    for i, state in enumerate(["finished", "finished", "stopped"]):
+        t = ledger.add_trial("t", f"h{i}", {"optim.lr": 0.001 * (i + 1)})
+        ledger.mark_running(t.id, pid=1, pgid=1, run_dir="r", slot=0, started_at=0.0)
+        ledger.finish(t.id, state=state, reason="interrupted" if state == "stopped" else None,
+                      exit_code=0, ended_at=1.0, final=None, best=None, program_wall=1.0)
+    plan = build_plan(spec)
+    try:
+        assert len(points_to_run(plan, ledger.trials("t"), None)) == 1
+    finally:
+        plan.close()

@@ -138,8 +138,10 @@ def points_to_run(plan: Plan, trials: list[Trial], max_trials: int | None,
     max_trials. Trials a resume runs again (interrupted, left running) count as to run; grid
     points `reuse_of` finds finished in another sweep (`reuse: true`, `reuse_lookup`) do not:
     they are recorded from there without a slot, within run_cap, outside max_trials."""
-    if plan.grid is None:
-        count = max(0, (plan.spec.run_cap or max_trials or 0) - len(trials))
+    if plan.grid is None:  # trials to run again (interrupted, left running), then new draws
+        again = [t for t in trials if t.state in (TrialState.PENDING, TrialState.RUNNING)
+                 or (t.state == TrialState.STOPPED and t.reason == INTERRUPTED)]
+        count = len(again) + max(0, (plan.spec.run_cap or max_trials or 0) - len(trials))
         points: list[dict] = [{}] * count
     else:
         points = [p for p, h in _grid_todo(plan, trials) if reuse_of(h) is None]
