@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 from headless_browser import Browser, find_chromium
-from orch_helpers import BASE_TINY, orch_env, run_orch, unavailable, wait_for, write_spec
+from orch_helpers import BASE_TINY, FAKE, orch_env, run_orch, unavailable, wait_for, write_spec
 
 from orchestrator.ledger import Ledger
 from orchestrator.report import figures, importance
@@ -174,6 +174,8 @@ def test_report_is_one_offline_file(home: Path, tmp_path: Path) -> None:
         for t in ledger.trials(name):
             assert t.run_dir and t.run_dir in text
     assert "non-finite loss at step 20" in text
+    # The best config is runnable with the sweep's own program (it always said the trainer).
+    assert f"<code>{sys.executable} {FAKE} --config best.yaml --out RUN_DIR</code>" in text
 
 
 class _Fetches(HTMLParser):

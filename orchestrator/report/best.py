@@ -89,14 +89,19 @@ def _base_plus_overrides(argv: list[str]) -> dict[str, Any]:
     return tree
 
 
+def train_command(program: str | list[str], config_file: str) -> str:
+    """The command line that trains a config file with the sweep's program (as written)."""
+    command = program if isinstance(program, str) else shlex.join(program)
+    return f"{command} --config {config_file} --out RUN_DIR"
+
+
 def config_yaml(win: Winner, program: str | list[str]) -> str:
     """The config as YAML, with a header naming the trial it is the config of and the command
     that trains it (the sweep's program, as the spec writes it)."""
     t = win.trial
-    command = program if isinstance(program, str) else shlex.join(program)
     head = (f"# Best trial of sweep {win.sweep}: trial {t.number}, {win.metric} "
             f"{win.value:.6g}, config hash {t.config_hash} (from {win.source}).\n"
-            f"# Train it: {command} --config THIS_FILE --out RUN_DIR\n")
+            f"# Train it: {train_command(program, 'THIS_FILE')}\n")
     return head + yaml.safe_dump(win.config, sort_keys=False)
 
 

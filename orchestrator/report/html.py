@@ -143,6 +143,7 @@ def _best(ledger: Ledger, names: list[str], any_finished: bool) -> str:
     assert row is not None
     trial = next(t for t in ledger.trials(row.sweep) if t.number == row.trials[0])
     params = " ".join(f"{k}={fmt_param(v)}" for k, v in trial.params.items()) or "base config"
+    train = best_mod.train_command(best_mod.program_written(ledger, trial.sweep), "best.yaml")
     lines = [f"<p>trial <b>{trial.number}</b> of sweep <b>{_e(trial.sweep)}</b>: "
              f"{_e(per_trial.metric)} <b>{fmt('loss', row.value(per_trial.metric))}</b> "
              f"(the best single trial; the table ranks configurations by their mean over "
@@ -150,7 +151,7 @@ def _best(ledger: Ledger, names: list[str], any_finished: bool) -> str:
              f"<code>{_e(trial.run_dir or MISSING)}</code><br>config hash: "
              f"<code>{_e(trial.config_hash)}</code></p>",
              f"<p>runnable: <code>orch best {_e(trial.sweep)} --out best.yaml</code>, then "
-             f"<code>python -m trainer --config best.yaml --out RUN_DIR</code></p>"]
+             f"<code>{_e(train)}</code></p>"]
     try:
         config, source = best_mod.trial_config(trial)
         lines.append(f"<details><summary>full config ({_e(source)})</summary><pre>"
