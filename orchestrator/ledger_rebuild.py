@@ -183,6 +183,8 @@ def _rebuild_trial(ledger: Ledger, sweep: str, number: int,
                             started_at=started)
         tail = EventTail(run_dir / "events.jsonl")
         validations = tail.poll()
+        if tail.device is not None:  # what the program reported it ran on
+            ledger.set_device(trial.id, tail.device)
         if validations or tail.step is not None:
             ledger.record_progress(trial.id, attempt, tail.step, tail.max_steps, validations,
                                    metric, goal)

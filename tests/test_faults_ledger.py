@@ -307,3 +307,4 @@ def test_rebuild_with_an_unreadable_result_keeps_the_last_validation(orch_home: 
     assert f"warning: {result} is unreadable" in " ".join(proc.stderr.split())
     rebuilt = Ledger(orch_home).trials("t")[0]
     assert rebuilt.state == "finished" and rebuilt.final["val_loss"] == before
+    assert rebuilt.device == trial.device is not None  # from its device_info event

@@ -95,6 +95,13 @@ def test_reuse_runs_only_what_no_other_sweep_finished(home: Path, fake_schema_fi
     status = json.loads(run_orch(["status", "second", "--format", "json"], orch_env(home)).stdout)
     assert {t["number"]: t["reused_from"] for t in status["trials"]}[second[1].number] == "first/1"
 
+    # Parameter importance over both sweeps counts each result once.
+    from orchestrator.report.importance import scored
+    both = [t for n in ("first", "second") for t in ledger.trials(n)]
+    assert sorted(t.origin for t, _ in scored(both, "val_loss")) == \
+        sorted({t.origin for t in both if t.state == "finished"})
+    assert len(scored(both, "val_loss")) < len([t for t in both if t.state == "finished"])
+
     # A resume keeps them: nothing is launched again.
     _, again = _sweep(home, fake_schema_file, "second", reuse=True,
                       parameters={"train.seed": {"values": [1, 2, 3, 4]}})

@@ -76,11 +76,13 @@ def _category(value: Any) -> str:
 
 
 def scored(trials: list[Trial], metric: str) -> list[tuple[Trial, float]]:
-    """Finished trials with a finite value of `metric`, each with that value."""
-    out = []
+    """Finished trials with a finite value of `metric`, each with that value; a result
+    counts once however many sweeps hold it (a reused trial and its original are one)."""
+    out, seen = [], set()
     for t in trials:
-        if t.state != TrialState.FINISHED:
+        if t.state != TrialState.FINISHED or t.origin in seen:
             continue
+        seen.add(t.origin)
         value = trial_values(t, [metric])[metric]
         if value is not None:
             out.append((t, value))
