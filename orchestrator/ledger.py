@@ -55,8 +55,7 @@ class Ledger:
         self.path = home / "ledger.sqlite"
         if home.exists() and not home.is_dir():
             raise ledger_file.LedgerError(f"ORCH_HOME {home} is a file, not a folder: point "
-                                          "ORCH_HOME at a folder (it holds the ledger and the "
-                                          "run dirs)", code=2)
+                                          "it at a folder (ledger and run dirs)", code=2)
         if not readonly:
             try:
                 home.mkdir(parents=True, exist_ok=True)
@@ -241,8 +240,7 @@ class Ledger:
                 self.db.execute("INSERT INTO metrics VALUES (?,?,?,?,?)",
                                 (trial_id, attempt, v.get("step"), v.get("time"),
                                  json.dumps(values)))
-            # Every point of the batch counts for the best, not only its last one (a poll can
-            # bring several validations; the search engines read best_metric).
+            # Every point of a poll counts for the best (the search engines read best_metric).
             scores = [v[metric] for v in validations if isinstance(v.get(metric), (int, float))
                       and math.isfinite(v[metric])]
             last = scores[-1] if scores else None
