@@ -317,6 +317,8 @@ def test_unknown_backend_and_unwritable_out_paths_are_refused(orch_home: Path,
      "key 'optim.lr' appears twice in one mapping (first on line"),
     ("  optim.lr: {values: [0.1]}\n  optim:\n    parameters:\n      lr: {values: [0.2, 0.3]}\n",
      "optim.lr is set twice in `parameters`"),
+    ("  optim.lr: {values: [0.1, 0.1, 0.3]}\n",  # a grid of 2 points, written as 3
+     "`parameters.optim.lr.values`: 0.1 listed more than once"),
 ])
 def test_a_parameter_written_twice_is_refused(orch_home: Path, tmp_path: Path, parameters: str,
                                               says: str) -> None:

@@ -8,6 +8,7 @@ which member a trial gets is the trainer's business, checked per trial by `valid
 from __future__ import annotations
 
 import difflib
+import json
 import math
 from typing import Any
 
@@ -204,14 +205,23 @@ def distribution_error(param: dict[str, Any], fields: list[Schema], root: Schema
     return None
 
 
-def repeated_names(parameters: dict[str, Any], doc: SpecDoc) -> list[str]:
-    """A parameter set twice, as `a.b` and as `a: {parameters: {b: ...}}`: one would be
-    dropped silently."""
+def repeated_names(parameters: dict[str, Any], doc: SpecDoc, grid: bool) -> list[str]:
+    """A parameter set twice, as `a.b` and as `a: {parameters: {b: ...}}`, or (in a grid) a
+    value listed twice in one `values`: either shrinks the sweep silently (one is dropped)."""
     seen: dict[str, tuple[Any, ...]] = {}
     problems = []
-    for key, _, loc in param_names(parameters):
+    for key, param, loc in param_names(parameters):
         if key in seen:
             problems.append(doc.error(loc, f"{key} is set twice in `parameters` (also at "
                                       f"{doc.where(seen[key])}); keep one"))
         seen.setdefault(key, loc)
+        values = param.get("values") if grid and isinstance(param, dict) else None
+        listed = [json.dumps(v, sort_keys=True) for v in values] \
+            if isinstance(values, list) else []  # not a list: W&B's schema check says so
+        twice = sorted({v for v in listed if listed.count(v) > 1})
+        if twice:
+            problems.append(doc.error((*loc, "values"), f"{', '.join(twice)} listed more than "
+                                      "once; a grid runs each value once, so the sweep would "
+                                      "have fewer points than written (a typo for another "
+                                      "value?)"))
     return problems

@@ -203,7 +203,7 @@ def check_spec(loaded: Loaded, described: Description, max_trials: int | None) -
     wandb = sweeps_schema_errors(doc, wandb_view(spec.search_config()))
     problems = [text for loc, text in wandb if loc[:1] != ("parameters",)]
     problems += spec_problems(spec, doc)
-    problems += repeated_names(spec.parameters, doc)
+    problems += repeated_names(spec.parameters, doc, grid=spec.method == "grid")
     metrics = described.metric_names()
     if metrics and spec.metric.name not in metrics:
         problems.append(doc.error(("metric", "name"), f"unknown metric "
