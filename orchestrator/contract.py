@@ -337,6 +337,19 @@ class EventTail:
         return new
 
 
+def reported_metrics(result: dict[str, Any], tail: EventTail, names: list[str]
+            ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """(final, best) from result.json; without a usable one, the last validation event's
+    `names` (the metrics the program declares) are the final. The run loop and the ledger
+    rebuild both record a run's metrics this way."""
+    final = result.get("final") if isinstance(result.get("final"), dict) else None
+    best = result.get("best") if isinstance(result.get("best"), dict) else None
+    if final is None and tail.validations:  # no result.json: the events still tell
+        last = tail.validations[-1]
+        final = {k: last.get(k) for k in names}
+    return final, best
+
+
 @dataclass
 class Outcome:
     """The honest end state of one trial attempt."""

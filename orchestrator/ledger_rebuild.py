@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orchestrator.contract import EventTail, judge, read_result
+from orchestrator.contract import (EventTail, describe_recorded, judge, read_result,
+                                   reported_metrics)
 from orchestrator.ledger import Ledger
 from orchestrator.ledger_file import LedgerError, backup_path, run_dirs
 from orchestrator.states import SweepState, TrialState
@@ -147,11 +148,13 @@ def _rebuild_sweep(ledger: Ledger, sweep_dir: Path, report: Rebuilt) -> None:
     varied = meta.get("varied") or sorted(
         {k for p in params for k in p if len({json.dumps(q.get(k)) for q in params}) > 1})
     metric, goal = meta.get("metric") or "val_loss", meta.get("goal") or "minimize"
+    # The metrics a run without a readable result.json keeps, as the run loop records them.
+    names = describe_recorded((meta.get("spec") or {}).get("program")).metric_names() or [metric]
     ledger.upsert_sweep(name, meta.get("spec_path") or "", meta.get("spec") or {}, varied,
                         metric, goal)
     for number in sorted(attempts):
         runs = sorted(attempts[number], key=lambda a: a[0])
-        if _rebuild_trial(ledger, name, number, runs, metric, goal, report.unreadable):
+        if _rebuild_trial(ledger, name, number, runs, metric, goal, names, report.unreadable):
             report.rerun += 1
         report.trials += 1
         report.attempts += len(runs)
@@ -170,9 +173,10 @@ def _config_hash(runs: list[tuple[int, Path, dict[str, Any]]]) -> str:
 
 def _rebuild_trial(ledger: Ledger, sweep: str, number: int,
                    runs: list[tuple[int, Path, dict[str, Any]]], metric: str, goal: str,
-                   unreadable: list[Path]) -> bool:
+                   names: list[str], unreadable: list[Path]) -> bool:
     """One trial and its attempts, in order; True when it goes back to pending. An attempt
-    whose result.json cannot be read keeps the metrics of its last validation event."""
+    without a readable result.json keeps its last validation's `names` (the program's
+    metrics) as its final, as the run loop records it."""
     trial = ledger.add_trial(sweep, _config_hash(runs), runs[0][2].get("params") or {},
                              number=number)
     for i, (attempt, run_dir, _) in enumerate(runs):
@@ -203,14 +207,11 @@ def _rebuild_trial(ledger: Ledger, sweep: str, number: int,
         if result is None and (run_dir / "result.json").exists():
             unreadable.append(run_dir)
         result = result or {}
-        final = result.get("final") if isinstance(result.get("final"), dict) else None
-        if final is None and validations:  # the program's last word on its metrics
-            final = {k: v for k, v in validations[-1].items() if k not in ("event", "time", "step")}
+        final, best = reported_metrics(result, tail, names)
         ended = outcome.get("ended_at") or ((run_dir / "result.json").stat().st_mtime
                                             if (run_dir / "result.json").exists() else started)
         ledger.finish(trial.id, state=state, reason=reason, exit_code=code, ended_at=ended,
-                      final=final,
-                      best=result.get("best") if isinstance(result.get("best"), dict) else None,
+                      final=final, best=best,
                       program_wall=outcome.get("program_wall"),
                       config=result.get("config") if isinstance(result.get("config"), dict)
                       else None, result=result)

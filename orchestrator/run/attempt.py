@@ -11,9 +11,10 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
-from orchestrator.contract import EXIT_BAD_INPUT, EventTail, Outcome, finite, judge
+from orchestrator.contract import (EXIT_BAD_INPUT, EventTail, Outcome, finite, judge,
+                                   reported_metrics)
 from orchestrator.launch.command import TrialCommand
 from orchestrator.launch.protocol import Run
 from orchestrator.ledger import Ledger, Trial
@@ -84,18 +85,6 @@ def outcome(run: Run, code: int) -> Outcome:
     return out
 
 
-def metrics(result: dict[str, Any], tail: EventTail, names: list[str]
-            ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-    """(final, best) from result.json; without one, the last validation event's `names` (the
-    metrics the program declares) are the final."""
-    final = result.get("final") if isinstance(result.get("final"), dict) else None
-    best = result.get("best") if isinstance(result.get("best"), dict) else None
-    if final is None and tail.validations:  # no result.json: the events still tell
-        last = tail.validations[-1]
-        final = {k: last.get(k) for k in names}
-    return final, best
-
-
 def record_end(plan: Plan, ledger: Ledger, live: Live, code: int, note: Callable[[str], None],
                interrupted: bool) -> None:
     """Record how the attempt ended (ledger and run dir), say so, and queue a retry when the
@@ -104,7 +93,7 @@ def record_end(plan: Plan, ledger: Ledger, live: Live, code: int, note: Callable
     out = outcome(run, code)
     result = out.result or {}
     names = plan.described.metric_names() or [plan.spec.metric.name]
-    final, best = metrics(result, live.tail, names)
+    final, best = reported_metrics(result, live.tail, names)
     config = result.get("config")
     ledger.finish(live.trial.id, state=out.state, reason=out.reason, exit_code=code,
                   ended_at=ended, final=final, best=best, program_wall=ended - run.started,
