@@ -19,7 +19,7 @@ from typing import Any, Iterator
 
 from orchestrator import ledger_file, ledger_schema
 from orchestrator.ledger_rows import Trial, Validation
-from orchestrator.states import INTERRUPTED, SweepState, TrialState
+from orchestrator.states import SweepState, TrialState
 
 
 def orch_home() -> Path:
@@ -370,7 +370,7 @@ class Ledger:
             if t.state == TrialState.RUNNING and t.id not in keep:
                 self.requeue(t.id, "orchestrator died; re-run", refund_attempt=True)
                 back.append(t)
-            elif t.state == TrialState.STOPPED and t.reason == INTERRUPTED:
+            elif t.interrupted:
                 self.requeue(t.id, "interrupted; re-run", refund_attempt=True)
                 back.append(t)
         return back

@@ -7,7 +7,7 @@ import sqlite3
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator.states import TrialState
+from orchestrator.states import INTERRUPTED, TrialState
 
 
 @dataclass
@@ -51,6 +51,12 @@ class Trial:
     def point(self) -> str:
         """Its parameters as one line, `optim.lr=0.003 model.n_layer=2`, for progress lines."""
         return " ".join(f"{k}={v}" for k, v in self.params.items()) or "(base config)"
+
+    @property
+    def interrupted(self) -> bool:
+        """Stopped by Ctrl-C, `orch stop` or a fault of orch, not for itself: a resume runs it
+        again."""
+        return self.state == TrialState.STOPPED and self.reason == INTERRUPTED
 
     @property
     def origin(self) -> str:

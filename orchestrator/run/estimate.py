@@ -28,7 +28,7 @@ from orchestrator.ledger import Ledger, Trial
 from orchestrator.spec.plan import Plan
 from orchestrator.run.reuse import reuse_lookup
 from orchestrator.run.slots import Slot
-from orchestrator.states import INTERRUPTED, TERMINAL, TrialState
+from orchestrator.states import TERMINAL, TrialState
 
 DAY = 86400.0
 # Seconds all probes of one dry run may take together. The dry run is the inner loop, and a
@@ -139,8 +139,8 @@ def points_to_run(plan: Plan, trials: list[Trial], max_trials: int | None,
     points `reuse_of` finds finished in another sweep (`reuse: true`, `reuse_lookup`) do not:
     they are recorded from there without a slot, within run_cap, outside max_trials."""
     if plan.grid is None:  # trials to run again (interrupted, left running), then new draws
-        again = [t for t in trials if t.state in (TrialState.PENDING, TrialState.RUNNING)
-                 or (t.state == TrialState.STOPPED and t.reason == INTERRUPTED)]
+        again = [t for t in trials
+                 if t.state in (TrialState.PENDING, TrialState.RUNNING) or t.interrupted]
         count = len(again) + max(0, (plan.spec.run_cap or max_trials or 0) - len(trials))
         points: list[dict] = [{}] * count
     else:
@@ -157,8 +157,7 @@ def reused_count(plan: Plan, trials: list[Trial],
 
 def _grid_todo(plan: Plan, trials: list[Trial]) -> list[tuple[dict, str]]:
     """Grid points and their config hashes the ledger holds no result of, within run_cap."""
-    done = {t.config_hash for t in trials if t.state in TERMINAL
-            and not (t.state == TrialState.STOPPED and t.reason == INTERRUPTED)}
+    done = {t.config_hash for t in trials if t.state in TERMINAL and not t.interrupted}
     todo = [(p, h) for p, h in plan.grid or [] if h not in done]
     cap = plan.spec.run_cap
     return todo if cap is None else todo[:max(0, cap - len(trials))]
