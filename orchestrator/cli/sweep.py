@@ -6,7 +6,7 @@ import json
 import shlex
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.table import Table
@@ -15,9 +15,10 @@ from orchestrator.cli import wandb as cli_wandb
 from orchestrator.cli.reports import known_sweep
 from orchestrator.cli.terminal import err, interrupt_choice, out, say, show, spec_errors
 from orchestrator.launch.protocol import LauncherError
-from orchestrator.ledger import Ledger, alive, orch_home
+from orchestrator.ledger import Ledger, Trial, alive, orch_home
 from orchestrator.report import results as results_mod
 from orchestrator.report import tables
+from orchestrator.report.status import sweep_state
 from orchestrator.run.estimate import PROBE_BUDGET, estimate, points_to_run, reused_count
 from orchestrator.run.reuse import reuse_lookup
 from orchestrator.run.loop import RunLoop, SweepBusy
@@ -96,11 +97,12 @@ def sweep(spec: Path = typer.Argument(..., help="Sweep spec YAML."),
                           "local backend only", highlight=False)
             cli_wandb.sweep_on_wandb(plan, ledger, dry_run, max_trials)
             return
-        moved = _settings_changed(plan, ledger)
+        recorded = ledger.trials(plan.spec.name)
+        moved = _settings_changed(plan, recorded)
         if moved:
             spec_errors(SpecError([moved]))
             raise typer.Exit(2)
-        _note_trials_outside_the_grid(plan, ledger)
+        _note_trials_outside_the_grid(plan, recorded)
         if dry_run:
             _dry_run(plan, ledger, max_trials, not no_probe, probe_budget)
             return
@@ -166,16 +168,23 @@ def _another_sweeps_name(plan: Plan, ledger: Ledger) -> str | None:
             f"name (`--name {name}-2`); nothing was run")
 
 
-def _settings_changed(plan: Plan, ledger: Ledger) -> str | None:
+def _settings_changed(plan: Plan, recorded: list[Trial]) -> str | None:
     """Why this run cannot resume its sweep: the settings every trial shares (base,
     overrides, --set, --data) changed, so the recorded trials' parameters now make other
     configurations. Resuming would run pending trials under their old config hash and take the
-    new configurations of finished points for done."""
-    trials = [t for t in ledger.trials(plan.spec.name)
-              if t.state != TrialState.INVALID and t.config_hash]
-    verdicts = plan.validator.check([plan.resolved(t.params) for t in trials])
-    for t, verdict in zip(trials, verdicts):
-        now = verdict.get("config_hash") if verdict.get("ok") else None
+    new configurations of finished points for done. A grid point's hash under these settings
+    is the plan's already; the program keys only the other trials' parameters."""
+    in_grid = {_point_key(point): h for point, h in plan.grid or []}
+    trials = [t for t in recorded if t.state != TrialState.INVALID and t.config_hash]
+    others = [t for t in trials if _point_key(t.params) not in in_grid]
+    verdicts = dict(zip((t.id for t in others),
+                        plan.validator.check([plan.resolved(t.params) for t in others])))
+    for t in trials:
+        verdict = verdicts.get(t.id)
+        if verdict is None:  # a grid point
+            now = in_grid[_point_key(t.params)]
+        else:
+            now = verdict.get("config_hash") if verdict.get("ok") else None
         if now and now != t.config_hash:
             name = plan.spec.name
             return (f"{plan.doc.path}: the settings all trials share (base, overrides, --set, "
@@ -187,13 +196,17 @@ def _settings_changed(plan: Plan, ledger: Ledger) -> str | None:
     return None
 
 
-def _note_trials_outside_the_grid(plan: Plan, ledger: Ledger) -> None:
+def _point_key(point: dict[str, Any]) -> str:
+    return json.dumps(point, sort_keys=True)
+
+
+def _note_trials_outside_the_grid(plan: Plan, recorded: list[Trial]) -> None:
     """An edited grid resumes its sweep: say that the trials of points the spec no longer has
     stay in the sweep (its table, `orch best`)."""
-    if plan.grid is None or ledger.sweep(plan.spec.name) is None:
+    if plan.grid is None:
         return
     grid = {h for _, h in plan.grid}
-    outside = [t for t in ledger.trials(plan.spec.name) if t.config_hash not in grid]
+    outside = [t for t in recorded if t.config_hash not in grid]
     if outside:
         say(f"note: sweep {plan.spec.name} holds {len(outside)} trial(s) of points this "
             f"spec's grid no longer has (an edited grid): they stay in its table and `orch "
@@ -274,14 +287,15 @@ def stop(name: str = typer.Argument(..., help="Sweep name.")) -> None:
     ledger = Ledger(orch_home())
     row = known_sweep(ledger, name)
     ledger.request_stop(name)
-    owner_alive = alive(row["owner_pid"], row["owner_start"])
-    if row["state"] == SweepState.RUNNING and owner_alive:
+    state = sweep_state(row)
+    if state == SweepState.RUNNING:
         out.print(f"asked sweep {name} (pid {row['owner_pid']}) to stop")
-    elif row["state"] == SweepState.RUNNING:  # its orchestrator was killed: nothing to ask
+    elif state == SweepState.INTERRUPTED:  # its orchestrator was killed: nothing to ask
         out.print(f"sweep {name} is not running: its orchestrator (pid {row['owner_pid']}) is "
                   f"gone; `orch sweep` resumes it")
     else:
-        out.print(f"sweep {name} is not running ({row['state']}); nothing to stop")
+        out.print(f"sweep {name} is not running ({state}); nothing to stop")
+    owner_alive = alive(row["owner_pid"], row["owner_start"])
     if (row["spec"].get("launcher") or {}).get("type") == "docker" and not owner_alive:
         # No orchestrator to do it: remove what a killed one left, so nothing runs on unseen.
         from orchestrator.launch.docker.engine import remove_containers
