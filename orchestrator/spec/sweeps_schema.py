@@ -73,17 +73,17 @@ def sweeps_schema_errors(doc: SpecDoc,
 
     validator = sweeps_validator()
     out = []
+    seen = set()
     for err in validator.iter_errors(search):
+        seen.add(err.message)
         loc = tuple(err.absolute_path)
         best = jsonschema.exceptions.best_match(err.context) if err.context else None
-        sharper = _parameter_problem(err.instance) if loc[:1] == ("parameters",) else None
-        if loc[:1] == ("parameters",) and len(loc) == 2 and sharper:
-            out.append((loc, doc.error(loc, sharper)))
-        elif loc[:1] == ("parameters",) and len(loc) == 2:
-            out.append((loc, doc.error(loc, "not a valid W&B parameter. Allowed forms: {value: V}, "
-                                      "{values: [..]}, {min: A, max: B, distribution: D}, "
-                                      "{distribution: normal, mu, sigma}, or {parameters: {..}} "
-                                      "for nesting" + (f" ({best.message})" if best else ""))))
+        if loc[:1] == ("parameters",) and len(loc) == 2:
+            text = _parameter_problem(err.instance) or (
+                "not a valid W&B parameter. Allowed forms: {value: V}, {values: [..]}, "
+                "{min: A, max: B, distribution: D}, {distribution: normal, mu, sigma}, or "
+                "{parameters: {..}} for nesting" + (f" ({best.message})" if best else ""))
+            out.append((loc, doc.error(loc, text)))
         elif best is not None:  # "not valid under any of the given schemas": the closest
             inner = tuple(best.absolute_path)  # from the root: it includes loc
             out.append((loc, doc.error(inner, f"{best.message} (W&B sweep config schema)")))
@@ -93,7 +93,6 @@ def sweeps_schema_errors(doc: SpecDoc,
         extra = _sweeps_violations(search)
     except ValueError as err:
         extra = [str(err)]
-    seen = {err.message for err in validator.iter_errors(search)}
     names = sorted(search.get("parameters", {}), key=len, reverse=True)
     for msg in dict.fromkeys(extra):
         if msg in seen:
