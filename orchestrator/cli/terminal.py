@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Callable
 
 import typer
-
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table

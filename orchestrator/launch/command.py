@@ -28,7 +28,6 @@ class Command(Protocol):
         """The command line on this machine."""
 
 
-
 def prepare_command(program: list[str], config: str, sets: dict[str, Any]) -> list[str]:
     """`PROGRAM prepare --config CONFIG KEY=VALUE...`: fill the data cache for one data setting
     (on the host or in a container: the caller gives the program and path as seen there)."""
@@ -38,6 +37,7 @@ def prepare_command(program: list[str], config: str, sets: dict[str, Any]) -> li
 def assignments(sets: dict[str, Any]) -> list[str]:
     """Dotted overrides as the contract's command lines take them: `key=value`."""
     return [f"{key}={format_value(value)}" for key, value in sets.items()]
+
 
 @dataclass(frozen=True)
 class TrialCommand:

@@ -205,7 +205,7 @@ def distribution_error(param: dict[str, Any], fields: list[Schema], root: Schema
     return None
 
 
-def repeated_names(parameters: dict[str, Any], doc: SpecDoc, grid: bool) -> list[str]:
+def repeated_parameters(parameters: dict[str, Any], doc: SpecDoc, grid: bool) -> list[str]:
     """A parameter set twice, as `a.b` and as `a: {parameters: {b: ...}}`, or (in a grid) a
     value listed twice in one `values`: either shrinks the sweep silently (one is dropped)."""
     seen: dict[str, tuple[Any, ...]] = {}

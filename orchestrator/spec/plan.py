@@ -5,11 +5,11 @@ a small value with its own problems: `load` the spec (its model); `describe_prog
 program declares (its data-file, seed and tracking keys, its metrics: `PROGRAM describe`);
 `check_spec`, what the spec alone shows (W&B's sweep schema, metric, run_cap, base file, GPUs);
 `program_schema`, the program's JSON Schema; `resolve_settings`, the fixed settings (overrides,
-tracking, --set, --data); `check_names`, every setting and parameter name and value against that schema;
-`check_trial_start`, what every trial would meet at its start (W&B key, data file); and
-`check_points`, the grid points (for random and bayes, the fixed part and a seeded sample of
-proposals) validated by the program itself. Problems are collected, not raised one by one: the
-pipeline stops only where the next stage needs what failed.
+tracking, --set, --data); `check_names`, every setting and parameter name and value against
+that schema; `check_trial_start`, what every trial would meet at its start (W&B key, data
+file); and `check_points`, the grid points (for random and bayes, the fixed part and a seeded
+sample of proposals) validated by the program itself. Problems are collected, not raised one
+by one: the pipeline stops only where the next stage needs what failed.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from orchestrator.search import param_names, varied
 from orchestrator.spec.document import SpecDoc, SpecError, read_spec, read_yaml
 from orchestrator.spec.model import SweepSpec, load_spec
 from orchestrator.spec.overrides import flatten, parse_set
-from orchestrator.spec.params import (Schema, distribution_error, repeated_names, resolve,
+from orchestrator.spec.params import (Schema, distribution_error, repeated_parameters, resolve,
                                        value_error)
 from orchestrator.spec.points import check_points
 from orchestrator.spec.rejections import Rejections
@@ -203,7 +203,7 @@ def check_spec(loaded: Loaded, described: Description, max_trials: int | None) -
     wandb = sweeps_schema_errors(doc, wandb_view(spec.search_config()))
     problems = [text for loc, text in wandb if loc[:1] != ("parameters",)]
     problems += spec_problems(spec, doc)
-    problems += repeated_names(spec.parameters, doc, grid=spec.method == "grid")
+    problems += repeated_parameters(spec.parameters, doc, grid=spec.method == "grid")
     metrics = described.metric_names()
     if metrics and spec.metric.name not in metrics:
         problems.append(doc.error(("metric", "name"), f"unknown metric "
