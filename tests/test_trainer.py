@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from trainer import dropout as drop
 from trainer.config import ConfigError, load_config
 from trainer.events import read_events
 
@@ -408,11 +410,14 @@ def test_runs_report_the_precision_they_used_and_warn_once(tmp_path: Path,
     for asked in ("auto", "bf16"):
         out = tmp_path / asked
         res = train_tiny(out, tiny_titles, tmp_path / "cache", "train.max_steps=2",
-                         "train.device=cpu", f"train.precision={asked}")
+                         "train.device=cpu", f"train.precision={asked}", "model.dropout=0.1")
         assert res.returncode == 0, res.stderr
         events = read_events(out / "events.jsonl")
         info = next(e for e in events if e["event"] == "device_info")
         assert info["precision"] == ("bf16" if asked == "bf16" or native else "fp32")
+        # Where a C compiler is, a CPU run with dropout draws its masks with the compiled kernel.
+        masks = info["dropout_masks"]
+        assert masks == drop.COMPILED or (masks.startswith("torch (") and not shutil.which("cc"))
         warned = [e for e in events if e["event"] == "warning" and "emulates" in e["message"]]
         assert len(warned) == (1 if asked == "bf16" and not native else 0)
 

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from trainer import segments as seg_mask
 from trainer import sparse
 from trainer.attention_config import CausalAttention, LocalAttention, SparseAttention
+from trainer import dropout as drop
 
 Tensor = torch.Tensor
 # (q, k, v, scale, dropout_p, segments or None) -> attention output
@@ -73,7 +74,7 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(d_model, 2 * self.qk_dim + d_model, bias=bias)
         self.proj = nn.Linear(d_model, d_model, bias=bias)
         self.dropout = dropout
-        self.resid_drop = nn.Dropout(dropout)
+        self.resid_drop = drop.Dropout(dropout)
         self.rotary = Rotary(self.qk_head_dim, context_length) if rotary else None
         self.q_norm = nn.RMSNorm(self.qk_head_dim) if qk_norm else None
         self.k_norm = nn.RMSNorm(self.qk_head_dim) if qk_norm else None
@@ -170,7 +171,7 @@ class SelfAttention(nn.Module):
         att = (q @ k.transpose(-2, -1)) * scale
         att = F.softmax(att.masked_fill(self._future[key], float("-inf")), dim=-1)
         if p:
-            att = F.dropout(att, p)
+            att = drop.dropout(att, p)
         return att @ v
 
     def _flex(self, q: Tensor, k: Tensor, v: Tensor, scale: float, p: float, doc: None) -> Tensor:

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from trainer import exitcodes
 from trainer.config import CHALLENGE_EVAL_TOKENS, Config, ConfigError
 from trainer.data import DataError, batches_per_epoch, prepare_data
+from trainer.dropout import compiled_masks
 from trainer.events import EventLog, write_json_atomic
 from trainer.metrics import METRICS, evaluate
 from trainer.model import GPT
@@ -171,7 +172,9 @@ def train(cfg: Config, cache_dir: Path, events: EventLog, console: Console,
     precision, emulated = resolve_precision(cfg.train.precision, probe_device(device))
     events.log("device_info", device=str(device), torch=torch.__version__,
                threads=torch.get_num_threads(), precision=precision,
-               cuda=torch.cuda.get_device_name(device) if device.type == "cuda" else None)
+               cuda=torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+               dropout_masks=compiled_masks().describe()
+               if device.type == "cpu" and cfg.model.dropout else None)
     if emulated:
         warn(emulated)
     data = prepare_data(cfg.data, cfg.tokenizer, cache_dir)

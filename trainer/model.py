@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from trainer.attention import SelfAttention
 from trainer.config import Config, ModelConfig
+from trainer.dropout import Dropout
 from trainer.segments import Segments
 
 
@@ -36,7 +37,7 @@ class MLP(nn.Module):
         self.fc = nn.Linear(cfg.d_model, hidden, bias=cfg.bias)
         self.gate = nn.Linear(cfg.d_model, hidden, bias=cfg.bias) if cfg.activation == "swiglu" else None
         self.proj = nn.Linear(hidden, cfg.d_model, bias=cfg.bias)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.fc(x)
@@ -87,7 +88,7 @@ class GPT(nn.Module):
         self.token_emb = nn.Embedding(vocab_size, m.d_model)
         self.pos_emb = (nn.Parameter(torch.zeros(1, cfg.train.context_length, m.d_model))
                         if m.positions == "learned" else None)
-        self.drop = nn.Dropout(m.dropout)
+        self.drop = Dropout(m.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(m.n_layer))
         self.ln_f = make_norm(m) if m.norm_position == "pre" else nn.Identity()
         self.head = nn.Linear(m.d_model, vocab_size, bias=False)

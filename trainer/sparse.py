@@ -26,6 +26,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from trainer.dropout import dropout
+
 Tensor = torch.Tensor
 
 
@@ -253,7 +255,7 @@ def attend_parts(q: Tensor, parts: list[Part], scale: float, dropout_p: float = 
         total = _put(total, p.where(), torch.logaddexp(total[p.where()], s.logsumexp(-1)))
     out = torch.zeros(q.shape[:-1] + (parts[0].v.shape[-1],), device=q.device)
     for p, s in zip(parts, scores):
-        w = F.dropout((s - total[p.where()][..., None]).exp(), dropout_p)
+        w = dropout((s - total[p.where()][..., None]).exp(), dropout_p)
         out = _put(out, p.where(), out[p.where()] + w @ p.keys_of(p.v).float())
     return out.to(q.dtype)
 
