@@ -110,3 +110,20 @@ def test_build_caches_the_library_and_says_why_it_fails(tmp_path: Path,
     monkeypatch.setenv("CC", "no-such-cc")
     with pytest.raises(drop.BuildError, match="no C compiler: no-such-cc not found"):
         drop.build(drop.SOURCE)
+
+
+def test_under_torch_compile_dropout_traces_into_the_graph(masks: drop.Masks) -> None:
+    """torch.compile draws masks its own way: our layer must not break its graph."""
+    layer = drop.Dropout(0.5)
+    compiled = torch.compile(layer, backend="eager", fullgraph=True)  # fails on a graph break
+    y = compiled(torch.ones(100))
+    assert set(y.unique().tolist()) == {0.0, 2.0}
+
+
+def test_a_kernel_folder_others_can_write_is_not_used(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    shared = tmp_path / "orch" / "kernels"
+    shared.mkdir(parents=True)
+    shared.chmod(0o777)
+    assert drop.cache_dir() != shared

@@ -78,7 +78,8 @@ class Masks:
 def dropout(x: Tensor, p: float, training: bool = True, masks: Masks | None = None) -> Tensor:
     """`F.dropout(x, p, training)`, the same result and the same generator state after; with
     the compiled masks for float32 CPU tensors (`masks`: the process's own by default)."""
-    if not training or not 0.0 < p < 1.0 or x.device.type != "cpu" or x.dtype != torch.float32:
+    if (not training or not 0.0 < p < 1.0 or x.device.type != "cpu" or x.dtype != torch.float32
+            or torch.compiler.is_compiling()):  # torch.compile draws its own masks in its graph
         return F.dropout(x, p, training)
     masks = masks or compiled_masks()
     if masks.draw is None:
@@ -172,8 +173,12 @@ def cache_dir() -> Path:
     for folder in (home / "orch" / "kernels",
                    Path(tempfile.gettempdir()) / f"orch-kernels-{os.getuid()}"):
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            if os.access(folder, os.W_OK):
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # Only a folder of this user's that nobody else can write: what is loaded from it
+            # runs in this process.
+            info = folder.stat()
+            private = info.st_uid == os.getuid() and not info.st_mode & 0o022
+            if private and os.access(folder, os.W_OK):
                 return folder
         except OSError:
             continue
