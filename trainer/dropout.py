@@ -60,13 +60,14 @@ class Masks:
         """The float tensor F.dropout multiplies by: 0 where dropped, 1 / (1 - p) where kept,
         drawn from the default CPU generator, which it leaves as bernoulli_ would."""
         keep = 1.0 - p
-        out = torch.empty(shape)
+        out = torch.empty(shape, dtype=torch.float32, device="cpu")
         state = torch.get_rng_state()
         s = state.numpy().view(GENERATOR_STATE)  # one record, in the tensor's own memory
         position = np.array([STATE_WORDS if s["left"][0] == 1 else s["next"][0]], np.int64)
         # u < keep, u = m / 2**53 with m an integer, holds exactly when m < ceil(keep * 2**53).
         below = math.ceil(keep * 2.0**53)
-        scale = torch.ones(()).div_(keep).item()  # the float torch's noise.div_(1 - p) makes
+        # The float that torch's noise.div_(1 - p) makes of a kept element.
+        scale = torch.ones((), dtype=torch.float32, device="cpu").div_(keep).item()
         self.draw(s["words"][0].ctypes.data, position.ctypes.data, out.numel(), below, scale,
                   out.data_ptr())
         if out.numel():
@@ -122,10 +123,11 @@ def agrees(masks: Masks) -> bool:
         torch.manual_seed(1337)
         out = []
         for i, n in enumerate(sizes):
-            out.append(drop(torch.ones(n), 0.1 if i % 2 else 0.5))
+            x = torch.ones(n, dtype=torch.float32, device="cpu")
+            out.append(drop(x, 0.1 if i % 2 else 0.5))
             # An odd number of words, past a twist: the next call starts on the other parity,
             # and a state handed back one word off would twist at another time.
-            out.append(torch.rand(N_AFTER))
+            out.append(torch.rand(N_AFTER, device="cpu"))
         return out
 
     with torch.random.fork_rng(devices=[]):
