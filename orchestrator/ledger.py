@@ -19,30 +19,13 @@ from typing import Any, Iterator
 
 from orchestrator import ledger_file, ledger_schema
 from orchestrator.ledger_rows import Trial, Validation
+from orchestrator.process import alive, process_start
 from orchestrator.states import SweepState, TrialState
 
 
 def orch_home() -> Path:
     """ORCH_HOME, else ./.orch (like wandb/)."""
     return Path(os.environ.get("ORCH_HOME") or ".orch").resolve()
-
-
-def process_start(pid: int) -> str | None:
-    """The start time of a process (clock ticks since boot) or None if there is no such pid.
-
-    With the pid it names one process for good: a pid reused later has another start time.
-    """
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # Field 22; the command name (field 2) may hold spaces, so split after its closing paren.
-    return stat.rsplit(")", 1)[1].split()[19]
-
-
-def alive(pid: int | None, start: str | None) -> bool:
-    """Whether the process recorded as (pid, start time) is still running."""
-    return pid is not None and start is not None and process_start(pid) == start
 
 
 class Ledger:

@@ -15,7 +15,8 @@ from orchestrator.cli import wandb as cli_wandb
 from orchestrator.cli.reports import known_sweep
 from orchestrator.cli.terminal import err, interrupt_choice, out, say, show, spec_errors
 from orchestrator.launch.protocol import LauncherError
-from orchestrator.ledger import Ledger, Trial, alive, orch_home
+from orchestrator.ledger import Ledger, Trial, orch_home
+from orchestrator.process import alive
 from orchestrator.report import results as results_mod
 from orchestrator.report import tables
 from orchestrator.report.status import sweep_state

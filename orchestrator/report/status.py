@@ -12,7 +12,8 @@ from typing import Any
 from rich.table import Table
 
 from orchestrator.contract import finite
-from orchestrator.ledger import Ledger, alive, iter_states
+from orchestrator.ledger import Ledger, iter_states
+from orchestrator.process import alive
 from orchestrator.report.tables import fmt_param
 from orchestrator.states import SweepState
 
