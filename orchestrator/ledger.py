@@ -22,6 +22,9 @@ from orchestrator.ledger_rows import Trial, Validation
 from orchestrator.process import alive, process_start
 from orchestrator.states import SweepState, TrialState
 
+# The keys of a validation_step event that say where the run is, not what it measured.
+PROGRESS_KEYS = ("event", "time", "step", "max_steps")
+
 
 def orch_home() -> Path:
     """ORCH_HOME, else ./.orch (like wandb/)."""
@@ -219,7 +222,7 @@ class Ledger:
         """New progress from events.jsonl: step counters and validation metrics."""
         with self._tx():
             for v in validations:
-                values = {k: v.get(k) for k in v if k not in ("event", "time", "step")}
+                values = {k: v.get(k) for k in v if k not in PROGRESS_KEYS}
                 self.db.execute("INSERT INTO metrics VALUES (?,?,?,?,?)",
                                 (trial_id, attempt, v.get("step"), v.get("time"),
                                  json.dumps(values)))

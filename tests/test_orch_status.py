@@ -22,7 +22,9 @@ def _sweep(ledger: Ledger, name: str) -> None:
 
 
 def _validation(step: int, loss: float) -> dict:
-    return {"event": "validation_step", "step": step, "time": 1000.0 + step, "val_loss": loss}
+    # max_steps is progress, as in the trainer's own validation_step events: not a metric.
+    return {"event": "validation_step", "step": step, "max_steps": 30, "time": 1000.0 + step,
+            "val_loss": loss}
 
 
 def test_status_json_lists_the_history_of_the_attempt_that_counts(orch_home: Path) -> None:
@@ -50,7 +52,7 @@ def test_status_json_lists_the_history_of_the_attempt_that_counts(orch_home: Pat
         assert row["history"] == [{"step": p.step, "time": p.time, "metrics": p.metrics}
                                   for p in ledger.history(t)]
     first, never = shown["trials"]
-    assert [h["metrics"]["val_loss"] for h in first["history"]] == [3.0, 2.0, 1.0]
+    assert [h["metrics"] for h in first["history"]] == [{"val_loss": v} for v in (3.0, 2.0, 1.0)]
     assert [h["step"] for h in first["history"]] == [10, 20, 30]
     assert (first["attempts"], first["device"], first["best_metric"]) == (2, "cpu", 1.0)
     assert never["history"] == [] and never["device"] is None
