@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -318,3 +319,20 @@ def test_stop_of_a_sweep_whose_orchestrator_died_says_so(orch_home: Path) -> Non
     said = " ".join(proc.stdout.split())
     assert f"sweep t is not running: its orchestrator (pid {pid}) is gone; `orch sweep` " \
         "resumes it" in said and "asked" not in said
+
+
+def test_ctrl_c_while_orch_is_still_importing_exits_130_without_a_traceback(
+        orch_home: Path) -> None:
+    """The `orch` entry point itself, with Ctrl-C arriving during the app's imports (an import
+    hook raises it where the signal would land)."""
+    code = ("import sys\n"
+            "class Interrupt:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name == 'typer':\n"
+            "            raise KeyboardInterrupt\n"
+            "sys.meta_path.insert(0, Interrupt())\n"
+            "from orchestrator.__main__ import main\n"
+            "main()\n")
+    proc = subprocess.run([sys.executable, "-c", code, "ls"], env=orch_env(orch_home),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in proc.stderr, proc.stderr
