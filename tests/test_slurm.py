@@ -250,14 +250,16 @@ def test_wandb_agents_as_a_job_array(cluster: None, orch_home: Path, tmp_path: P
     script = (logs / "agents.sh").read_text()
     assert "#SBATCH --array=0-2\n" in script and "--gres" not in script
 
+    def own_line(log: str) -> str | None:
+        # The agent's own line; slurmstepd may write its warnings into the same log first.
+        return next((x for x in log.splitlines() if x.startswith("agent ")), None)
+
     def said() -> list[str] | None:
-        found = [p.read_text() for p in sorted(logs.glob("agent-*.log"))]
+        found = [own_line(p.read_text()) for p in sorted(logs.glob("agent-*.log"))]
         return found if len(found) == 3 and all(found) else None
 
-    lines = wait_for(said, timeout=60, what="three agents' logs")
-    for task, log in enumerate(lines):
-        # The agent's own line; slurmstepd may write its warnings into the same log first.
-        line = next((x for x in log.splitlines() if x.startswith("agent ")), log)
+    lines = wait_for(said, timeout=60, what="three agents' lines in their logs")
+    for task, line in enumerate(lines):
         assert line.startswith(f"agent agent --forward-signals --count 1 {sweep} task={task} ")
         assert line.strip().endswith(f"/task-{task}")
 
