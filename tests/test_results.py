@@ -270,6 +270,49 @@ def test_compare_and_regression_gate(home: Path) -> None:
     assert orch(home, "results", "b", "--compare", "a", "--max-regression", "0").returncode == 0
 
 
+def test_compare_matches_on_a_parameter_only_the_other_sweep_varies(
+        tmp_path: Path, fake_schema_file: Path) -> None:
+    """`fixed` holds model.n_layer at 2, `varied` sweeps it: the comparison pairs fixed's rows
+    with varied's n_layer=2 rows and lists the n_layer=1 rows apart, instead of averaging
+    varied's rows over depths (which turned a worse result into a "better" one)."""
+    home = tmp_path / "home"
+    env = {"FAKE_SCHEMA_FILE": str(fake_schema_file)}
+    lrs = {"optim.lr": {"values": [0.001, 0.003]}}
+    fixed = {"key": "optim.lr", "cases": {"0.001": {"curve": [3, 1.5]},
+                                          "0.003": {"curve": [3, 1.2]}}}
+    varied = {"key": ["optim.lr", "model.n_layer"], "cases": {
+        "0.001,1": {"curve": [3, 2.0]}, "0.001,2": {"curve": [3, 1.4]},
+        "0.003,1": {"curve": [3, 2.2]}, "0.003,2": {"curve": [3, 1.1]}}}
+    for name, params, script, extra in (
+            ("fixed", lrs, fixed, {"overrides": {"model.n_layer": 2}}),
+            ("varied", {**lrs, "model.n_layer": {"values": [1, 2]}}, varied, {})):
+        spec = write_spec(tmp_path / f"{name}.yaml", name=name, parameters=params,
+                          resources={"cpu_slots": 2, "retries": 0}, **extra)
+        proc = run_orch(["sweep", str(spec)], orch_env(home, script, **env))
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    def rows(*args: str) -> dict[tuple[float, int], dict[str, Any]]:
+        data = as_json(home, *args)
+        assert data["grouped_by"] == ["optim.lr", "model.n_layer"]
+        return {(r["optim.lr"], r["model.n_layer"]): r for r in data["rows"]}
+
+    pairs = rows("fixed", "--compare", "varied")
+    assert set(pairs) == {(0.001, 1), (0.001, 2), (0.003, 1), (0.003, 2)}
+    for lr, theirs, ours in ((0.001, 1.4, 1.5), (0.003, 1.1, 1.2)):
+        pair = pairs[(lr, 2)]
+        assert (pair["other_val_loss"], pair["this_val_loss"]) == (pytest.approx(theirs),
+                                                                   pytest.approx(ours))
+        assert pair["change"] == pytest.approx(0.1) and pair["verdict"] == "worse"
+    assert pairs[(0.001, 1)]["this_status"] == "absent" and pairs[(0.001, 1)]["other_n"] == 1
+    back = rows("varied", "--compare", "fixed")
+    assert back[(0.003, 2)]["change"] == pytest.approx(-0.1)
+    assert back[(0.003, 1)]["other_status"] == "absent"
+    # Asked to match on the learning rate alone, both sides group by it alone.
+    by_lr = as_json(home, "fixed", "--compare", "varied", "--group-by", "optim.lr")
+    assert {r["optim.lr"]: r["other_val_loss"] for r in by_lr["rows"]} == {
+        0.001: pytest.approx(1.7), 0.003: pytest.approx(1.65)}
+
+
 def test_fail_if_worse_than(home: Path) -> None:
     fail = orch(home, "results", "a", "--fail-if-worse-than", "1.25")
     assert fail.returncode == 1 and "1.3000" in fail.stderr and "1.2500" in fail.stderr

@@ -74,8 +74,9 @@ def results(
         "key=value,... (one row's parameters) or sweep:NAME (that sweep's best row). Grouped: "
         "Δ ± std of the per-seed differences where the trials pair by seed."),
     compare: Optional[str] = typer.Option(
-        None, "--compare", metavar="OTHER_SWEEP", help="Configurations matched by their "
-        "parameters, OTHER_SWEEP beside this one, with the change."),
+        None, "--compare", metavar="OTHER_SWEEP", help="Configurations matched by every "
+        "parameter either sweep varies (seeds averaged; or by --group-by), OTHER_SWEEP beside "
+        "this one, with the change."),
     form: str = typer.Option("table", "--format", help="table, markdown, csv or json."),
     out_file: Optional[Path] = typer.Option(None, "--out", help="Write to FILE, not stdout."),
     fail_if_worse_than: Optional[float] = typer.Option(
@@ -111,9 +112,8 @@ def results(
         report = results_mod.load(ledger, names, keys, per_trial=group_by == "none")
         if baseline:
             compare_mod.set_baseline(report, ledger, baseline)
-        comp = None if compare is None else compare_mod.compare(report, results_mod.load(
-            ledger, [compare], report.keys if report.grouped else None,
-            per_trial=not report.grouped))
+        comp = None if compare is None else compare_mod.compare_sweeps(
+            ledger, report, compare, keys)
     except results_mod.ResultsError as e:
         err.print(f"error: {e}", highlight=False)
         raise typer.Exit(2) from None

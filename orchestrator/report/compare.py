@@ -144,6 +144,24 @@ def difference(before: float | None, now: float | None) -> tuple[float | None, f
     return delta, (delta / abs(before) * 100.0 if before else None)
 
 
+def compare_sweeps(ledger: Ledger, this: Report, other_name: str,
+                   group_by: list[str] | None) -> Comparison:
+    """`this` (one sweep's report) against sweep `other_name`.
+
+    By default both sides are grouped by every parameter either sweep varies (seeds aside),
+    so that neither side's rows average over a parameter that the other sweep holds fixed
+    (a sweep that varies `model.n_layer` against one that fixes it: its rows are matched per
+    depth, not averaged over depths); with `group_by`, by those keys on both sides.
+    """
+    if group_by is None:
+        keys = list(this.keys)
+        keys += [k for k in load(ledger, [other_name]).keys if k not in keys]
+        this = load(ledger, this.sweeps, keys)
+    else:
+        keys = list(this.keys)
+    return compare(this, load(ledger, [other_name], keys))
+
+
 def compare(this: Report, other: Report) -> Comparison:
     """Match `this`'s rows with `other`'s by their parameters (the report's keys)."""
     keys = this.keys
