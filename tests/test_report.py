@@ -384,3 +384,32 @@ def test_report_of_a_sweep_where_nothing_finished(tmp_path: Path) -> None:
     assert "no finished trial yet" in page and "boom" in page
     assert page.count("nothing to plot: no finished trial with val_loss") == 3
     assert "too few finished trials for parameter importance: 0 with val_loss" in page
+
+
+def test_a_parameter_one_sweep_held_fixed_shows_its_value_in_the_trials_table(
+        tmp_path: Path, fake_schema_file: Path) -> None:
+    """A report of two sweeps, one varying model.n_layer and one holding it at 1 in its
+    overrides: the second's trials show n_layer 1 (its value), not a missing cell."""
+    import re
+
+    from orchestrator.report import html
+
+    home = tmp_path / "home"
+    env = orch_env(home, _script(), FAKE_SCHEMA_FILE=str(fake_schema_file))
+    lrs = {"optim.lr": {"values": [0.001, 0.01]}, "train.seed": {"value": 1}}
+    for name, params, extra in (
+            ("depths", {**lrs, "model.n_layer": {"values": [1, 2]}}, {}),
+            ("shallow", lrs, {"overrides": {"model.n_layer": 1}})):
+        spec = write_spec(tmp_path / f"{name}.yaml", name=name, parameters=params,
+                          resources={"cpu_slots": 2}, **extra)
+        proc = run_orch(["sweep", str(spec)], env)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    page = html.render(Ledger(home), ["depths", "shallow"])
+    table = page[page.index('id="trials"'):]
+    table = table[:table.index("</table>")]
+    heads = re.findall(r"<th>(.*?)</th>", table)
+    rows = [re.findall(r"<td[^>]*>(.*?)</td>", row) for row in re.findall(r"<tr class.*?</tr>",
+                                                                          table)]
+    sweep, layers = heads.index("sweep"), heads.index("model.n_layer")
+    shown = {(r[sweep], r[layers]) for r in rows}
+    assert shown == {("depths", "1"), ("depths", "2"), ("shallow", "1")}

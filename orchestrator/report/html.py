@@ -68,7 +68,7 @@ def render(ledger: Ledger, names: list[str], baseline: str | None = None) -> str
     if baseline:
         compare_mod.set_baseline(report, ledger, baseline)
     sweeps = [ledger.sweep(n) or {} for n in names]
-    trials = [t for n in names for t in ledger.trials(n) if t.state != TrialState.INVALID]
+    trials = report.trials  # with the values of parameters a sweep held fixed
     # The parameters that make a configuration: the varied ones less the seeds the programs
     # declare (a default load leaves exactly those as its keys).
     keys = list(report.keys)

@@ -125,6 +125,9 @@ class Report:
     baseline_label: str | None = None
     baseline_value: float | None = None
     metrics: list[Metric] = field(default_factory=list)  # what the programs declare
+    # The sweeps' trials (invalid points aside), each with a value for every key it ran with,
+    # a key its sweep held fixed included.
+    trials: list[Trial] = field(default_factory=list)
 
     def metric_names(self) -> list[str]:
         """The sweep metric and the declared ones: the metric values a row holds."""
@@ -235,7 +238,7 @@ def load(ledger: Ledger, names: list[str], group_by: list[str] | None = None,
             raise ResultsError(f"--group-by {', '.join(unknown)}: not a parameter of these "
                                f"sweeps (varied: {', '.join(varied) or 'none'})")
     report = Report(names, metric, goal, varied if per_trial else keys, not per_trial, [],
-                    metrics=list(metrics.values()))
+                    metrics=list(metrics.values()), trials=trials)
     shown = report.metric_names()
     report.rows = [trial_row(t, shown) for t in trials] if per_trial else \
         _group(trials, keys, shown)
