@@ -16,10 +16,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from trainer import dropout as drop
 from trainer import segments as seg_mask
 from trainer import sparse
 from trainer.attention_config import CausalAttention, LocalAttention, SparseAttention
-from trainer import dropout as drop
 
 Tensor = torch.Tensor
 # (q, k, v, scale, dropout_p, segments or None) -> attention output

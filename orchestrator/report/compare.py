@@ -153,12 +153,11 @@ def compare_sweeps(ledger: Ledger, this: Report, other_name: str,
     (a sweep that varies `model.n_layer` against one that fixes it: its rows are matched per
     depth, not averaged over depths); with `group_by`, by those keys on both sides.
     """
+    keys = list(this.keys)
     if group_by is None:
-        keys = list(this.keys)
         keys += [k for k in load(ledger, [other_name]).keys if k not in keys]
-        this = load(ledger, this.sweeps, keys)
-    else:
-        keys = list(this.keys)
+        if keys != this.keys or not this.grouped:  # per trial, or by fewer keys: regroup
+            this = load(ledger, this.sweeps, keys)
     return compare(this, load(ledger, [other_name], keys))
 
 
